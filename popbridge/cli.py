@@ -1,0 +1,102 @@
+"""The `popbridge` command: `serve` runs the bridge, `check` validates a deployment.
+
+`serve` loads the config, builds the backend through the registry, listens, and runs
+until SIGTERM or SIGINT, on which it stops without applying any pending deletions.
+`check` validates the config and probes the upstream without credentials, printing one
+line per finding, so an operator can test a config before starting the daemon. Exit
+status: 0 when all is well, 1 when the upstream check failed, 2 for a config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from popbridge import __version__
+from popbridge.config import Config, load_config
+from popbridge.errors import BridgeError, ConfigError
+from popbridge.maildrop import load_backend
+from popbridge.server import Pop3Server
+from popbridge.session import Services
+
+log = logging.getLogger("popbridge")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="popbridge", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"popbridge {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("serve", "run the POP3 bridge"),
+        ("check", "validate config, probe upstream"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--config", "-c", type=Path, required=True, help="TOML config file")
+    return parser
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGTERM/SIGINT, then shut down without applying pending deletions."""
+    backend = load_backend(config.backend_type, config.backend_settings, source=config.source)
+    server = Pop3Server(config, Services(backend=backend))
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()
+
+
+async def check(config: Config) -> int:
+    """Print what works; 0 if the upstream answered, 1 if not."""
+    print(f"config {config.source}: ok")
+    for listener in config.listeners:
+        mode = "plaintext passwords allowed" if listener.plaintext_auth else "plaintext refused"
+        print(f"listener {listener.host}:{listener.port}: {mode}")
+    print(f"maildrop: disposition {config.maildrop.disposition.kind.value}")
+    backend = load_backend(config.backend_type, config.backend_settings, source=config.source)
+    try:
+        findings = await backend.check()
+    except BridgeError as error:
+        print(f"backend {config.backend_type}: FAILED: {error}")
+        return 1
+    for finding in findings:
+        print(f"backend {config.backend_type}: {finding}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"popbridge: {error}", file=sys.stderr)
+        return 2
+    setup_logging(config.server.log_level)
+    try:
+        if args.command == "check":
+            return asyncio.run(check(config))
+        asyncio.run(serve(config))
+    except ConfigError as error:
+        print(f"popbridge: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The backend contract: what the core asks of a mail store, and what it gets back.
+
+A backend (IMAP, JMAP, ...) turns a set of credentials into a `Mailbox`: a live view of one
+upstream folder that can list its messages, stream one message's bytes, and apply a
+`Disposition` to a set of messages. Backends speak only in opaque *identities*; they never
+see POP3 message numbers or UIDLs, which belong to the core. Only the session's UPDATE step
+calls `Mailbox.dispose` (RFC 1939 section 6). Backends are found by name through the
+`popbridge.backends` entry-point group, so the core never imports a backend module.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib.metadata import entry_points
+from typing import Any, Protocol
+
+from popbridge.errors import ConfigError
+
+ENTRY_POINT_GROUP = "popbridge.backends"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteMessage:
+    """One message as the backend lists it.
+
+    `size` is the number of octets RETR will send: CRLF line ends, before dot-stuffing
+    (RFC 1939 section 11). `message_id` and `received` are hints that let the core keep
+    UIDLs stable when identities change.
+    """
+
+    identity: str
+    size: int
+    message_id: str | None = None
+    received: datetime | None = None
+
+
+class DispositionKind(enum.Enum):
+    """What happens upstream to a message the client deleted."""
+
+    EXPUNGE = "expunge"
+    TRASH = "trash"
+    MOVE = "move"
+    SEEN = "seen"
+    KEYWORD = "keyword"
+
+
+@dataclass(frozen=True, slots=True)
+class Disposition:
+    """A disposition with its argument: the folder for MOVE, the keyword for KEYWORD."""
+
+    kind: DispositionKind
+    folder: str | None = None
+    keyword: str | None = None
+
+    @property
+    def hides_keyword(self) -> str | None:
+        """The keyword whose messages a listing must hide, if this disposition sets one."""
+        return self.keyword if self.kind is DispositionKind.KEYWORD else None
+
+
+@dataclass(frozen=True, slots=True)
+class DisposeResult:
+    """The identities a dispose call could not handle; empty when all succeeded."""
+
+    failed: frozenset[str] = field(default_factory=frozenset)
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What the POP3 client proved, passed to the backend to open the mailbox.
+
+    `secret` is a password for `mechanism == "password"` or a bearer token for
+    `mechanism == "oauth2"`. Never log it; `repr` hides it.
+    """
+
+    user: str
+    secret: str = field(repr=False)
+    mechanism: str = "password"
+
+    @property
+    def lock_key(self) -> str:
+        """The canonical account name the maildrop lock is keyed on (conformance P-7.3)."""
+        return self.user.casefold()
+
+
+class Mailbox(Protocol):
+    """A live, opened upstream folder. All methods apply their own deadline."""
+
+    async def list(self, *, hidden_keyword: str | None = None) -> Sequence[RemoteMessage]:
+        """Every visible message, oldest first; never those already flagged as deleted."""
+        ...
+
+    def fetch(self, identity: str, *, body_lines: int | None = None) -> AsyncIterator[bytes]:
+        """Stream the message's raw bytes in bounded chunks.
+
+        With `body_lines`, the backend may stop once the header and that many body lines
+        were sent; the core trims any excess. Raises `MessageGone` if it vanished.
+        """
+        ...
+
+    async def dispose(self, identities: Collection[str], how: Disposition) -> DisposeResult:
+        """Apply `how` to exactly these identities and report the ones that failed."""
+        ...
+
+    async def close(self) -> None:
+        """Log out; never removes anything (no CLOSE, no plain EXPUNGE)."""
+        ...
+
+
+class Backend(Protocol):
+    """A configured upstream that opens mailboxes."""
+
+    async def open(self, credentials: Credentials) -> Mailbox:
+        """Authenticate and select the folder; raises `AuthFailed` or `Backend*` errors."""
+        ...
+
+    async def check(self) -> list[str]:
+        """Probe connectivity without credentials; returns human-readable findings."""
+        ...
+
+
+class BackendFactory(Protocol):
+    """The object an entry point names: builds a backend from its config table."""
+
+    def __call__(self, settings: Mapping[str, Any], *, source: str) -> Backend: ...
+
+
+def load_backend(name: str, settings: Mapping[str, Any], *, source: str) -> Backend:
+    """Find the backend registered as `name` and build it from `settings`."""
+    found = entry_points(group=ENTRY_POINT_GROUP, name=name)
+    if not found:
+        known = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+        raise ConfigError(f"{source}: backend.type: unknown backend {name!r} (known: {known})")
+    factory: BackendFactory = next(iter(found)).load()
+    return factory(settings, source=source)

@@ -1,0 +1,136 @@
+"""Wire rules for message bodies: CRLF normalisation, byte-stuffing, TOP trimming, sizes.
+
+A message reaches the client as a multi-line response (RFC 1939 section 3): every line
+ends in CRLF, a line that starts with "." gets another "." in front, and ".\r\n" ends it.
+Backends hand us raw bytes in arbitrary chunks, possibly with bare LF or CR line ends, so
+the encoder here is stateful: a CR at the end of one chunk and an LF at the start of the
+next are one line end, and a "." after a line end split across chunks is still stuffed.
+The octet count it keeps is the normalised size before stuffing, which is what LIST and
+STAT must announce (RFC 1939 section 11). Work is done per chunk with bytes methods and
+one regular expression, never per line in Python, so large bodies stream cheaply.
+"""
+
+from __future__ import annotations
+
+import re
+
+CRLF = b"\r\n"
+TERMINATOR = b".\r\n"
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def normalise(data: bytes) -> bytes:
+    """Turn every CRLF, bare CR and bare LF into CRLF (conformance P-5.2)."""
+    crlf = data.count(CRLF)
+    if crlf == data.count(b"\n") and crlf == data.count(b"\r"):
+        return data  # already canonical: the common case costs three C-level scans
+    return _LINE_END.sub(CRLF, data)
+
+
+def normalised_size(message: bytes) -> int:
+    """The size LIST must announce for `message`, including a CRLF added to a last line."""
+    body = normalise(message)
+    return len(body) + (2 if body and not body.endswith(CRLF) else 0)
+
+
+class _TopTrimmer:
+    """Cuts normalised bytes after the header block plus `body_lines` lines (RFC 1939 TOP)."""
+
+    def __init__(self, body_lines: int) -> None:
+        self._remaining = body_lines
+        self._in_header = True
+        self._tail = b""  # the last bytes seen, to find a header end split across chunks
+        self.done = False
+
+    def take(self, data: bytes) -> bytes:
+        if self.done or not data:
+            return b""
+        if self._in_header:
+            return self._take_header(data)
+        return self._take_body(data)
+
+    def _take_header(self, data: bytes) -> bytes:
+        window = self._tail + data
+        at_start = self._tail == b"" and data.startswith(CRLF)
+        end = 0 if at_start else window.find(b"\r\n\r\n")
+        if end < 0:
+            self._tail = window[-3:]
+            return data
+        self._in_header = False
+        # bytes of `data` up to and including the blank line that ends the header
+        cut = (2 if at_start else end + 4) - len(self._tail)
+        return data[:cut] + self._take_body(data[cut:])
+
+    def _take_body(self, data: bytes) -> bytes:
+        if self._remaining == 0:
+            self.done = True
+            return b""
+        if data.count(b"\n") < self._remaining:
+            self._remaining -= data.count(b"\n")
+            return data
+        end = -1
+        for _ in range(self._remaining):  # bounded by the lines this one chunk holds
+            end = data.index(b"\n", end + 1)
+        self._remaining = 0
+        self.done = True
+        return data[: end + 1]
+
+
+class BodyEncoder:
+    """Turns raw message chunks into a byte-stuffed multi-line response body.
+
+    `feed` returns the wire bytes for a chunk; `finish` returns the rest, including a
+    CRLF for an unterminated last line (conformance P-5.3) and the ".\r\n" terminator.
+    `octets` counts the normalised bytes sent, before stuffing. With `body_lines`, the
+    output stops after the header and that many body lines, and `done` becomes true.
+    """
+
+    def __init__(self, *, body_lines: int | None = None) -> None:
+        self._pending_cr = False
+        self._at_line_start = True
+        self._trimmer = _TopTrimmer(body_lines) if body_lines is not None else None
+        self.octets = 0
+
+    @property
+    def done(self) -> bool:
+        """True once TOP has all it needs; the caller may stop feeding."""
+        return self._trimmer is not None and self._trimmer.done
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._pending_cr:
+            chunk = b"\r" + chunk
+            self._pending_cr = False
+        if chunk.endswith(b"\r"):
+            # the LF that may complete this line end is in the next chunk
+            chunk = chunk[:-1]
+            self._pending_cr = True
+        return self._emit(normalise(chunk))
+
+    def finish(self) -> bytes:
+        tail = self._emit(CRLF) if self._pending_cr else b""
+        self._pending_cr = False
+        if not self._at_line_start and not self.done:
+            tail += self._emit(CRLF)
+        return tail + TERMINATOR
+
+    def _emit(self, data: bytes) -> bytes:
+        if self._trimmer is not None:
+            data = self._trimmer.take(data)
+        if not data:
+            return b""
+        self.octets += len(data)
+        stuffed = data.replace(b"\n.", b"\n..")  # RFC 1939 section 3: byte-stuff "." lines
+        if self._at_line_start and data.startswith(b"."):
+            stuffed = b"." + stuffed
+        self._at_line_start = data.endswith(b"\n")
+        return stuffed
+
+
+def unstuff(wire: bytes) -> bytes:
+    """Undo byte-stuffing of a complete multi-line body ending in ".\\r\\n" (for tests/tools)."""
+    if not wire.endswith(TERMINATOR) or not (wire == TERMINATOR or wire.endswith(b"\r\n.\r\n")):
+        raise ValueError("not a terminated multi-line body")
+    body = wire[: -len(TERMINATOR)]
+    if body.startswith(b"."):
+        body = body[1:]
+    return body.replace(b"\r\n..", b"\r\n.")

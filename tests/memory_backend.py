@@ -1,0 +1,116 @@
+"""An in-memory backend for unit tests of the engine, session and server.
+
+It implements the backend contract over Python lists and records every mutating call, so
+a test can assert that nothing changed upstream. It never replaces the real-server tests:
+it exists to make protocol transcripts fast and exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Collection, Sequence
+from dataclasses import dataclass, field
+
+from popbridge.errors import AuthFailed, BackendUnavailable, MessageGone
+from popbridge.maildrop import (
+    Credentials,
+    Disposition,
+    DispositionKind,
+    DisposeResult,
+    RemoteMessage,
+)
+from popbridge.pop3.wire import normalised_size
+
+
+@dataclass
+class StoredMessage:
+    identity: str
+    data: bytes
+    flags: set[str] = field(default_factory=set)
+
+
+@dataclass
+class MemoryStore:
+    """The upstream mailbox of one user, plus what was done to it."""
+
+    password: str
+    messages: list[StoredMessage] = field(default_factory=list)
+    mutations: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    fail_dispose: set[str] = field(default_factory=set)
+    chunk_size: int = 7
+    next_id: int = 1
+
+    def add(self, data: bytes, flags: Collection[str] = ()) -> str:
+        identity = f"m{self.next_id}"
+        self.next_id += 1
+        self.messages.append(StoredMessage(identity, data, set(flags)))
+        return identity
+
+
+class MemoryMailbox:
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.closed = False
+
+    async def list(self, *, hidden_keyword: str | None = None) -> Sequence[RemoteMessage]:
+        return [
+            RemoteMessage(m.identity, normalised_size(m.data))
+            for m in self.store.messages
+            if "\\Deleted" not in m.flags and (hidden_keyword is None or hidden_keyword not in m.flags)
+        ]
+
+    async def fetch(self, identity: str, *, body_lines: int | None = None) -> AsyncIterator[bytes]:
+        found = [m for m in self.store.messages if m.identity == identity]
+        if not found:
+            raise MessageGone(identity)
+        data, size = found[0].data, self.store.chunk_size
+        for start in range(0, len(data), size):
+            await asyncio.sleep(0)
+            yield data[start : start + size]
+
+    async def dispose(self, identities: Collection[str], how: Disposition) -> DisposeResult:
+        self.store.mutations.append((how.kind.value, tuple(identities)))
+        failed = frozenset(set(identities) & self.store.fail_dispose)
+        for message in list(self.store.messages):
+            if message.identity not in identities or message.identity in failed:
+                continue
+            if how.kind in (DispositionKind.EXPUNGE, DispositionKind.TRASH, DispositionKind.MOVE):
+                self.store.messages.remove(message)
+            elif how.kind is DispositionKind.SEEN:
+                message.flags.add("\\Seen")
+            else:
+                assert how.keyword is not None
+                message.flags.add(how.keyword)
+        return DisposeResult(failed, "injected failure" if failed else "")
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class MemoryBackend:
+    """Users and their stores; `open` checks the password like an IMAP LOGIN would."""
+
+    def __init__(self) -> None:
+        self.stores: dict[str, MemoryStore] = {}
+        self.opened: list[MemoryMailbox] = []
+        self.unavailable = False
+
+    def user(self, name: str, password: str, *messages: bytes) -> MemoryStore:
+        store = MemoryStore(password)
+        for data in messages:
+            store.add(data)
+        self.stores[name] = store
+        return store
+
+    async def open(self, credentials: Credentials) -> MemoryMailbox:
+        if self.unavailable:
+            raise BackendUnavailable("injected outage")
+        store = self.stores.get(credentials.user)
+        if store is None or store.password != credentials.secret:
+            raise AuthFailed("bad credentials")
+        mailbox = MemoryMailbox(store)
+        self.opened.append(mailbox)
+        return mailbox
+
+    async def check(self) -> list[str]:
+        return ["memory backend"]

@@ -1,0 +1,217 @@
+"""Session transcripts over the in-memory backend: RFC 1939 semantics, nothing upstream
+before QUIT, locks, and the answers to backend failures."""
+
+from __future__ import annotations
+
+import pytest
+
+from popbridge.errors import BackendUnavailable
+from popbridge.maildrop import Disposition, DispositionKind
+from popbridge.session import Services, SessionPolicy
+
+from tests.dialogue import assert_dialogue, exchange, make_session
+from tests.memory_backend import MemoryBackend
+
+MSG1 = b"Subject: a\r\n\r\nhi\r\n"  # 18 octets
+MSG2 = b"Subject: b\n\n.dot\nlast"  # LF only, no final newline: 26 octets on the wire
+
+
+@pytest.fixture
+def backend() -> MemoryBackend:
+    backend = MemoryBackend()
+    backend.user("alice", "secret", MSG1, MSG2)
+    return backend
+
+
+LOGIN = ("C: USER alice", "S: +OK send PASS", "C: PASS secret", "S: +OK maildrop has 2 messages (44 octets)")
+
+
+async def test_full_transaction(backend: MemoryBackend) -> None:
+    session, out = make_session(backend)
+    await assert_dialogue(
+        session, out, *LOGIN,
+        "C: STAT", "S: +OK 2 44",
+        "C: LIST", "S: +OK scan listing follows", "S: 1 18", "S: 2 26", "S: .",
+        "C: LIST 2", "S: +OK 2 26",
+        "C: UIDL", "S: +OK unique-id listing follows", "S: 1 m1", "S: 2 m2", "S: .",
+        "C: UIDL 1", "S: +OK 1 m1",
+        "C: RETR 2", "S: +OK 26 octets", "S: Subject: b", "S: ", "S: ..dot", "S: last", "S: .",
+        "C: TOP 1 0", "S: +OK 18 octets", "S: Subject: a", "S: ", "S: .",
+        "C: NOOP", "S: +OK",
+    )  # fmt: skip
+    assert backend.stores["alice"].mutations == []
+
+
+async def test_dele_then_rset_restores_message(backend: MemoryBackend) -> None:
+    session, out = make_session(backend)
+    await assert_dialogue(
+        session, out, *LOGIN,
+        "C: DELE 1", "S: +OK message 1 deleted",
+        "C: DELE 1", "S: -ERR message already deleted",
+        "C: RETR 1", "S: -ERR message already deleted",
+        "C: LIST 1", "S: -ERR message already deleted",
+        "C: UIDL 1", "S: -ERR message already deleted",
+        "C: TOP 1 0", "S: -ERR message already deleted",
+        "C: STAT", "S: +OK 1 26",
+        "C: LIST", "S: +OK scan listing follows", "S: 2 26", "S: .",
+        "C: RSET", "S: +OK deletion marks removed",
+        "C: STAT", "S: +OK 2 44",
+        "C: QUIT", "S: +OK bye",
+    )  # fmt: skip
+    assert backend.stores["alice"].mutations == []
+    assert len(backend.stores["alice"].messages) == 2
+
+
+async def test_quit_applies_exactly_the_deleted_messages(backend: MemoryBackend) -> None:
+    backend.stores["alice"].add(b"Subject: c\r\n\r\n3\r\n")
+    session, out = make_session(backend)
+    await assert_dialogue(
+        session, out, "C: USER alice", "S: +OK send PASS", "C: PASS secret", "S~ \\+OK .*",
+        "C: DELE 1", "S: +OK message 1 deleted", "C: DELE 3", "S: +OK message 3 deleted",
+        "C: QUIT", "S: +OK bye",
+    )  # fmt: skip
+    store = backend.stores["alice"]
+    assert store.mutations == [("expunge", ("m1", "m3"))]
+    assert [m.identity for m in store.messages] == ["m2"]
+    assert backend.opened[-1].closed
+
+
+async def test_failed_update_answers_sys_temp_and_keeps_the_rest(backend: MemoryBackend) -> None:
+    backend.stores["alice"].fail_dispose = {"m2"}
+    session, out = make_session(backend)
+    await assert_dialogue(
+        session, out, *LOGIN, "C: DELE 1", "S~ \\+OK.*", "C: DELE 2", "S~ \\+OK.*",
+        "C: QUIT", "S: -ERR [SYS/TEMP] some deleted messages not removed",
+    )  # fmt: skip
+    assert [m.identity for m in backend.stores["alice"].messages] == ["m2"]
+
+
+@pytest.mark.parametrize("end", [b"", b"QUIT"])  # dropped, or QUIT without its CRLF
+async def test_session_ending_without_quit_applies_nothing(backend: MemoryBackend, end: bytes) -> None:
+    session, out = make_session(backend)
+    await assert_dialogue(session, out, *LOGIN, "C: DELE 1", "S~ \\+OK.*")
+    await exchange(session, out, end)
+    await session.abort()
+    assert backend.stores["alice"].mutations == []
+    assert backend.opened[-1].closed
+
+
+async def test_wrong_password_gets_auth_code_then_retry_works(backend: MemoryBackend) -> None:
+    session, out = make_session(backend)
+    await assert_dialogue(
+        session, out,
+        "C: USER alice", "S: +OK send PASS", "C: PASS wrong", "S: -ERR [AUTH] authentication failed",
+        "C: STAT", "S: -ERR command not valid in this state",
+        "C: USER nobody", "S: +OK send PASS", "C: PASS x", "S: -ERR [AUTH] authentication failed",
+        *LOGIN,
+    )  # fmt: skip
+
+
+async def test_too_many_failed_logins_close_the_connection(backend: MemoryBackend) -> None:
+    session, out = make_session(backend, SessionPolicy(plaintext_auth=True, auth_failure_delay=0, max_auth_failures=2))
+    await exchange(session, out, b"USER alice\r\nPASS x\r\n")
+    reply, closed = await exchange(session, out, b"USER alice\r\nPASS y\r\n")
+    assert closed and reply.endswith(b"-ERR [AUTH] authentication failed\r\n")
+
+
+async def test_second_session_gets_in_use_only_with_right_password(backend: MemoryBackend) -> None:
+    services = Services(backend=backend)
+    first, out1 = make_session(backend, services=services)
+    await assert_dialogue(first, out1, *LOGIN)
+    second, out2 = make_session(backend, services=services)
+    await assert_dialogue(
+        second, out2,
+        "C: USER ALICE", "S: +OK send PASS", "C: PASS wrong", "S: -ERR [AUTH] authentication failed",
+        "C: USER alice", "S: +OK send PASS", "C: PASS secret",
+        "S: -ERR [IN-USE] maildrop already locked by another session",
+    )  # fmt: skip
+    assert backend.opened[-1].closed  # the second mailbox was released
+    await assert_dialogue(first, out1, "C: QUIT", "S: +OK bye")
+    third, out3 = make_session(backend, services=services)
+    await assert_dialogue(third, out3, *LOGIN)
+
+
+async def test_backend_outage_is_sys_temp_and_not_auth(backend: MemoryBackend) -> None:
+    backend.unavailable = True
+    session, out = make_session(backend)
+    await assert_dialogue(
+        session, out, "C: USER alice", "S~ \\+OK.*", "C: PASS secret",
+        f"S: -ERR [SYS/TEMP] {BackendUnavailable.wire_text}",
+    )  # fmt: skip
+
+
+async def test_plaintext_refused_without_tls_unless_opted_in(backend: MemoryBackend) -> None:
+    session, out = make_session(backend, SessionPolicy(plaintext_auth=False))
+    await assert_dialogue(
+        session, out,
+        "C: CAPA", "S: +OK capability list follows", "S: TOP", "S: UIDL", "S: RESP-CODES",
+        "S: AUTH-RESP-CODE", "S: PIPELINING", "S: IMPLEMENTATION popbridge", "S: .",
+        "C: USER alice",
+        "S: -ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections",
+        "C: PASS secret", "S: -ERR PASS must follow a successful USER",
+    )  # fmt: skip
+    assert backend.opened == []
+
+
+async def test_capa_is_the_same_in_both_states(backend: MemoryBackend) -> None:
+    session, out = make_session(backend)
+    before, _ = await exchange(session, out, b"CAPA\r\n")
+    await exchange(session, out, b"USER alice\r\nPASS secret\r\n")
+    after, _ = await exchange(session, out, b"CAPA\r\n")
+    assert before == after and b"\r\nUSER\r\n" in before
+
+
+async def test_message_expunged_upstream_during_session(backend: MemoryBackend) -> None:
+    session, out = make_session(backend)
+    await assert_dialogue(session, out, *LOGIN)
+    backend.stores["alice"].messages.pop(0)  # another client expunged message 1
+    await assert_dialogue(
+        session, out,
+        "C: RETR 1", "S: -ERR message no longer available",
+        "C: LIST", "S: +OK scan listing follows", "S: 1 18", "S: 2 26", "S: .",
+        "C: RETR 2", "S: +OK 26 octets", "S: Subject: b", "S: ", "S: ..dot", "S: last", "S: .",
+    )  # fmt: skip
+
+
+async def test_new_mail_is_not_seen_until_the_next_session(backend: MemoryBackend) -> None:
+    session, out = make_session(backend)
+    await assert_dialogue(session, out, *LOGIN)
+    backend.stores["alice"].add(b"Subject: new\r\n\r\n")
+    await assert_dialogue(session, out, "C: STAT", "S: +OK 2 44", "C: LIST 3", "S: -ERR no such message")
+
+
+@pytest.mark.parametrize("line", ["LIST 0", "LIST 3", "RETR 0", "DELE 99", "TOP 3 1", "UIDL 3"])
+async def test_out_of_range_numbers(backend: MemoryBackend, line: str) -> None:
+    session, out = make_session(backend)
+    await assert_dialogue(session, out, *LOGIN, f"C: {line}", "S: -ERR no such message")
+
+
+async def test_keyword_disposition_hides_messages_from_later_sessions(backend: MemoryBackend) -> None:
+    policy = SessionPolicy(
+        plaintext_auth=True, auth_failure_delay=0,
+        disposition=Disposition(DispositionKind.KEYWORD, keyword="$POP3Deleted"),
+    )
+    session, out = make_session(backend, policy)
+    await assert_dialogue(session, out, *LOGIN, "C: DELE 2", "S~ \\+OK.*", "C: QUIT", "S: +OK bye")
+    later, out2 = make_session(backend, policy)
+    await assert_dialogue(
+        later, out2, "C: USER alice", "S~ .*", "C: PASS secret", "S: +OK maildrop has 1 messages (18 octets)"
+    )
+    assert len(backend.stores["alice"].messages) == 2
+
+
+async def test_mark_seen_on_retr_is_applied_only_at_quit(backend: MemoryBackend) -> None:
+    policy = SessionPolicy(plaintext_auth=True, auth_failure_delay=0, mark_seen_on_retr=True)
+    session, out = make_session(backend, policy)
+    await exchange(session, out, b"USER alice\r\nPASS secret\r\nRETR 1\r\nTOP 2 0\r\n")
+    assert backend.stores["alice"].mutations == []
+    await exchange(session, out, b"QUIT\r\n")
+    assert backend.stores["alice"].mutations == [("seen", ("m1",))]
+
+
+async def test_apop_and_unconfigured_auth_are_refused(backend: MemoryBackend) -> None:
+    session, out = make_session(backend)
+    await assert_dialogue(
+        session, out, "C: APOP alice 0123", "S: -ERR command not supported",
+        "C: AUTH PLAIN", "S: -ERR command not supported", "C: QUIT", "S: +OK bye",
+    )  # fmt: skip
