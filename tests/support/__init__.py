@@ -1,0 +1,1 @@
+"""Test support: real Dovecot instances, a throw-away TLS CA and real POP3 client runners."""
