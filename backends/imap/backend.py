@@ -1,0 +1,78 @@
+"""The IMAP `Backend`: opens a mailbox for a user, and probes the server for `check`.
+
+This module owns the session setup order (connect, TLS, login, EXAMINE; conformance I-1,
+I-2) and the connectivity report. Every step goes through `Connection`, so each has its own
+deadline; if a step fails, the connection is dropped before the error leaves.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from backends.imap import wire
+from backends.imap.config import ImapSettings
+from backends.imap.connection import connect
+from backends.imap.mailbox import ImapMailbox
+from popbridge.errors import AuthFailed
+from popbridge.maildrop import Credentials
+
+logger = logging.getLogger(__name__)
+
+_REPORTED = ("IMAP4REV1", "UIDPLUS", "MOVE", "SPECIAL-USE", "AUTH=PLAIN", "SASL-IR", "AUTH=XOAUTH2")
+
+
+class ImapBackend:
+    """An IMAP upstream: one connection per opened mailbox."""
+
+    def __init__(self, settings: ImapSettings) -> None:
+        self.settings = settings
+
+    async def open(self, credentials: Credentials) -> ImapMailbox:
+        """Log in and EXAMINE the folder; raises AuthFailed, BackendUnavailable/Failure."""
+        _screen(credentials)
+        connection = await connect(self.settings)
+        try:
+            await connection.login(credentials)
+            selected = await connection.select(read_only=True)
+        except BaseException:
+            connection.abort()
+            raise
+        return ImapMailbox(connection, selected.uidvalidity)
+
+    async def check(self) -> list[str]:
+        """Connect (and STARTTLS), read CAPABILITY, log out; never logs in."""
+        connection = await connect(self.settings)
+        try:
+            caps = connection.capabilities
+            findings = [f"connected to {self.settings.peer}"]
+            if connection.tls_version is None:
+                findings.append("TLS: none (cleartext connection)")
+            else:
+                findings.append(
+                    f"TLS verified: {connection.tls_version}, certificate chain and host name "
+                    f"{self.settings.host} checked"
+                )
+            for name in _REPORTED:
+                state = "present" if name in caps else "absent (before login)"
+                findings.append(f"{name}: {state}")
+            if "LOGINDISABLED" in caps:
+                findings.append("LOGINDISABLED: LOGIN will not be used")
+            if "UIDPLUS" not in caps:
+                findings.append("note: many servers list UIDPLUS and MOVE only after login")
+            return findings
+        finally:
+            await connection.logout()
+
+
+def _screen(credentials: Credentials) -> None:
+    """Refuse what no encoding may carry (NUL/CR/LF, oversize) before any connection."""
+    limit = (
+        wire.MAX_TOKEN_OCTETS if credentials.mechanism == "oauth2" else wire.MAX_CREDENTIAL_OCTETS
+    )
+    try:
+        wire.check_credential(credentials.user)
+        wire.check_credential(credentials.secret, limit=limit)
+    except ValueError as exc:
+        raise AuthFailed(f"credentials refused before sending: {exc}") from None
+    if not credentials.user:
+        raise AuthFailed("empty user name")

@@ -1,0 +1,166 @@
+"""The opened IMAP folder as a `Mailbox`: listing and streaming messages, read-only.
+
+This module owns the read side of the IMAP mapping (conformance I-2 to I-5, I-9, I-10): the
+folder is EXAMINEd, messages are named `"<UIDVALIDITY>.<UID>"`, only UID commands are used,
+and bodies are read with `BODY.PEEK` so no `\\Seen` flag is set. Large messages are streamed
+in partial fetches of `fetch_chunk` octets and TOP reads only the header and a growing prefix
+of the text. Dispositions at QUIT are delegated to `backends.imap.dispose`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Collection
+
+from backends.imap import dispose, wire
+from backends.imap.connection import Connection
+from popbridge.errors import BackendFailure, BackendUnavailable, MessageGone
+from popbridge.maildrop import DisposeResult, Disposition, RemoteMessage
+
+logger = logging.getLogger(__name__)
+
+# UIDs per UID FETCH while listing: bounds each reply (aioimaplib keeps whole replies in
+# memory and parses them recursively).
+LIST_BATCH = 500
+# What a listing asks per message: the size, and hints that let the core recognise a
+# message if UIDVALIDITY ever changes (conformance I-6).
+_LIST_ITEMS = "(UID RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"
+# First guess of text octets per TOP line; doubled until enough lines have arrived.
+_TOP_OCTETS_PER_LINE = 128
+_TOP_MINIMUM = 4096
+
+
+class ImapMailbox:
+    """One EXAMINEd folder on one connection; identities are `"<uidvalidity>.<uid>"`."""
+
+    def __init__(self, connection: Connection, uidvalidity: int) -> None:
+        self._connection = connection
+        self._uidvalidity = uidvalidity
+        self._chunk = connection.settings.fetch_chunk
+        self._sizes: dict[int, int] = {}
+        self._closed = False
+
+    async def list(self, *, hidden_keyword: str | None = None) -> list[RemoteMessage]:
+        """Visible messages in ascending UID order (RFC 3501 2.3.1.2), \\Deleted excluded (I-3)."""
+        criteria = ["NOT", "DELETED"]
+        if hidden_keyword is not None:
+            if not wire.is_keyword(hidden_keyword):
+                raise BackendFailure(f"hidden keyword {hidden_keyword!r} is not an IMAP atom")
+            criteria += ["NOT", "KEYWORD", hidden_keyword]
+        found = await self._connection.run("SEARCH", *criteria, uid=True)
+        messages: dict[int, RemoteMessage] = {}
+        for batch in wire.batches(wire.search_uids(found.data), LIST_BATCH):
+            reply = await self._connection.run("FETCH", wire.uid_set(batch), _LIST_ITEMS, uid=True)
+            wanted = set(batch)
+            for fetched in wire.parse_fetches(reply.data):
+                uid, size = fetched.uid, fetched.number("RFC822.SIZE")
+                # Unsolicited FETCHes (flag changes by other clients) carry no size.
+                if uid is not None and uid in wanted and size is not None:
+                    messages[uid] = self._listed(uid, fetched, size)
+        return [messages[uid] for uid in sorted(messages)]
+
+    def _listed(self, uid: int, fetched: wire.Fetched, size: int) -> RemoteMessage:
+        self._sizes[uid] = size
+        return RemoteMessage(
+            identity=f"{self._uidvalidity}.{uid}",
+            size=size,
+            message_id=wire.message_id(fetched.prefixed("BODY[HEADER.FIELDS")),
+            received=wire.internal_date(fetched.items.get("INTERNALDATE")),
+        )
+
+    async def fetch(self, identity: str, *, body_lines: int | None = None) -> AsyncIterator[bytes]:
+        """Stream the message in pieces of at most `fetch_chunk` octets (header+prefix for TOP)."""
+        uid = self._uid(identity)
+        if body_lines is not None:
+            async for piece in self._top(uid, body_lines):
+                yield piece
+            return
+        size = self._sizes.get(uid)
+        if size is not None and size <= self._chunk:
+            whole = await self._fetch_one(uid, "BODY.PEEK[]")
+            yield self._section(whole, uid, "", None)
+            return
+        offset = 0
+        while True:
+            # RFC 3501 6.4.5: BODY.PEEK[]<offset.length> never sets \Seen; a start past the
+            # end returns an empty string. A short piece is the end unless the listed size
+            # says more is due (then the next, empty, piece confirms it).
+            fetched = await self._fetch_one(uid, f"BODY.PEEK[]<{offset}.{self._chunk}>")
+            piece = self._section(fetched, uid, "", offset)
+            if not piece:
+                return
+            yield piece
+            offset += len(piece)
+            if len(piece) < self._chunk and (size is None or offset >= size):
+                return
+
+    async def _top(self, uid: int, lines: int) -> AsyncIterator[bytes]:
+        """Header, then text in growing pieces until `lines` full lines arrived (I-10)."""
+        want = min(self._chunk, max(_TOP_MINIMUM, (lines + 1) * _TOP_OCTETS_PER_LINE))
+        request = (
+            "(BODY.PEEK[HEADER])"
+            if lines == 0
+            else f"(BODY.PEEK[HEADER] BODY.PEEK[TEXT]<0.{want}>)"
+        )
+        fetched = await self._fetch_one(uid, request)
+        yield self._section(fetched, uid, "HEADER", None)
+        if lines == 0:
+            return
+        offset, seen = 0, 0
+        while True:
+            text = self._section(fetched, uid, "TEXT", offset)
+            if text:
+                yield text
+            offset += len(text)
+            seen += text.count(b"\n")
+            if seen >= lines or len(text) < want:
+                return
+            want = min(self._chunk, want * 2)
+            fetched = await self._fetch_one(uid, f"BODY.PEEK[TEXT]<{offset}.{want}>")
+
+    async def _fetch_one(self, uid: int, items: str) -> wire.Fetched:
+        """UID FETCH one message; MessageGone if the server has no such message (I-9)."""
+        reply = await self._connection.run("FETCH", str(uid), items, uid=True, check=False)
+        if reply.code == "EXPUNGEISSUED":  # RFC 5530 3: the message was expunged meanwhile
+            raise MessageGone(f"UID FETCH {uid}: {reply.describe()}")
+        if not reply.ok:
+            logger.info(
+                "%s: UID FETCH %d refused: %s", self._connection.peer, uid, reply.describe()
+            )
+            if reply.code == "UNAVAILABLE":
+                raise BackendUnavailable(f"UID FETCH {uid}: {reply.describe()}")
+            if reply.result == "BAD":
+                raise BackendFailure(f"UID FETCH {uid}: {reply.describe()}")
+            raise MessageGone(f"UID FETCH {uid}: {reply.describe()}")
+        for fetched in wire.parse_fetches(reply.data):
+            if fetched.uid in (uid, None) and any(key.startswith("BODY[") for key in fetched.items):
+                return fetched
+        # Office 365 answers OK with no data for some UIDs (MailKit #1615); so does any
+        # server for a UID that was expunged.
+        raise MessageGone(f"UID FETCH {uid}: no body data in an OK reply")
+
+    def _section(self, fetched: wire.Fetched, uid: int, section: str, origin: int | None) -> bytes:
+        data = fetched.body(section, origin)
+        if data is None:
+            raise MessageGone(f"UID FETCH {uid}: no BODY[{section}] in the reply")
+        return data
+
+    def _uid(self, identity: str) -> int:
+        parsed = wire.parse_identity(identity)
+        if parsed is None or parsed[0] != self._uidvalidity:
+            # Another UIDVALIDITY means the UID may now name a different message (I-6).
+            raise MessageGone(f"identity {identity!r} is not from this UIDVALIDITY")
+        return parsed[1]
+
+    async def dispose(self, identities: Collection[str], how: Disposition) -> DisposeResult:
+        """Apply `how` at QUIT; see `backends.imap.dispose`."""
+        return await dispose.dispose(self._connection, self._uidvalidity, identities, how)
+
+    async def close(self) -> None:
+        """LOGOUT, never CLOSE (RFC 3501 6.4.2 would expunge); idempotent, never raises."""
+        if not self._closed:
+            self._closed = True
+            await self._connection.logout()
+
+    def __repr__(self) -> str:
+        return f"<ImapMailbox {self._connection.peer} uidvalidity={self._uidvalidity}>"

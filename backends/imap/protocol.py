@@ -1,0 +1,202 @@
+"""aioimaplib, fenced in: its protocol class with the quirks that matter to us fixed.
+
+This module is the only one that imports aioimaplib. It keeps aioimaplib's parser (literals
+arrive as bytearray, untagged lines are routed to the pending command) and fixes what would
+hurt a bridge: recursion of one stack frame per received line (RecursionError on bursts of
+~1,000 lines), a quadratic "is this FETCH reply complete?" test, `"* "` stripped from the
+middle of quoted strings, no SASL continuation support, and DEBUG logging of raw wire data
+(bodies, credentials). `Connection` drives it; it never sees aioimaplib's types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aioimaplib
+
+from backends.imap import wire
+
+# aioimaplib's own errors (state violations, unexpected tagged lines), for `Connection`.
+LibraryError = aioimaplib.AioImapException
+
+
+class _NoWireDebug(logging.Filter):
+    """Drops aioimaplib's DEBUG records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.DEBUG
+
+
+# aioimaplib logs every byte it sends and receives at DEBUG: message bodies, and credentials
+# its scrubbing misses (LOGIN's escaped password, base64 XOAUTH2 tokens: conformance S-6).
+# A filter on its logger holds even when an operator sets the root logger to DEBUG.
+logging.getLogger("aioimaplib.aioimaplib").addFilter(_NoWireDebug())
+
+# aioimaplib parses one received chunk with one stack frame per line, so a chunk of ~1,000
+# short lines (a big UID FETCH, a burst of EXPUNGEs) raises RecursionError and kills the
+# transport. We feed it at most this many lines at a time.
+_MAX_LINES_PER_FEED = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A tagged reply: `result` is OK/NO/BAD, `data` the untagged lines aioimaplib routed to
+    the command (literals as bytearray), `text` the tagged status text."""
+
+    result: str
+    data: tuple[wire.Part, ...]
+    text: bytes
+
+    @property
+    def ok(self) -> bool:
+        return self.result == "OK"
+
+    @property
+    def code(self) -> str | None:
+        return wire.response_code(self.text)
+
+    def describe(self) -> str:
+        return f"{self.result} {wire.printable(self.text)}"
+
+
+class _FetchCommand(aioimaplib.FetchCommand):  # type: ignore[misc]
+    """aioimaplib's FETCH command with its "reply complete?" test made incremental.
+
+    The base `wait_data` rescans every line received so far each time a line arrives
+    (quadratic: 75% of the time of a 3,000-message listing). The rule is unchanged: the
+    text lines since the last `n FETCH (` line must have balanced parentheses; literal
+    payloads (bytearray) do not count.
+    """
+
+    _depth = 0
+
+    def append_to_resp(self, line: bytes | bytearray, result: str = "Pending") -> None:
+        if isinstance(line, bytes):
+            balance = line.count(b"(") - line.count(b")")
+            fresh = self.FETCH_MESSAGE_DATA_RE.match(line)
+            self._depth = balance if fresh else self._depth + balance
+        super().append_to_resp(line, result)
+
+    def wait_data(self) -> bool:
+        return self._depth != 0
+
+
+class ImapProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
+    """aioimaplib's protocol with its wire-level quirks fixed; the parsing is unchanged."""
+
+    # Attributes of the (untyped) base class that the overrides below use.
+    state: str
+    transport: Any
+    incomplete_line: bytes
+    current_command: Any
+    pending_sync_command: Any
+    pending_async_commands: dict[str, Any]
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_lost: Callable[[Any], None]) -> None:
+        super().__init__(loop, on_lost)
+        self.greeting: asyncio.Future[bytes] = loop.create_future()
+        self.sasl_response: str | None = None
+
+    def data_received(self, data: bytes) -> None:
+        # Bounded feeding (see _MAX_LINES_PER_FEED); also skips the base class's eager
+        # `log.debug("Received : %s" % data)`, which formats every body chunk even when off.
+        while data:
+            literal = self._literal_remaining()
+            if literal:  # literal payload is consumed without recursion: feed it whole
+                piece, data = data[:literal], data[literal:]
+            else:
+                piece, data = wire.first_lines(data, _MAX_LINES_PER_FEED)
+            self._feed(piece)
+
+    def _literal_remaining(self) -> int:
+        command = self.current_command
+        if command is None or not command.wait_literal_data():
+            return 0
+        return int(command._expected_size) - len(command._resp_literal_data)
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self._handle_responses(
+                self.incomplete_line + data, self._handle_line, self.current_command
+            )
+            self.incomplete_line = b""
+            self.current_command = None
+        except aioimaplib.IncompleteRead as partial:
+            self.current_command = partial.cmd
+            self.incomplete_line = partial.data
+
+    def send(self, line: str, scrub: str | None = None) -> None:
+        # The base class logs the line (credentials included) before writing it.
+        self.transport.write(line.encode("utf-8") + b"\r\n")
+
+    def _handle_line(self, line: bytes, current_cmd: Any) -> Any:
+        if self.state == aioimaplib.CONNECTED:
+            # The base class runs the greeting through a task that raises on BYE and sends
+            # CAPABILITY itself; we want the greeting synchronously and our own deadlines.
+            if line and not self.greeting.done():
+                self.greeting.set_result(line)
+                usable = line.upper().startswith(b"* OK")
+                self.state = aioimaplib.NONAUTH if usable else aioimaplib.LOGOUT
+            return None
+        return super()._handle_line(line, current_cmd)
+
+    def _untagged_response(self, line: bytes) -> Any:
+        # The base class does `line.replace(b"* ", b"")`, which also corrupts quoted strings
+        # (bodies, mailbox names) that contain "* "; only the leading marker is cut here.
+        line = line[2:] if line.startswith(b"* ") else line
+        if self.pending_sync_command is not None:
+            self.pending_sync_command.append_to_resp(line)
+            return self.pending_sync_command
+        match = aioimaplib.message_data_re.match(line)
+        if match:
+            name, text = match.group(1), line
+        else:
+            name, _, text = line.partition(b" ")
+        command = self.pending_async_commands.get(name.decode("ascii", "replace").upper())
+        if command is not None:
+            command.append_to_resp(text)
+        return command
+
+    def _continuation(self, line: bytes) -> None:
+        command = self.pending_sync_command
+        if command is None or command.name != "AUTHENTICATE":
+            super()._continuation(line)
+            return
+        # RFC 3501 6.2.2: the first "+" asks for our initial response when SASL-IR was not
+        # used; any further challenge is the server's error report (XOAUTH2 sends JSON),
+        # answered with an empty line so that it finishes with a tagged NO.
+        response, self.sasl_response = self.sasl_response, None
+        self.transport.write((response or "").encode("ascii") + b"\r\n")
+
+    # --- what Connection uses (it never touches aioimaplib itself)
+
+    @property
+    def greeted_ok(self) -> bool:
+        """True after an `* OK` greeting (not BYE, not PREAUTH)."""
+        return bool(self.state == aioimaplib.NONAUTH)
+
+    def authenticated(self) -> None:
+        self.state = aioimaplib.AUTH
+
+    def selected(self) -> None:
+        self.state = aioimaplib.SELECTED  # aioimaplib leaves EXAMINE (a "simple command") in AUTH
+
+    def command(self, name: str, args: tuple[str, ...], *, uid: bool) -> Any:
+        """An aioimaplib command object; ValueError if an argument holds NUL, CR or LF."""
+        options: dict[str, Any] = {"prefix": "UID" if uid else None, "loop": self.loop}
+        if name == "FETCH":
+            return _FetchCommand(self.new_tag(), *args, **options)
+        if name == "STORE":
+            options["untagged_resp_name"] = "FETCH"  # as aioimaplib's own store() does
+        return aioimaplib.Command(name, self.new_tag(), *args, **options)
+
+    async def submit(self, command: Any) -> Reply:
+        """Send `command` and wait for its tagged reply (no deadline: the caller owns it)."""
+        response = await self.execute(command)
+        lines = list(response.lines)
+        text = lines.pop() if lines and isinstance(lines[-1], bytes) else b""
+        return Reply(str(response.result), tuple(lines), bytes(text))

@@ -1,0 +1,422 @@
+"""IMAP syntax without I/O: what the IMAP backend sends and how it reads what comes back.
+
+This module owns every string that reaches the upstream server from user or config input
+(quoted strings, atoms, modified UTF-7 mailbox names, SASL responses, UID sets) and the
+parsers for the responses the backend relies on (FETCH, SEARCH, LIST, capabilities, response
+codes). It works on the parts aioimaplib hands over: text lines as `bytes` and literal payloads
+as `bytearray`. Nothing here touches a socket, so every rule is unit-testable in isolation.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from popbridge.errors import BackendFailure
+
+Part = bytes | bytearray
+Value = bytes | None | list["Value"]
+
+# RFC 4616 section 2: servers MUST accept 255 octets; more is allowed but we stay bounded.
+MAX_CREDENTIAL_OCTETS = 1024
+MAX_TOKEN_OCTETS = 16384
+
+_CONTROL = re.compile(r"[\x00\r\n]")
+# RFC 3501 section 9: ATOM-CHAR is any CHAR except atom-specials.
+_ATOM = re.compile(r"\A[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]+\Z")
+_IDENTITY = re.compile(r"\A([0-9]{1,10})\.([0-9]{1,10})\Z")
+_QUOTED = re.compile(rb'"((?:[^"\\]|\\.)*)"', re.DOTALL)
+# An atom, where a bracketed section spec (`BODY[HEADER.FIELDS (X)]<0>`) is one token.
+_ATOM_TOKEN = re.compile(rb'(?:[^ ()"\[\]]|\[[^\]]*\])+')
+_LITERAL_END = re.compile(rb"\{([0-9]+)\+?\}\Z")
+_FETCH_START = re.compile(rb"\A(?:\* )?[0-9]+ FETCH ", re.IGNORECASE)
+_LIST_START = re.compile(rb"\A(?:\* )?(?:LIST )?\(", re.IGNORECASE)
+_UIDVALIDITY = re.compile(rb"\[UIDVALIDITY ([0-9]{1,10})\]", re.IGNORECASE)
+_CODE = re.compile(rb"\A\[([A-Za-z0-9.\-]+)")
+_CAPABILITY_CODE = re.compile(rb"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_INTERNALDATE = re.compile(
+    rb" ?([0-9]{1,2})-([A-Za-z]{3})-([0-9]{4}) ([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    rb" ([+-])([0-9]{2})([0-9]{2})"
+)
+
+
+class ProtocolError(BackendFailure):
+    """The upstream sent something this backend cannot parse."""
+
+
+# ---------------------------------------------------------------- what we send
+
+
+def quote(text: str) -> str:
+    """An IMAP quoted string (RFC 3501 sections 4.3 and 9: 7-bit, no CR/LF, escaped)."""
+    if _CONTROL.search(text) or not text.isascii():
+        raise ValueError("not representable as an IMAP quoted string")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def is_keyword(text: str) -> bool:
+    """True if `text` is a user keyword: an atom that is not a `\\` system flag (RFC 3501 9)."""
+    return bool(_ATOM.match(text))
+
+
+def encode_mailbox(name: str) -> str:
+    """A mailbox name in modified UTF-7 (RFC 3501 section 5.1.3), ready for `quote`."""
+    out: list[str] = []
+    pending: list[str] = []
+
+    def flush() -> None:
+        if pending:
+            raw = base64.b64encode("".join(pending).encode("utf-16-be")).rstrip(b"=")
+            out.append("&" + raw.replace(b"/", b",").decode("ascii") + "-")
+            pending.clear()
+
+    for char in name:
+        if 0x20 <= ord(char) <= 0x7E:
+            flush()
+            out.append("&-" if char == "&" else char)
+        else:
+            pending.append(char)
+    flush()
+    return "".join(out)
+
+
+def uid_set(uids: Iterable[int]) -> str:
+    """A compact UID set covering exactly `uids` (RFC 3501 9 sequence-set).
+
+    Only runs of consecutive numbers become ranges, so the set never names a UID we were
+    not asked about (RFC 1939 section 6: never touch an unmarked message).
+    """
+    ordered = sorted(set(uids))
+    ranges: list[str] = []
+    index = 0
+    while index < len(ordered):
+        end = index
+        while end + 1 < len(ordered) and ordered[end + 1] == ordered[end] + 1:
+            end += 1
+        first, last = ordered[index], ordered[end]
+        ranges.append(str(first) if first == last else f"{first}:{last}")
+        index = end + 1
+    return ",".join(ranges)
+
+
+def batches(uids: Sequence[int], size: int) -> Iterator[list[int]]:
+    """`uids` in slices of at most `size`, so no single reply grows without bound."""
+    for start in range(0, len(uids), size):
+        yield list(uids[start : start + size])
+
+
+def parse_identity(identity: str) -> tuple[int, int] | None:
+    """(UIDVALIDITY, UID) from an identity `"<uidvalidity>.<uid>"`; None if malformed."""
+    match = _IDENTITY.match(identity)
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(2))
+
+
+def check_credential(value: str, *, limit: int = MAX_CREDENTIAL_OCTETS) -> None:
+    """Refuse what no SASL or LOGIN encoding may carry: NUL, CR, LF; and oversized values."""
+    if _CONTROL.search(value):
+        raise ValueError("credential contains NUL, CR or LF")
+    if len(value.encode("utf-8", "surrogatepass")) > limit:
+        raise ValueError("credential too long")
+
+
+def sasl_plain(user: str, password: str) -> str:
+    """The base64 SASL PLAIN response `\\0user\\0password` (RFC 4616 section 2), UTF-8."""
+    check_credential(user)
+    check_credential(password)
+    if not user:
+        raise ValueError("empty user name")
+    raw = b"\0" + user.encode("utf-8") + b"\0" + password.encode("utf-8")
+    return base64.b64encode(raw).decode("ascii")
+
+
+def xoauth2(user: str, token: str) -> str:
+    """The base64 XOAUTH2 response `user=U^Aauth=Bearer T^A^A` (Google/Microsoft spec)."""
+    check_credential(user)
+    check_credential(token, limit=MAX_TOKEN_OCTETS)
+    if not user or not token or "\x01" in user or "\x01" in token:
+        raise ValueError("unusable XOAUTH2 user or token")
+    raw = f"user={user}\x01auth=Bearer {token}\x01\x01".encode()
+    return base64.b64encode(raw).decode("ascii")
+
+
+def login_arguments(user: str, password: str) -> tuple[str, str]:
+    """LOGIN's two arguments as quoted strings; ValueError for what a quoted string can't hold."""
+    check_credential(user)
+    check_credential(password)
+    if not user:
+        raise ValueError("empty user name")
+    return quote(user), quote(password)
+
+
+# ------------------------------------------------------------- what we receive
+
+
+def first_lines(data: bytes, most: int) -> tuple[bytes, bytes]:
+    """`data` cut after its `most`-th LF: (head, rest); no byte is lost or added."""
+    if data.count(b"\n") <= most:
+        return data, b""
+    end = 0
+    for _ in range(most):
+        end = data.index(b"\n", end) + 1
+    return data[:end], data[end:]
+
+
+def response_code(text: bytes) -> str | None:
+    """The response code atom of a status text (`[AUTHENTICATIONFAILED] ...`), upper-cased."""
+    match = _CODE.match(text)
+    return match.group(1).decode("ascii").upper() if match else None
+
+
+def capabilities(data: Iterable[Part], text: bytes, *, bare: bool) -> frozenset[str] | None:
+    """Capabilities from a reply; `bare` when data lines hold only the capability list.
+
+    Returns None when the reply carried none (then ask with CAPABILITY).
+    """
+    found: list[bytes] = []
+    for line in data:
+        if not isinstance(line, bytes):
+            continue
+        if bare:
+            found.append(line)
+        elif line.upper().startswith(b"CAPABILITY "):
+            found.append(line[len(b"CAPABILITY ") :])
+        elif match := _CAPABILITY_CODE.search(line):
+            found.append(match.group(1))
+    if match := _CAPABILITY_CODE.search(text):
+        found.append(match.group(1))
+    if not found:
+        return None
+    return frozenset(atom.decode("ascii", "replace").upper() for atom in b" ".join(found).split())
+
+
+def uidvalidity(data: Iterable[Part]) -> int | None:
+    """UIDVALIDITY from a SELECT/EXAMINE reply (RFC 3501 section 7.1)."""
+    for line in data:
+        if isinstance(line, bytes) and (match := _UIDVALIDITY.search(line)):
+            return int(match.group(1))
+    return None
+
+
+def search_uids(data: Iterable[Part]) -> list[int]:
+    """UIDs from the SEARCH lines aioimaplib routed to a UID SEARCH (prefix already cut)."""
+    uids: set[int] = set()
+    for line in data:
+        if not isinstance(line, bytes):
+            continue
+        for atom in line.split():
+            if atom.isdigit():
+                uids.add(int(atom))
+            elif atom.upper() not in (b"*", b"SEARCH"):
+                raise ProtocolError(f"unexpected SEARCH data {printable(line)}")
+    return sorted(uids)
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """One FETCH response: its UID (None if absent) and its items by upper-cased name."""
+
+    uid: int | None
+    items: dict[str, Value]
+
+    def number(self, name: str) -> int | None:
+        value = self.items.get(name)
+        return int(value) if isinstance(value, bytes) and value.isdigit() else None
+
+    def body(self, section: str, origin: int | None = None) -> bytes | None:
+        """The data of `BODY[section]` (with `<origin>` if partial); None if absent or NIL."""
+        keys = [f"BODY[{section}]"]
+        if origin is not None:
+            keys.insert(0, f"BODY[{section}]<{origin}>")
+        for key in keys:
+            if key in self.items:
+                value = self.items[key]
+                if isinstance(value, list):
+                    raise ProtocolError(f"{key} is a list")
+                return value  # NIL: Dovecot's answer for a message expunged meanwhile
+        return None
+
+    def prefixed(self, prefix: str) -> bytes | None:
+        """The first string item whose name starts with `prefix` (sections the server echoes)."""
+        for key, value in self.items.items():
+            if key.startswith(prefix) and isinstance(value, bytes):
+                return value
+        return None
+
+
+def parse_fetches(data: Sequence[Part]) -> list[Fetched]:
+    """Every FETCH response among `data`, in any item order; other lines are skipped."""
+    result: list[Fetched] = []
+    for group in _groups(data, _FETCH_START):
+        first = group[0][2:] if group[0].startswith(b"* ") else group[0]
+        tokens = _tokens([first, *group[1:]])
+        if len(tokens) < 3 or not isinstance(tokens[2], list):
+            raise ProtocolError(f"malformed FETCH response {printable(group[0])}")
+        items = _pairs(tokens[2])
+        uid = items.get("UID")
+        result.append(
+            Fetched(int(uid) if isinstance(uid, bytes) and uid.isdigit() else None, items)
+        )
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One LIST response: its attributes (upper-cased) and the name as the server sent it."""
+
+    attributes: frozenset[str]
+    name: bytes
+
+
+def parse_list(data: Sequence[Part]) -> list[Listed]:
+    """Every LIST response among `data` (RFC 3501 7.2.2, RFC 6154 attributes)."""
+    result: list[Listed] = []
+    for group in _groups(data, _LIST_START):
+        first = group[0]
+        if first.upper().startswith(b"* "):
+            first = first[2:]
+        if first.upper().startswith(b"LIST "):
+            first = first[5:]
+        tokens = _tokens([first, *group[1:]])
+        if len(tokens) < 3 or not isinstance(tokens[0], list) or not isinstance(tokens[2], bytes):
+            raise ProtocolError(f"malformed LIST response {printable(group[0])}")
+        names = {a.decode("ascii", "replace").upper() for a in tokens[0] if isinstance(a, bytes)}
+        result.append(Listed(frozenset(names), tokens[2]))
+    return result
+
+
+def internal_date(value: Value) -> datetime | None:
+    """An INTERNALDATE (`"21-Nov-2025 22:51:57 +0000"`, RFC 3501 9) as an aware datetime."""
+    if not isinstance(value, bytes):
+        return None
+    match = _INTERNALDATE.fullmatch(value)
+    if match is None:
+        return None
+    day, month_name, year, hour, minute, second, sign, off_h, off_m = match.groups()
+    if month_name.decode().title() not in _MONTHS:
+        return None
+    offset = timedelta(hours=int(off_h), minutes=int(off_m))
+    try:
+        return datetime(
+            int(year), _MONTHS.index(month_name.decode().title()) + 1, int(day),
+            int(hour), int(minute), int(second),
+            tzinfo=timezone(-offset if sign == b"-" else offset),
+        )  # fmt: skip
+    except ValueError:
+        return None
+
+
+def message_id(header: bytes | None) -> str | None:
+    """The Message-ID from a `HEADER.FIELDS (MESSAGE-ID)` block, unfolded; None if absent."""
+    if not header:
+        return None
+    unfolded = re.sub(rb"\r?\n[ \t]+", b" ", header)
+    match = re.search(rb"^message-id:[ \t]*(\S[^\r\n]*)", unfolded, re.IGNORECASE | re.MULTILINE)
+    if match is None:
+        return None
+    return match.group(1).strip().decode("ascii", "replace")[:998] or None
+
+
+def printable(data: Part, limit: int = 200) -> str:
+    """Server text made safe for one log line: ASCII, no control characters, bounded."""
+    text = bytes(data[:limit]).decode("ascii", "replace")
+    return "".join(c if " " <= c <= "~" else "?" for c in text)
+
+
+# -------------------------------------------------------------- the tokenizer
+
+
+def _groups(data: Sequence[Part], start: re.Pattern[bytes]) -> Iterator[list[Part]]:
+    """Split aioimaplib's flat line list into responses; each begins with a `start` line."""
+    group: list[Part] = []
+    for part in data:
+        if isinstance(part, bytes) and start.match(part):
+            if group:
+                yield group
+            group = [part]
+        elif group:
+            group.append(part)
+    if group:
+        yield group
+
+
+def _tokens(parts: Sequence[Part]) -> list[Value]:
+    """Parse a response's parts into values: atoms and strings as bytes, NIL as None, lists."""
+    stack: list[list[Value]] = [[]]
+    index = 0
+    while index < len(parts):
+        part = parts[index]
+        index += 1
+        if not isinstance(part, bytes):
+            raise ProtocolError("literal without announcement")
+        literal = _scan(part, stack)
+        if literal is not None:
+            if index >= len(parts) or isinstance(parts[index], bytes):
+                raise ProtocolError("announced literal missing")
+            payload = parts[index]
+            if len(payload) != literal:
+                raise ProtocolError("literal of the wrong length")
+            stack[-1].append(bytes(payload))
+            index += 1
+    if len(stack) != 1:
+        raise ProtocolError("unbalanced parentheses")
+    return stack[0]
+
+
+def _scan(text: bytes, stack: list[list[Value]]) -> int | None:
+    """Tokenize one text part into `stack`; returns the size of a literal announced at its end."""
+    pos = 0
+    while pos < len(text):
+        char = text[pos : pos + 1]
+        if char == b" ":
+            pos += 1
+        elif char == b"(":
+            stack.append([])
+            pos += 1
+        elif char == b")":
+            if len(stack) == 1:
+                raise ProtocolError("unbalanced parentheses")
+            done = stack.pop()
+            stack[-1].append(done)
+            pos += 1
+        elif char == b'"':
+            match = _QUOTED.match(text, pos)
+            if match is None:
+                raise ProtocolError("unterminated quoted string")
+            stack[-1].append(re.sub(rb"\\(.)", rb"\1", match.group(1)))
+            pos = match.end()
+        elif char == b"{":
+            literal = _LITERAL_END.match(text, pos)
+            if literal is None:
+                raise ProtocolError("malformed literal")
+            return int(literal.group(1))
+        else:
+            pos = _atom(text, pos, stack[-1])
+    return None
+
+
+def _atom(text: bytes, pos: int, out: list[Value]) -> int:
+    """Read one atom at `pos`; a `[...]` section (spaces and parens allowed) stays inside it."""
+    match = _ATOM_TOKEN.match(text, pos)
+    if match is None:
+        raise ProtocolError(f"unexpected {printable(text[pos : pos + 20])!r}")
+    atom = match.group()
+    out.append(None if atom.upper() == b"NIL" else atom)
+    return match.end()
+
+
+def _pairs(values: list[Value]) -> dict[str, Value]:
+    """FETCH's `name value name value ...` list as a dict keyed by upper-cased name."""
+    if len(values) % 2:
+        raise ProtocolError("odd number of FETCH items")
+    items: dict[str, Value] = {}
+    for name, value in zip(values[::2], values[1::2], strict=True):
+        if not isinstance(name, bytes):
+            raise ProtocolError("FETCH item name is not an atom")
+        items[name.decode("ascii", "replace").upper()] = value
+    return items

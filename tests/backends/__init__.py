@@ -1,0 +1,1 @@
+"""Backend tests: one contract suite (contract.py) run against every backend."""

@@ -1,0 +1,155 @@
+"""Unit tests of `backends.imap.wire`: the IMAP syntax the backend sends and parses, no I/O."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from backends.imap import wire
+
+
+@pytest.mark.parametrize(
+    ("uids", "expected"),
+    [([1], "1"), ([3, 1, 2], "1:3"), ([1, 2, 4, 6, 7, 8], "1:2,4,6:8"), ([5, 5], "5")],
+)
+def test_uid_set_names_exactly_the_given_uids(uids: list[int], expected: str) -> None:
+    assert wire.uid_set(uids) == expected
+
+
+@given(st.sets(st.integers(min_value=1, max_value=200), min_size=1))
+def test_uid_set_round_trips(uids: set[int]) -> None:
+    named: set[int] = set()
+    for part in wire.uid_set(uids).split(","):
+        first, _, last = part.partition(":")
+        named.update(range(int(first), int(last or first) + 1))
+    assert named == uids
+
+
+def test_batches_are_bounded_and_complete() -> None:
+    chunks = list(wire.batches(list(range(1201)), 500))
+    assert [len(c) for c in chunks] == [500, 500, 201]
+    assert [uid for chunk in chunks for uid in chunk] == list(range(1201))
+
+
+def test_quote_escapes_and_refuses_what_a_quoted_string_cannot_hold() -> None:
+    assert wire.quote('a"b\\c') == '"a\\"b\\\\c"'
+    for bad in ("a\r\nb", "a\nb", "a\x00", "\u00e4"):
+        with pytest.raises(ValueError):
+            wire.quote(bad)
+
+
+def test_mailbox_names_use_modified_utf7() -> None:
+    # RFC 3501 5.1.3's own example, plus "&" and a plain name.
+    assert wire.encode_mailbox("~peter/mail/\u53f0\u5317/\u65e5\u672c\u8a9e") == (
+        "~peter/mail/&U,BTFw-/&ZeVnLIqe-"
+    )
+    assert wire.encode_mailbox("A&B") == "A&-B"
+    assert wire.encode_mailbox("INBOX") == "INBOX"
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [("$Forwarded", True), ("popbridge-done", True), ("\\Seen", False), ("a b", False),
+     ("a)", False), ('a"', False), ("a]", False), ("", False), ("a%", False), ("\u00e4", False)],
+)  # fmt: skip
+def test_keywords_must_be_atoms(text: str, ok: bool) -> None:
+    assert wire.is_keyword(text) is ok
+
+
+def test_identity_parsing_is_strict() -> None:
+    assert wire.parse_identity("1700000000.42") == (1700000000, 42)
+    for bad in ("1.2.3", "x.1", "1.", ".1", "\u0661.1", "1 .2", "12345678901.1"):
+        assert wire.parse_identity(bad) is None
+
+
+def test_sasl_responses() -> None:
+    assert base64.b64decode(wire.sasl_plain("\u00fc", "p w")) == b"\0\xc3\xbc\0p w"
+    token = base64.b64decode(wire.xoauth2("u@x", "tok"))
+    assert token == b"user=u@x\x01auth=Bearer tok\x01\x01"
+    for user, secret in (("a\r\nb", "p"), ("a", "p\x00"), ("", "p"), ("a" * 2000, "p")):
+        with pytest.raises(ValueError):
+            wire.sasl_plain(user, secret)
+    with pytest.raises(ValueError):
+        wire.login_arguments("\u00e4", "p")
+    assert wire.login_arguments('a"b', "c\\d") == ('"a\\"b"', '"c\\\\d"')
+
+
+@given(st.binary(max_size=300), st.integers(min_value=1, max_value=5))
+def test_first_lines_keeps_every_byte(data: bytes, most: int) -> None:
+    head, rest = wire.first_lines(data, most)
+    assert head + rest == data
+    assert head.count(b"\n") <= most
+    assert not rest or head.endswith(b"\n")
+
+
+def test_fetch_parsing_handles_literals_quoted_nil_and_order() -> None:
+    parts: list[wire.Part] = [
+        b"12 FETCH (RFC822.SIZE 30 UID 7 BODY[HEADER.FIELDS (MESSAGE-ID)] {4}",
+        bytearray(b"ab)\r"),
+        b' FLAGS (\\Seen $x) BODY[]<0> "q\\"uote" BODY[TEXT] NIL)',
+        b"* 3 FETCH (FLAGS ())",
+        b"5 EXPUNGE",
+    ]
+    first, second = wire.parse_fetches(parts)
+    assert first.uid == 7
+    assert first.number("RFC822.SIZE") == 30
+    assert first.prefixed("BODY[HEADER.FIELDS") == b"ab)\r"
+    assert first.body("", 0) == b'q"uote'
+    assert first.body("TEXT") is None
+    assert first.items["FLAGS"] == [b"\\Seen", b"$x"]
+    assert second.uid is None
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [[b"1 FETCH (UID 1"], [b"1 FETCH (UID 1 BODY[] {5}"], [b"1 FETCH (UID)"],
+     [b"1 FETCH (UID 1 BODY[] {3}", bytearray(b"toolong"), b")"], [b'1 FETCH (UID "1)']],
+)  # fmt: skip
+def test_malformed_fetch_is_a_protocol_error(parts: list[wire.Part]) -> None:
+    with pytest.raises(wire.ProtocolError):
+        wire.parse_fetches(parts)
+
+
+def test_list_parsing_reads_attributes_and_names() -> None:
+    parts: list[wire.Part] = [
+        b'(\\HasNoChildren \\Trash) "/" "Deleted Items"',
+        b"() NIL INBOX",
+        b'(\\Junk) "." {4}',
+        bytearray(b"Sp m"),
+    ]
+    listed = wire.parse_list(parts)
+    assert [(sorted(e.attributes), e.name) for e in listed] == [
+        (["\\HASNOCHILDREN", "\\TRASH"], b"Deleted Items"),
+        ([], b"INBOX"),
+        (["\\JUNK"], b"Sp m"),
+    ]
+
+
+def test_status_text_helpers() -> None:
+    assert wire.response_code(b"[AUTHENTICATIONFAILED] no") == "AUTHENTICATIONFAILED"
+    assert wire.response_code(b"plain text") is None
+    caps = wire.capabilities([b"CAPABILITY IMAP4rev1 Move"], b"[CAPABILITY UIDPLUS] ok", bare=False)
+    assert caps == frozenset({"IMAP4REV1", "MOVE", "UIDPLUS"})
+    assert wire.capabilities([], b"Logged in", bare=False) is None
+    assert wire.uidvalidity([b"FLAGS ()", b"OK [UIDVALIDITY 123] ok"]) == 123
+    assert wire.search_uids([b"5 3 3", b""]) == [3, 5]
+    with pytest.raises(wire.ProtocolError):
+        wire.search_uids([b"5 (MODSEQ 3)"])
+
+
+def test_internal_date_and_message_id() -> None:
+    assert wire.internal_date(b" 1-Feb-2024 10:00:00 +0130") == datetime(
+        2024, 2, 1, 10, 0, tzinfo=timezone(timedelta(hours=1, minutes=30))
+    )
+    assert wire.internal_date(b"01-Feb-2024 10:00:00 -0000") == datetime(2024, 2, 1, 10, tzinfo=UTC)
+    bad_dates: list[wire.Value] = [b"31-Feb-2024 10:00:00 +0000", b"1-Foo-2024 10:00:00 +0000"]
+    bad_dates += [None, [b"x"]]
+    for bad in bad_dates:
+        assert wire.internal_date(bad) is None
+    assert wire.message_id(b"Message-ID:\r\n <a@b>\r\n\r\n") == "<a@b>"
+    assert wire.message_id(b"\r\n") is None
+    assert wire.printable(b"a\x1b[31mb\xff") == "a?[31mb?"
