@@ -122,6 +122,10 @@ class Pop3Server:
         self._connections[task] = engine
         try:
             await self._serve(reader, writer, listener, engine)
+        except asyncio.CancelledError:
+            # Shutdown cancelled this connection; it has cleaned up. Ending the task
+            # normally keeps asyncio's stream callback from logging the cancellation.
+            pass
         finally:
             del self._connections[task]
 
@@ -148,6 +152,9 @@ class Pop3Server:
             session_log.info("closing")
         except TimeoutError:
             session_log.info("idle timeout, closing without UPDATE")
+        except asyncio.CancelledError:
+            session_log.info("server stopping, closing without UPDATE")
+            raise
         except (ConnectionError, asyncio.IncompleteReadError) as error:
             session_log.info("connection lost: %s", error.__class__.__name__)
         except Exception:

@@ -13,7 +13,6 @@ import re
 
 from popbridge.pop3.engine import NeedData, Pop3Engine
 from popbridge.session import Services, Session, SessionClosing, SessionPolicy
-
 from tests.memory_backend import MemoryBackend
 
 LOG = logging.LoggerAdapter(logging.getLogger("tests.dialogue"), {})
@@ -36,7 +35,10 @@ class Capture:
 
 
 def make_session(
-    backend: MemoryBackend, policy: SessionPolicy | None = None, *, secure: bool = False,
+    backend: MemoryBackend,
+    policy: SessionPolicy | None = None,
+    *,
+    secure: bool = False,
     services: Services | None = None,
 ) -> tuple[Session, Capture]:
     out = Capture()

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from popbridge.errors import AuthFailed, BackendUnavailable, MessageGone
 from popbridge.maildrop import (
     Credentials,
+    DisposeResult,
     Disposition,
     DispositionKind,
-    DisposeResult,
     RemoteMessage,
 )
 from popbridge.pop3.wire import normalised_size
@@ -56,7 +56,8 @@ class MemoryMailbox:
         return [
             RemoteMessage(m.identity, normalised_size(m.data))
             for m in self.store.messages
-            if "\\Deleted" not in m.flags and (hidden_keyword is None or hidden_keyword not in m.flags)
+            if "\\Deleted" not in m.flags
+            and (hidden_keyword is None or hidden_keyword not in m.flags)
         ]
 
     async def fetch(self, identity: str, *, body_lines: int | None = None) -> AsyncIterator[bytes]:

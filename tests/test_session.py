@@ -8,7 +8,6 @@ import pytest
 from popbridge.errors import BackendUnavailable
 from popbridge.maildrop import Disposition, DispositionKind
 from popbridge.session import Services, SessionPolicy
-
 from tests.dialogue import assert_dialogue, exchange, make_session
 from tests.memory_backend import MemoryBackend
 
@@ -23,7 +22,13 @@ def backend() -> MemoryBackend:
     return backend
 
 
-LOGIN = ("C: USER alice", "S: +OK send PASS", "C: PASS secret", "S: +OK maildrop has 2 messages (44 octets)")
+AUTH_FAILED = "S: -ERR [AUTH] authentication failed"
+LOGIN = (
+    "C: USER alice",
+    "S: +OK send PASS",
+    "C: PASS secret",
+    "S: +OK maildrop has 2 messages (44 octets)",
+)
 
 
 async def test_full_transaction(backend: MemoryBackend) -> None:
@@ -87,7 +92,9 @@ async def test_failed_update_answers_sys_temp_and_keeps_the_rest(backend: Memory
 
 
 @pytest.mark.parametrize("end", [b"", b"QUIT"])  # dropped, or QUIT without its CRLF
-async def test_session_ending_without_quit_applies_nothing(backend: MemoryBackend, end: bytes) -> None:
+async def test_session_ending_without_quit_applies_nothing(
+    backend: MemoryBackend, end: bytes
+) -> None:
     session, out = make_session(backend)
     await assert_dialogue(session, out, *LOGIN, "C: DELE 1", "S~ \\+OK.*")
     await exchange(session, out, end)
@@ -100,15 +107,17 @@ async def test_wrong_password_gets_auth_code_then_retry_works(backend: MemoryBac
     session, out = make_session(backend)
     await assert_dialogue(
         session, out,
-        "C: USER alice", "S: +OK send PASS", "C: PASS wrong", "S: -ERR [AUTH] authentication failed",
+        "C: USER alice", "S: +OK send PASS", "C: PASS wrong", AUTH_FAILED,
         "C: STAT", "S: -ERR command not valid in this state",
-        "C: USER nobody", "S: +OK send PASS", "C: PASS x", "S: -ERR [AUTH] authentication failed",
+        "C: USER nobody", "S: +OK send PASS", "C: PASS x", AUTH_FAILED,
         *LOGIN,
     )  # fmt: skip
 
 
 async def test_too_many_failed_logins_close_the_connection(backend: MemoryBackend) -> None:
-    session, out = make_session(backend, SessionPolicy(plaintext_auth=True, auth_failure_delay=0, max_auth_failures=2))
+    session, out = make_session(
+        backend, SessionPolicy(plaintext_auth=True, auth_failure_delay=0, max_auth_failures=2)
+    )
     await exchange(session, out, b"USER alice\r\nPASS x\r\n")
     reply, closed = await exchange(session, out, b"USER alice\r\nPASS y\r\n")
     assert closed and reply.endswith(b"-ERR [AUTH] authentication failed\r\n")
@@ -121,7 +130,7 @@ async def test_second_session_gets_in_use_only_with_right_password(backend: Memo
     second, out2 = make_session(backend, services=services)
     await assert_dialogue(
         second, out2,
-        "C: USER ALICE", "S: +OK send PASS", "C: PASS wrong", "S: -ERR [AUTH] authentication failed",
+        "C: USER ALICE", "S: +OK send PASS", "C: PASS wrong", AUTH_FAILED,
         "C: USER alice", "S: +OK send PASS", "C: PASS secret",
         "S: -ERR [IN-USE] maildrop already locked by another session",
     )  # fmt: skip
@@ -177,7 +186,9 @@ async def test_new_mail_is_not_seen_until_the_next_session(backend: MemoryBacken
     session, out = make_session(backend)
     await assert_dialogue(session, out, *LOGIN)
     backend.stores["alice"].add(b"Subject: new\r\n\r\n")
-    await assert_dialogue(session, out, "C: STAT", "S: +OK 2 44", "C: LIST 3", "S: -ERR no such message")
+    await assert_dialogue(
+        session, out, "C: STAT", "S: +OK 2 44", "C: LIST 3", "S: -ERR no such message"
+    )
 
 
 @pytest.mark.parametrize("line", ["LIST 0", "LIST 3", "RETR 0", "DELE 99", "TOP 3 1", "UIDL 3"])
@@ -186,16 +197,24 @@ async def test_out_of_range_numbers(backend: MemoryBackend, line: str) -> None:
     await assert_dialogue(session, out, *LOGIN, f"C: {line}", "S: -ERR no such message")
 
 
-async def test_keyword_disposition_hides_messages_from_later_sessions(backend: MemoryBackend) -> None:
+async def test_keyword_disposition_hides_messages_from_later_sessions(
+    backend: MemoryBackend,
+) -> None:
     policy = SessionPolicy(
-        plaintext_auth=True, auth_failure_delay=0,
+        plaintext_auth=True,
+        auth_failure_delay=0,
         disposition=Disposition(DispositionKind.KEYWORD, keyword="$POP3Deleted"),
     )
     session, out = make_session(backend, policy)
     await assert_dialogue(session, out, *LOGIN, "C: DELE 2", "S~ \\+OK.*", "C: QUIT", "S: +OK bye")
     later, out2 = make_session(backend, policy)
     await assert_dialogue(
-        later, out2, "C: USER alice", "S~ .*", "C: PASS secret", "S: +OK maildrop has 1 messages (18 octets)"
+        later,
+        out2,
+        "C: USER alice",
+        "S~ .*",
+        "C: PASS secret",
+        "S: +OK maildrop has 1 messages (18 octets)",
     )
     assert len(backend.stores["alice"].messages) == 2
 

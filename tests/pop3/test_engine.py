@@ -54,13 +54,26 @@ def test_engine_imports_no_io_or_backend_module() -> None:
 @pytest.mark.parametrize(
     ("line", "command"),
     [
-        (b"stat", c.Stat()), (b"StAt", c.Stat()), (b"LIST", c.List()), (b"LIST 7", c.List(7)),
-        (b"UIDL 12", c.Uidl(12)), (b"RETR 1", c.Retr(1)), (b"TOP 2 0", c.Top(2, 0)),
-        (b"TOP 1 99999999", c.Top(1, 99999999)), (b"DELE 3", c.Dele(3)), (b"NOOP", c.Noop()),
-        (b"RSET", c.Rset()), (b"QUIT", c.Quit()), (b"CAPA", c.Capa()), (b"STLS", c.Stls()),
-        (b"USER j\xc3\xb6rg", c.User("jörg")), (b"PASS my secret  pw", c.Pass("my secret  pw")),
-        (b"AUTH PLAIN", c.Auth("PLAIN")), (b"AUTH plain AGEAYg==", c.Auth("PLAIN", "AGEAYg==")),
-        (b"LIST 1 ", c.List(1)), (b"APOP mrose c4c9", c.Apop()),
+        (b"stat", c.Stat()),
+        (b"StAt", c.Stat()),
+        (b"LIST", c.List()),
+        (b"LIST 7", c.List(7)),
+        (b"UIDL 12", c.Uidl(12)),
+        (b"RETR 1", c.Retr(1)),
+        (b"TOP 2 0", c.Top(2, 0)),
+        (b"TOP 1 99999999", c.Top(1, 99999999)),
+        (b"DELE 3", c.Dele(3)),
+        (b"NOOP", c.Noop()),
+        (b"RSET", c.Rset()),
+        (b"QUIT", c.Quit()),
+        (b"CAPA", c.Capa()),
+        (b"STLS", c.Stls()),
+        (b"USER j\xc3\xb6rg", c.User("jörg")),
+        (b"PASS my secret  pw", c.Pass("my secret  pw")),
+        (b"AUTH PLAIN", c.Auth("PLAIN")),
+        (b"AUTH plain AGEAYg==", c.Auth("PLAIN", "AGEAYg==")),
+        (b"LIST 1 ", c.List(1)),
+        (b"APOP mrose c4c9", c.Apop()),
     ],
 )
 def test_valid_lines_parse(line: bytes, command: c.Command) -> None:
@@ -70,11 +83,35 @@ def test_valid_lines_parse(line: bytes, command: c.Command) -> None:
 @pytest.mark.parametrize(
     "line",
     [
-        b"RETR 1_0", b"RETR +1", "RETR \u0661".encode(), "RETR \u00b2".encode(), b"RETR 0x1",
-        b"RETR -1", b"RETR", b"RETR 1 2", b"RETR 12345678901", b"TOP 1", b"TOP 1 -1", b"TOP 1 x",
-        b"LIST  1", b"STAT x", b"XYZZ", b"STATS", b"", b"ST", b"US\x00ER a", b"USER a\rb",
-        b"USER", b"USER a b", b"USER \xff", b"PASS", b"NOOP \xc3\xa9", b"AUTH a b c",
-        b"USER " + b"x" * 256, b"[X", b"DELE \t1",
+        b"RETR 1_0",
+        b"RETR +1",
+        "RETR \u0661".encode(),
+        "RETR \u00b2".encode(),
+        b"RETR 0x1",
+        b"RETR -1",
+        b"RETR",
+        b"RETR 1 2",
+        b"RETR 12345678901",
+        b"TOP 1",
+        b"TOP 1 -1",
+        b"TOP 1 x",
+        b"LIST  1",
+        b"STAT x",
+        b"XYZZ",
+        b"STATS",
+        b"",
+        b"ST",
+        b"US\x00ER a",
+        b"USER a\rb",
+        b"USER",
+        b"USER a b",
+        b"USER \xff",
+        b"PASS",
+        b"NOOP \xc3\xa9",
+        b"AUTH a b c",
+        b"USER " + b"x" * 256,
+        b"[X",
+        b"DELE \t1",
     ],
 )
 def test_invalid_lines_are_rejected_without_echo(line: bytes) -> None:
@@ -90,7 +127,9 @@ def test_parser_never_raises(line: bytes) -> None:
     assert isinstance(parsed, c.Invalid) or type(parsed).__module__ == c.__name__
 
 
-@pytest.mark.parametrize("line", [b"STAT", b"LIST", b"RETR 1", b"DELE 1", b"NOOP", b"RSET", b"TOP 1 1", b"UIDL"])
+@pytest.mark.parametrize(
+    "line", [b"STAT", b"LIST", b"RETR 1", b"DELE 1", b"NOOP", b"RSET", b"TOP 1 1", b"UIDL"]
+)
 def test_transaction_commands_are_refused_before_login(line: bytes) -> None:
     engine = Pop3Engine()
     event = feed(engine, line + b"\r\n")
@@ -162,7 +201,9 @@ def test_overlong_line_is_answered_once_and_its_tail_never_executed() -> None:
 
 def test_long_auth_lines_are_accepted_up_to_the_sasl_cap() -> None:
     token = b"A" * 4000
-    assert feed(Pop3Engine(), b"AUTH XOAUTH2 " + token + b"\r\n") == c.Auth("XOAUTH2", token.decode())
+    assert feed(Pop3Engine(), b"AUTH XOAUTH2 " + token + b"\r\n") == c.Auth(
+        "XOAUTH2", token.decode()
+    )
     assert isinstance(feed(Pop3Engine(), b"AUTH XOAUTH2 " + b"A" * 20000 + b"\r\n"), Rejected)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -9,14 +11,14 @@ from hypothesis import strategies as st
 from popbridge.pop3.wire import BodyEncoder, normalise, normalised_size, unstuff
 
 # bodies rich in the bytes that matter: dots, CR, LF, and line starts
-bodies = st.lists(st.sampled_from([b".", b"\r", b"\n", b"a", b"..", b"\r\n", b"x.y"]), max_size=60).map(
-    b"".join
-) | st.binary(max_size=300)
+bodies = st.lists(
+    st.sampled_from([b".", b"\r", b"\n", b"a", b"..", b"\r\n", b"x.y"]), max_size=60
+).map(b"".join) | st.binary(max_size=300)
 
 
 def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
 def encode(chunks: list[bytes], body_lines: int | None = None) -> tuple[bytes, BodyEncoder]:
@@ -31,7 +33,9 @@ def expected_message(data: bytes) -> bytes:
 
 
 @given(bodies, st.lists(st.integers(0, 400), max_size=12))
-def test_unstuff_of_encoding_is_normalised_body_for_any_chunking(data: bytes, cuts: list[int]) -> None:
+def test_unstuff_of_encoding_is_normalised_body_for_any_chunking(
+    data: bytes, cuts: list[int]
+) -> None:
     wire, encoder = encode(chunked(data, cuts))
     assert unstuff(wire) == expected_message(data)
     assert encoder.octets == normalised_size(data) == len(expected_message(data))
@@ -48,7 +52,9 @@ def test_wire_lines_are_crlf_terminated_and_never_a_lone_dot(data: bytes, cuts: 
 
 @settings(max_examples=300)
 @given(bodies, st.lists(st.integers(0, 400), max_size=12), st.integers(0, 8))
-def test_top_is_prefix_of_retr_with_header_and_n_lines(data: bytes, cuts: list[int], n: int) -> None:
+def test_top_is_prefix_of_retr_with_header_and_n_lines(
+    data: bytes, cuts: list[int], n: int
+) -> None:
     full = expected_message(data)
     top_wire, _ = encode(chunked(data, cuts), body_lines=n)
     top = unstuff(top_wire)

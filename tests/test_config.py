@@ -1,0 +1,129 @@
+"""Config loading: defaults, validation errors that name the file and key, secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from popbridge.config import load_config
+from popbridge.errors import ConfigError
+from popbridge.maildrop import DispositionKind
+from popbridge.settings import TableReader
+
+MINIMAL = """
+[[listeners]]
+port = 1110
+
+[backend]
+type = "imap"
+host = "imap.example.net"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "popbridge.toml"
+    path.write_text(text)
+    return path
+
+
+def test_minimal_config_gets_safe_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    assert config.listeners[0].port == 1110 and config.listeners[0].host == "127.0.0.1"
+    assert config.listeners[0].plaintext_auth is False
+    assert config.server.idle_timeout == 600
+    assert config.maildrop.disposition.kind is DispositionKind.EXPUNGE
+    assert config.maildrop.mark_seen_on_retr is False
+    assert config.backend_type == "imap" and config.backend_settings["host"] == "imap.example.net"
+
+
+def test_full_maildrop_section(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            MINIMAL
+            + '\n[maildrop]\ndisposition = "move"\nmove_to = "Archive"\nmark_seen_on_retr = true\n',
+        )
+    )
+    assert config.maildrop.disposition.kind is DispositionKind.MOVE
+    assert config.maildrop.disposition.folder == "Archive"
+    assert config.maildrop.mark_seen_on_retr
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("[server]\nidle_timeout = 30\n", "server.idle_timeout: must be at least 600"),
+        ("[server]\nmax_connections = true\n", "server.max_connections: must be an integer"),
+        ('[server]\nlog_level = "LOUD"\n', "server.log_level: must be one of"),
+        ("[server]\nidle_timout = 700\n", "server.idle_timout: unknown key"),
+        ('[maildrop]\ndisposition = "shred"\n', "maildrop.disposition: must be one of"),
+        ('[maildrop]\ndisposition = "move"\n', "maildrop.move_to: is required"),
+        ('[maildrop]\nkeyword = "bad word"\n', "maildrop.keyword: must be"),
+        ("[extras]\na = 1\n", "extras: unknown section"),
+    ],
+)
+def test_errors_name_file_and_key(tmp_path: Path, extra: str, message: str) -> None:
+    path = write(tmp_path, MINIMAL + extra)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value).startswith(str(path))
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[backend]\ntype = "imap"\n', "listeners: at least one"),
+        ('listeners = []\n[backend]\ntype = "imap"\n', "listeners: must be a non-empty"),
+        (
+            '[[listeners]]\nport = 99999\n[backend]\ntype = "imap"\n',
+            "listeners[0].port: must be at most",
+        ),
+        ("[[listeners]]\nport = 110\n", "backend: a [backend] table is required"),
+        ('[[listeners]]\n[backend]\nhost = "x"\n', "backend.type: is required"),
+        ("not toml = = =", "not valid TOML"),
+    ],
+)
+def test_structural_errors(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=None) as caught:
+        load_config(write(tmp_path, text))
+    assert message in str(caught.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_secret_from_file_env_or_inline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "pw").write_text("from-file\nignored\n")
+    monkeypatch.setenv("POPBRIDGE_TEST_SECRET", "from-env")
+    read = lambda table: TableReader(table, source="f.toml", path="backend").secret("password")  # noqa: E731
+    assert read({"password_file": str(tmp_path / "pw")}) == "from-file"
+    assert read({"password_env": "POPBRIDGE_TEST_SECRET"}) == "from-env"
+    assert read({"password": "inline"}) == "inline"
+    assert read({}) is None
+    with pytest.raises(ConfigError, match="give only one"):
+        read({"password": "a", "password_env": "POPBRIDGE_TEST_SECRET"})
+    with pytest.raises(ConfigError, match="password_env: environment variable"):
+        read({"password_env": "POPBRIDGE_NOT_SET_ANYWHERE"})
+    with pytest.raises(ConfigError, match="does not exist"):
+        read({"password_file": str(tmp_path / "nope")})
+
+
+def test_table_reader_types() -> None:
+    reader = TableReader({"n": 1.5, "s": "", "t": "x", "b": 1}, source="f", path="p")
+    assert reader.number("n") == 1.5
+    with pytest.raises(ConfigError, match="must not be empty"):
+        reader.string("s")
+    with pytest.raises(ConfigError, match="must be true or false"):
+        reader.boolean("b")
+    with pytest.raises(ConfigError, match="must be a table"):
+        reader.table("t")
+    with pytest.raises(ConfigError, match="must be a number"):
+        TableReader({"n": "x"}, source="f", path="p").number("n")
+    with pytest.raises(ConfigError, match="is required"):
+        reader.number("absent")
+    with pytest.raises(ConfigError, match="must be a table"):
+        TableReader([], source="f", path="p")  # type: ignore[arg-type]

@@ -1,0 +1,169 @@
+"""The asyncio server over real loopback sockets, with the in-memory backend: poplib,
+pipelining, idle timeout, connection cap, and shutdown without UPDATE."""
+
+from __future__ import annotations
+
+import asyncio
+import poplib
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from popbridge.config import Config, ListenerConfig, ServerConfig
+from popbridge.pop3.wire import normalise, normalised_size
+from popbridge.server import Pop3Server
+from popbridge.session import Services
+from tests.memory_backend import MemoryBackend
+
+MESSAGES = [
+    b"Subject: one\r\n\r\nbody\r\n",
+    b"Subject: two\n\n.starts with dot\n",
+    b"X: 3\r\n\r\n" + (b"z" * 70 + b"\n") * 4000,
+]
+TOTAL = sum(normalised_size(m) for m in MESSAGES)
+
+MakeServer = Callable[..., "asyncio.Future[Pop3Server]"]
+
+
+@pytest.fixture
+def backend() -> MemoryBackend:
+    backend = MemoryBackend()
+    backend.user("alice", "secret", *MESSAGES).chunk_size = 65536
+    return backend
+
+
+@pytest.fixture
+async def make_server(backend: MemoryBackend) -> AsyncIterator[Callable[..., object]]:
+    servers: list[Pop3Server] = []
+
+    async def start(**server_options: object) -> Pop3Server:
+        options: dict[str, object] = {"auth_failure_delay": 0.0, **server_options}
+        config = Config(
+            source="test",
+            backend_type="memory",
+            listeners=(ListenerConfig(host="127.0.0.1", port=0, plaintext_auth=True),),
+            server=ServerConfig(**options),  # type: ignore[arg-type]
+        )
+        server = Pop3Server(config, Services(backend=backend))
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop()
+
+
+async def connect(server: Pop3Server) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = server.addresses[0]
+    reader, writer = await asyncio.open_connection(host, port)
+    assert (await reader.readline()).startswith(b"+OK")
+    return reader, writer
+
+
+def poplib_session(port: int) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    client = poplib.POP3("127.0.0.1", port, timeout=10)
+    client.user("alice")
+    client.pass_("secret")
+    count, size = client.stat()
+    sizes = [int(line.split()[1]) for line in client.list()[1]]
+    assert size == sum(sizes) and count == 3
+    bodies = [b"\r\n".join(client.retr(n)[1]) + b"\r\n" for n in range(1, count + 1)]
+    uidls = client.uidl()[1]
+    top = client.top(2, 0)[1]
+    client.dele(1)
+    client.quit()
+    assert [len(b) for b in bodies] == sizes
+    return bodies, uidls, top
+
+
+async def test_poplib_session_retrieves_every_byte(
+    make_server: Callable[..., object], backend: MemoryBackend
+) -> None:
+    server: Pop3Server = await make_server()  # type: ignore[misc]
+    bodies, uidls, top = await asyncio.to_thread(poplib_session, server.addresses[0][1])
+    assert bodies == [normalise(m) for m in MESSAGES]
+    assert uidls == [b"1 m1", b"2 m2", b"3 m3"]
+    assert top == [b"Subject: two", b""]
+    assert backend.stores["alice"].mutations == [("expunge", ("m1",))]
+
+
+async def test_pipelined_commands_answered_in_order(make_server: Callable[..., object]) -> None:
+    server: Pop3Server = await make_server()  # type: ignore[misc]
+    reader, writer = await connect(server)
+    writer.write(b"USER alice\r\nPASS secret\r\nSTAT\r\nRETR 1\r\nBOGUS\r\nNOOP\r\nQUIT\r\n")
+    data = await asyncio.wait_for(reader.read(), 5)
+    assert data == (
+        b"+OK send PASS\r\n+OK maildrop has 3 messages (%d octets)\r\n+OK 3 %d\r\n" % (TOTAL, TOTAL)
+        + b"+OK 22 octets\r\nSubject: one\r\n\r\nbody\r\n.\r\n"
+        + b"-ERR unknown command\r\n+OK\r\n+OK bye\r\n"
+    )
+
+
+async def test_idle_timeout_closes_silently_and_applies_nothing(
+    make_server: Callable[..., object], backend: MemoryBackend
+) -> None:
+    server: Pop3Server = await make_server(idle_timeout=0.5)  # type: ignore[misc]
+    reader, writer = await connect(server)
+    writer.write(b"USER alice\r\nPASS secret\r\nDELE 1\r\n")
+    await reader.readline(), await reader.readline(), await reader.readline()
+    for _ in range(4):  # a trickle of bytes that never completes a command does not reset it
+        writer.write(b"N")
+        await asyncio.sleep(0.1)
+    assert await asyncio.wait_for(reader.read(), 3) == b""
+    assert backend.stores["alice"].mutations == []
+    reader2, writer2 = await connect(server)  # the lock was released
+    writer2.write(b"USER alice\r\nPASS secret\r\n")
+    await reader2.readline()
+    assert (await reader2.readline()).startswith(b"+OK maildrop")
+    writer2.close()
+
+
+async def test_commands_reset_the_idle_timer(make_server: Callable[..., object]) -> None:
+    server: Pop3Server = await make_server(idle_timeout=0.4)  # type: ignore[misc]
+    reader, writer = await connect(server)
+    for _ in range(5):
+        await asyncio.sleep(0.2)
+        writer.write(b"CAPA\r\n")
+        assert (await reader.readuntil(b".\r\n")).startswith(b"+OK")
+    writer.close()
+
+
+async def test_connection_cap(make_server: Callable[..., object]) -> None:
+    server: Pop3Server = await make_server(max_connections=1)  # type: ignore[misc]
+    _, first = await connect(server)
+    host, port = server.addresses[0]
+    reader, _ = await asyncio.open_connection(host, port)
+    assert await reader.read() == b"-ERR [SYS/TEMP] too many connections, try again later\r\n"
+    first.close()
+
+
+async def test_dropped_connection_releases_lock_and_applies_nothing(
+    make_server: Callable[..., object], backend: MemoryBackend
+) -> None:
+    server: Pop3Server = await make_server()  # type: ignore[misc]
+    reader, writer = await connect(server)
+    writer.write(b"USER alice\r\nPASS secret\r\nDELE 1\r\nDELE 2\r\n")
+    for _ in range(4):
+        await reader.readline()
+    writer.transport.abort()
+    for _ in range(50):
+        if backend.opened[-1].closed:
+            break
+        await asyncio.sleep(0.02)
+    assert backend.opened[-1].closed
+    assert backend.stores["alice"].mutations == []
+
+
+async def test_shutdown_cancels_sessions_without_update(
+    make_server: Callable[..., object], backend: MemoryBackend
+) -> None:
+    server: Pop3Server = await make_server()  # type: ignore[misc]
+    reader, writer = await connect(server)
+    writer.write(b"USER alice\r\nPASS secret\r\nDELE 1\r\n")
+    for _ in range(3):
+        await reader.readline()
+    await server.stop()
+    assert await asyncio.wait_for(reader.read(), 3) == b""
+    assert backend.stores["alice"].mutations == []
+    assert backend.opened[-1].closed
