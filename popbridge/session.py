@@ -24,7 +24,8 @@ from popbridge.pop3 import commands as c
 from popbridge.pop3.engine import Pop3Engine, Rejected
 from popbridge.pop3.replies import Err, Ok, Reply
 from popbridge.pop3.wire import BodyEncoder
-from popbridge.snapshot import NoSuchMessage, Snapshot
+from popbridge.sizes import MemorySizeCache, SizeCache
+from popbridge.snapshot import Entry, NoSuchMessage, Snapshot
 from popbridge.uidl import DerivedUidls, UidlMap
 
 PLAINTEXT_REFUSED = "Plaintext authentication disallowed on non-secure (SSL/TLS) connections"
@@ -58,6 +59,7 @@ class Services:
     backend: Backend
     locks: MaildropLocks = field(default_factory=LocalLocks)
     uidls: UidlMap = field(default_factory=DerivedUidls)
+    sizes: SizeCache = field(default_factory=MemorySizeCache)
 
 
 class SessionClosing(Exception):
@@ -84,6 +86,7 @@ class Session:
         self._policy = policy
         self._log = log
         self._user: str | None = None
+        self._account = ""
         self._failures = 0
         self._mailbox: Mailbox | None = None
         self._lease: Lease | None = None
@@ -168,7 +171,9 @@ class Session:
                 raise MailboxInUse(credentials.lock_key)
             self._mailbox, self._lease = mailbox, lease
             listing = await mailbox.list(hidden_keyword=self._policy.disposition.hides_keyword)
+            listing = await self._services.sizes.correct(credentials.lock_key, listing)
             uidls = await self._services.uidls.assign(credentials.lock_key, listing)
+            self._account = credentials.lock_key
             self._snapshot = Snapshot(listing, uidls)
         except BaseException:
             await self.abort()
@@ -229,14 +234,16 @@ class Session:
             encoder = BodyEncoder(body_lines=lines)
             await self._stream(first, chunks, encoder)
         if lines is None:
-            self._retrieved.add(entry.message.identity)
-            if encoder.octets != entry.size:
-                self._log.warning(
-                    "message %d: listed %d octets, sent %d",
-                    entry.number,
-                    entry.size,
-                    encoder.octets,
-                )
+            await self._retrieved_whole(entry, encoder.octets)
+
+    async def _retrieved_whole(self, entry: Entry, octets: int) -> None:
+        self._retrieved.add(entry.message.identity)
+        if octets != entry.size:
+            # Later sessions list the size sent now (conformance I-8): content is immutable.
+            self._log.warning(
+                "message %d: listed %d octets, sent %d", entry.number, entry.size, octets
+            )
+            await self._services.sizes.record(self._account, entry.message.identity, octets)
 
     async def _first_chunk(self, chunks: AsyncIterator[bytes]) -> bytes | None:
         """The first chunk, or None after answering `-ERR` (nothing was sent yet)."""

@@ -37,6 +37,7 @@ class MemoryStore:
     messages: list[StoredMessage] = field(default_factory=list)
     mutations: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     fail_dispose: set[str] = field(default_factory=set)
+    misreported: dict[str, int] = field(default_factory=dict)  # identity -> size listed
     chunk_size: int = 7
     next_id: int = 1
 
@@ -54,7 +55,9 @@ class MemoryMailbox:
 
     async def list(self, *, hidden_keyword: str | None = None) -> Sequence[RemoteMessage]:
         return [
-            RemoteMessage(m.identity, normalised_size(m.data))
+            RemoteMessage(
+                m.identity, self.store.misreported.get(m.identity, normalised_size(m.data))
+            )
             for m in self.store.messages
             if "\\Deleted" not in m.flags
             and (hidden_keyword is None or hidden_keyword not in m.flags)

@@ -234,3 +234,16 @@ async def test_apop_and_unconfigured_auth_are_refused(backend: MemoryBackend) ->
         session, out, "C: APOP alice 0123", "S: -ERR command not supported",
         "C: AUTH PLAIN", "S: -ERR command not supported", "C: QUIT", "S: +OK bye",
     )  # fmt: skip
+
+
+async def test_misreported_size_is_corrected_for_later_sessions(backend: MemoryBackend) -> None:
+    backend.stores["alice"].misreported["m2"] = 24  # as IMAP does for an unterminated last line
+    services = Services(backend=backend)
+    first, out = make_session(backend, services=services)
+    await assert_dialogue(
+        first, out, "C: USER alice", "S~ .*", "C: PASS secret", "S~ .*", "C: LIST 2", "S: +OK 2 24",
+        "C: RETR 2", "S: +OK 24 octets", "S: Subject: b", "S: ", "S: ..dot", "S: last", "S: .",
+        "C: QUIT", "S: +OK bye",
+    )  # fmt: skip
+    second, out2 = make_session(backend, services=services)
+    await assert_dialogue(second, out2, *LOGIN, "C: LIST 2", "S: +OK 2 26")

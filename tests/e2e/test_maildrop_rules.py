@@ -260,3 +260,14 @@ async def test_wrong_password_and_unreachable_upstream_are_told_apart(
     down = await bridge(port=free_port())
     with pytest.raises(poplib.error_proto, match=r"^b'-ERR \[SYS/TEMP\]"):
         await in_thread(pop, down)
+
+
+async def test_unterminated_last_line_gets_crlf_and_a_corrected_size(
+    bridge: StartBridge, mailbox: Dovecot
+) -> None:
+    mailbox.seed("alice", [b"Subject: no newline\n\nlast line without newline"])
+    server = await bridge()
+    first_sizes, bodies, _ = await in_thread(retrieve_all, server)
+    assert bodies == [b"Subject: no newline\r\n\r\nlast line without newline\r\n"]
+    assert first_sizes == [len(bodies[0]) - 2]  # what IMAP RFC822.SIZE says
+    assert (await in_thread(retrieve_all, server))[0] == [len(bodies[0])]  # measured since
