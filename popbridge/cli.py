@@ -18,11 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from popbridge import __version__
+from popbridge.app import build_services
 from popbridge.config import Config, load_config
 from popbridge.errors import BridgeError, ConfigError
-from popbridge.maildrop import load_backend
 from popbridge.server import Pop3Server
-from popbridge.session import Services
 
 log = logging.getLogger("popbridge")
 
@@ -50,16 +49,19 @@ def setup_logging(level: str) -> None:
 
 async def serve(config: Config) -> None:
     """Run until SIGTERM/SIGINT, then shut down without applying pending deletions."""
-    backend = load_backend(config.backend_type, config.backend_settings, source=config.source)
-    server = Pop3Server(config, Services(backend=backend))
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    log.info("shutting down")
-    await server.stop()
+    services, store = await build_services(config)
+    try:
+        server = Pop3Server(config, services)
+        await server.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+        await server.stop()
+    finally:
+        await store.close()
 
 
 async def check(config: Config) -> int:
@@ -69,9 +71,11 @@ async def check(config: Config) -> int:
         mode = "plaintext passwords allowed" if listener.plaintext_auth else "plaintext refused"
         print(f"listener {listener.host}:{listener.port}: {mode}")
     print(f"maildrop: disposition {config.maildrop.disposition.kind.value}")
-    backend = load_backend(config.backend_type, config.backend_settings, source=config.source)
+    services, store = await build_services(config)
+    await store.close()
+    print("store: ok")
     try:
-        findings = await backend.check()
+        findings = await services.backend.check()
     except BridgeError as error:
         print(f"backend {config.backend_type}: FAILED: {error}")
         return 1

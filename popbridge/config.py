@@ -58,6 +58,14 @@ class Config:
     backend_settings: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     server: ServerConfig = ServerConfig()
     maildrop: MaildropConfig = MaildropConfig()
+    # read by their owners (popbridge.store, popbridge.accounts), which validate them
+    store_settings: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    accounts_settings: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def directory(self) -> Path:
+        """Where relative paths in the config are anchored: the config file's folder."""
+        return Path(self.source).resolve().parent
 
 
 def load_config(path: Path) -> Config:
@@ -74,7 +82,9 @@ def load_config(path: Path) -> Config:
 
 def parse_config(data: Mapping[str, Any], *, source: str) -> Config:
     """Validate an already parsed TOML document."""
-    unknown = sorted(set(data) - {"server", "listeners", "backend", "maildrop"})
+    unknown = sorted(
+        set(data) - {"server", "listeners", "backend", "maildrop", "store", "accounts"}
+    )
     if unknown:
         raise ConfigError(f"{source}: {unknown[0]}: unknown section")
     backend = data.get("backend")
@@ -88,7 +98,16 @@ def parse_config(data: Mapping[str, Any], *, source: str) -> Config:
         backend_settings=MappingProxyType(dict(backend)),
         server=_server(TableReader(data.get("server", {}), source=source, path="server")),
         maildrop=_maildrop(TableReader(data.get("maildrop", {}), source=source, path="maildrop")),
+        store_settings=MappingProxyType(dict(_table(data, "store", source))),
+        accounts_settings=MappingProxyType(dict(_table(data, "accounts", source))),
     )
+
+
+def _table(data: Mapping[str, Any], name: str, source: str) -> Mapping[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{source}: {name}: must be a table")
+    return value
 
 
 def _listeners(value: Any, source: str) -> tuple[ListenerConfig, ...]:

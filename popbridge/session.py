@@ -17,9 +17,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from popbridge.auth import Authenticator, PassthroughAuthenticator
 from popbridge.errors import AuthFailed, BridgeError, Code, MailboxInUse, MessageGone
 from popbridge.locks import Lease, LocalLocks, MaildropLocks
-from popbridge.maildrop import Backend, Credentials, Disposition, DispositionKind, Mailbox
+from popbridge.maildrop import Backend, Disposition, DispositionKind, Mailbox
 from popbridge.pop3 import commands as c
 from popbridge.pop3.engine import Pop3Engine, Rejected
 from popbridge.pop3.replies import Err, Ok, Reply
@@ -60,6 +61,11 @@ class Services:
     locks: MaildropLocks = field(default_factory=LocalLocks)
     uidls: UidlMap = field(default_factory=DerivedUidls)
     sizes: SizeCache = field(default_factory=MemorySizeCache)
+    authenticator: Authenticator | None = None
+
+    def __post_init__(self) -> None:
+        if self.authenticator is None:
+            self.authenticator = PassthroughAuthenticator(self.backend)
 
 
 class SessionClosing(Exception):
@@ -120,7 +126,8 @@ class Session:
             case c.User(name):
                 return self._user_command(name)
             case c.Pass(password):
-                return await self._login(password)
+                assert self._user is not None  # the engine lets PASS through only after USER
+                return await self.login(self._user, password)
             case c.Quit():
                 return await self._quit()
             case c.Stat() | c.List() | c.Uidl() | c.Dele() | c.Noop() | c.Rset():
@@ -144,36 +151,37 @@ class Session:
         self._user = name
         return Ok("send PASS")  # RFC 1939 section 13: the same answer for every name
 
-    async def _login(self, password: str) -> Reply:
-        assert self._user is not None  # the engine lets PASS through only after USER
-        credentials = Credentials(self._user, password)
+    async def login(self, user: str, secret: str, mechanism: str = "password") -> Reply:
+        """PASS or a finished SASL exchange: open, lock and snapshot the maildrop."""
         try:
-            await self._open(credentials)
+            await self._open(user, secret, mechanism)
         except AuthFailed as error:
             self._failures += 1
-            self._log.info("login failed for %r: %s", credentials.user, error)
+            self._log.info("login failed for %r: %s", user, error)
             await asyncio.sleep(self._policy.auth_failure_delay)
             return Err(AuthFailed.wire_text, Code.AUTH)
         except BridgeError as error:
-            self._log.warning("login of %r not completed: %r", credentials.user, error)
+            self._log.warning("login of %r not completed: %r", user, error)
             return Err(error.wire_text, error.code)
         assert self._snapshot is not None
         count, octets = self._snapshot.stat()
-        self._log.info("%r logged in, %d messages", credentials.user, count)
+        self._log.info("%r logged in, %d messages", user, count)
         return Ok(f"maildrop has {count} messages ({octets} octets)")
 
-    async def _open(self, credentials: Credentials) -> None:
+    async def _open(self, user: str, secret: str, mechanism: str) -> None:
         """Authenticate, lock, snapshot; on any failure leave nothing held."""
-        mailbox = await self._services.backend.open(credentials)
+        assert self._services.authenticator is not None
+        login = await self._services.authenticator.authenticate(user, secret, mechanism=mechanism)
+        mailbox = await login.backend.open(login.credentials)
         try:
-            lease = await self._services.locks.try_acquire(credentials.lock_key)
+            lease = await self._services.locks.try_acquire(login.account)
             if lease is None:
-                raise MailboxInUse(credentials.lock_key)
+                raise MailboxInUse(login.account)
             self._mailbox, self._lease = mailbox, lease
             listing = await mailbox.list(hidden_keyword=self._policy.disposition.hides_keyword)
-            listing = await self._services.sizes.correct(credentials.lock_key, listing)
-            uidls = await self._services.uidls.assign(credentials.lock_key, listing)
-            self._account = credentials.lock_key
+            listing = await self._services.sizes.correct(login.account, listing)
+            uidls = await self._services.uidls.assign(login.account, listing)
+            self._account = login.account
             self._snapshot = Snapshot(listing, uidls)
         except BaseException:
             await self.abort()

@@ -1,0 +1,107 @@
+"""The bridge's durable state behind one interface: UID maps, locks, sizes, accounts.
+
+A `Store` bundles what must outlive a session: the UIDL of every message (RFC 1939
+section 7 wants them stable for as long as the maildrop exists), the maildrop locks
+(RFC 1939 section 4), exact sizes measured at RETR, and mapped-account records. The
+in-memory store serves tests and single runs; SQLite is the default for one instance and
+PostgreSQL lets several instances share state. `open_store` picks one from `[store]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from popbridge.locks import LocalLocks, MaildropLocks
+from popbridge.settings import TableReader
+from popbridge.sizes import MemorySizeCache, SizeCache
+from popbridge.uidl import DerivedUidls, UidlMap
+
+STORE_TYPES = ("sqlite", "postgres", "memory")
+
+
+class AccountRecords(Protocol):
+    """Opaque mapped-account records by local user name (the accounts module owns the format)."""
+
+    async def get(self, name: str) -> bytes | None: ...
+
+    async def put(self, name: str, record: bytes) -> None: ...
+
+    async def delete(self, name: str) -> bool: ...
+
+    async def names(self) -> list[str]: ...
+
+
+class Store(Protocol):
+    @property
+    def uidls(self) -> UidlMap: ...
+
+    @property
+    def locks(self) -> MaildropLocks: ...
+
+    @property
+    def sizes(self) -> SizeCache: ...
+
+    @property
+    def accounts(self) -> AccountRecords: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryAccountRecords:
+    def __init__(self) -> None:
+        self._records: dict[str, bytes] = {}
+
+    async def get(self, name: str) -> bytes | None:
+        return self._records.get(name)
+
+    async def put(self, name: str, record: bytes) -> None:
+        self._records[name] = record
+
+    async def delete(self, name: str) -> bool:
+        return self._records.pop(name, None) is not None
+
+    async def names(self) -> list[str]:
+        return sorted(self._records)
+
+
+class MemoryStore:
+    """State held in this process only: lost at exit (UIDLs stay derived, so stable)."""
+
+    def __init__(self) -> None:
+        self.uidls: UidlMap = DerivedUidls()
+        self.locks: MaildropLocks = LocalLocks()
+        self.sizes: SizeCache = MemorySizeCache()
+        self.accounts: AccountRecords = MemoryAccountRecords()
+
+    async def close(self) -> None:
+        return None
+
+
+async def open_store(settings: Mapping[str, Any], *, source: str, base: Path) -> Store:
+    """Open the store `[store]` describes; relative paths are relative to `base`."""
+    reader = TableReader(settings, source=source, path="store")
+    kind = reader.choice("type", STORE_TYPES, "memory")
+    if kind == "memory":
+        reader.finish()
+        return MemoryStore()
+    if kind == "sqlite":
+        from popbridge.store.sqlite import open_sqlite_store
+
+        path = _anchored(reader.string("path", "popbridge-state.sqlite3"), base)
+        reader.finish()
+        return await open_sqlite_store(path)
+    from popbridge.store.postgres import open_postgres_store
+
+    dsn = reader.secret("dsn")
+    if dsn is None:
+        raise reader.error("dsn", 'is required for type = "postgres" (or dsn_env / dsn_file)')
+    reader.finish()
+    return await open_postgres_store(dsn)
+
+
+def _anchored(value: str, base: Path) -> Path:
+    """`value` with `~` expanded, relative to `base` unless absolute."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
