@@ -22,6 +22,7 @@ from popbridge.app import build_services
 from popbridge.config import Config, load_config
 from popbridge.errors import BridgeError, ConfigError
 from popbridge.server import Pop3Server
+from popbridge.tls import build_context, make_self_signed
 
 log = logging.getLogger("popbridge")
 
@@ -36,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--config", "-c", type=Path, required=True, help="TOML config file")
+    cert = commands.add_parser("cert", help="write a self-signed certificate and key")
+    cert.add_argument("--cert", type=Path, required=True, help="certificate file to write (PEM)")
+    cert.add_argument("--key", type=Path, required=True, help="private key file to write (PEM)")
+    cert.add_argument("--host", action="append", required=True, help="DNS name or IP (repeat)")
+    cert.add_argument("--days", type=int, default=825, help="validity in days")
     return parser
 
 
@@ -57,6 +63,7 @@ async def serve(config: Config) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, server.reload_certificates)
         await stop.wait()
         log.info("shutting down")
         await server.stop()
@@ -68,8 +75,10 @@ async def check(config: Config) -> int:
     """Print what works; 0 if the upstream answered, 1 if not."""
     print(f"config {config.source}: ok")
     for listener in config.listeners:
-        mode = "plaintext passwords allowed" if listener.plaintext_auth else "plaintext refused"
-        print(f"listener {listener.host}:{listener.port}: {mode}")
+        print(f"listener {listener.describe()}")
+        if listener.tls is not None:
+            build_context(listener.tls)  # raises ConfigError when the files do not load
+            print(f"listener {listener.host}:{listener.port}: {listener.tls.cert_file} loads")
     print(f"maildrop: disposition {config.maildrop.disposition.kind.value}")
     services, store = await build_services(config)
     await store.close()
@@ -86,6 +95,10 @@ async def check(config: Config) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "cert":
+        make_self_signed(args.cert, args.key, args.host, days=args.days)
+        print(f"wrote {args.cert} and {args.key} (self-signed for {', '.join(args.host)})")
+        return 0
     try:
         config = load_config(args.config)
     except ConfigError as error:

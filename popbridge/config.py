@@ -19,29 +19,47 @@ from typing import Any
 from popbridge.errors import ConfigError
 from popbridge.maildrop import Disposition, DispositionKind
 from popbridge.settings import TableReader
+from popbridge.throttle import ThrottlePolicy
+from popbridge.tls import PROFILES, VERSIONS, TlsSettings
 
 MIN_IDLE_TIMEOUT = 600.0  # RFC 1939 section 3: an autologout timer of at least 10 minutes
 _DISPOSITIONS = tuple(kind.value for kind in DispositionKind)
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_SASL = ("PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER")
 
 
 @dataclass(frozen=True, slots=True)
 class ListenerConfig:
-    """One listening socket. `plaintext_auth` opts in to passwords without TLS."""
+    """One listening socket.
+
+    `mode` "plain" offers STLS when `tls` is set; "implicit" is POP3S (TLS from the first
+    byte, RFC 8314). `plaintext_auth` opts in to passwords on an unencrypted connection.
+    """
 
     host: str = "127.0.0.1"
     port: int = 110
+    mode: str = "plain"
+    tls: TlsSettings | None = None
     plaintext_auth: bool = False
+    handshake_timeout: float = 30.0
+    sasl_mechanisms: tuple[str, ...] | None = None  # None: all the authenticator accepts
+
+    def describe(self) -> str:
+        tls = "no TLS" if self.tls is None else f"TLS profile {self.tls.describe()}"
+        kind = "POP3S" if self.mode == "implicit" else ("POP3+STLS" if self.tls else "POP3")
+        auth = "plaintext passwords allowed" if self.plaintext_auth else "plaintext refused"
+        return f"{self.host}:{self.port} {kind}, {tls}, {auth}"
 
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     idle_timeout: float = MIN_IDLE_TIMEOUT
     max_connections: int = 1000
-    auth_failure_delay: float = 2.0
     max_auth_failures: int = 3
     shutdown_grace: float = 30.0
     log_level: str = "INFO"
+    certificate_check_interval: float = 60.0
+    throttle: ThrottlePolicy = field(default_factory=ThrottlePolicy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,25 +136,68 @@ def _listeners(value: Any, source: str) -> tuple[ListenerConfig, ...]:
     listeners = []
     for index, table in enumerate(value):
         reader = TableReader(table, source=source, path=f"listeners[{index}]")
-        listeners.append(
-            ListenerConfig(
-                host=reader.string("host", "127.0.0.1"),
-                port=reader.integer("port", 110, minimum=0, maximum=65535),
-                plaintext_auth=reader.boolean("plaintext_auth", False),
-            )
-        )
+        listeners.append(_listener(reader))
         reader.finish()
     return tuple(listeners)
+
+
+def _listener(reader: TableReader) -> ListenerConfig:
+    mode = reader.choice("mode", ("plain", "implicit"), "plain")
+    tls = _tls(reader)
+    if mode == "implicit" and tls is None:
+        raise reader.error("cert_file", 'is required for mode = "implicit"')
+    mechanisms = reader.list_of_strings("sasl_mechanisms", None)
+    unknown = set(mechanisms or ()) - set(_SASL)
+    if unknown:
+        raise reader.error("sasl_mechanisms", f"unknown mechanism {sorted(unknown)[0]!r}")
+    return ListenerConfig(
+        host=reader.string("host", "127.0.0.1"),
+        port=reader.integer("port", 995 if mode == "implicit" else 110, minimum=0, maximum=65535),
+        mode=mode,
+        tls=tls,
+        plaintext_auth=reader.boolean("plaintext_auth", False),
+        handshake_timeout=reader.number("handshake_timeout", 30.0, minimum=1.0),
+        sasl_mechanisms=None if mechanisms is None else tuple(m.upper() for m in mechanisms),
+    )
+
+
+def _tls(reader: TableReader) -> TlsSettings | None:
+    cert, key = reader.path("cert_file", None), reader.path("key_file", None)
+    profile = reader.choice("tls_profile", PROFILES, "modern")
+    min_version = reader.choice("tls_min_version", tuple(VERSIONS), "TLSv1.2")
+    ciphers = reader.string("tls_ciphers", None)
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise reader.error(
+            "key_file" if key is None else "cert_file", "cert_file and key_file go together"
+        )
+    if profile != "custom" and (ciphers is not None or "tls_min_version" in reader):
+        raise reader.error(
+            "tls_profile", 'tls_min_version and tls_ciphers need tls_profile = "custom"'
+        )
+    return TlsSettings(cert, key, profile, min_version, ciphers)
 
 
 def _server(reader: TableReader) -> ServerConfig:
     config = ServerConfig(
         idle_timeout=reader.number("idle_timeout", MIN_IDLE_TIMEOUT, minimum=MIN_IDLE_TIMEOUT),
         max_connections=reader.integer("max_connections", 1000, minimum=1),
-        auth_failure_delay=reader.number("auth_failure_delay", 2.0),
         max_auth_failures=reader.integer("max_auth_failures", 3, minimum=1),
         shutdown_grace=reader.number("shutdown_grace", 30.0),
         log_level=reader.choice("log_level", _LOG_LEVELS, "INFO"),
+        certificate_check_interval=reader.number("certificate_check_interval", 60.0),
+        throttle=ThrottlePolicy(
+            base_delay=reader.number("auth_failure_delay", 2.0),
+            max_delay=reader.number("auth_failure_max_delay", 30.0),
+            window=reader.number("lockout_window", 900.0, minimum=1.0),
+            max_failures_per_address=reader.integer("max_failures_per_address", 20, minimum=1),
+            max_failures_per_user=reader.integer("max_failures_per_user", 10, minimum=1),
+            max_connections_per_address=reader.integer(
+                "max_connections_per_address", 50, minimum=1
+            ),
+            login_delay=reader.integer("login_delay", 0, minimum=0),
+        ),
     )
     reader.finish()
     return config

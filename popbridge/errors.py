@@ -70,3 +70,10 @@ class MessageGone(BridgeError):
 
     code = None
     wire_text = "message no longer available"
+
+
+class LoginTooSoon(BridgeError):
+    """A login within LOGIN-DELAY of the previous one (RFC 2449 section 8.1.1)."""
+
+    code = Code.LOGIN_DELAY
+    wire_text = "minimum time between logins has not passed"

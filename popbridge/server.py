@@ -1,12 +1,14 @@
-"""The asyncio POP3 server: listeners, one task per connection, limits and shutdown.
+"""The asyncio POP3 server: listeners, one task per connection, TLS, limits, shutdown.
 
-Each accepted connection gets an engine, a session and a loop that reads bytes, answers
-commands in order, and flushes replies in batches (pipelining, RFC 2449 section 6.6) with
-backpressure, so a client that sends without reading stops being read. The idle timer
-(RFC 1939 section 3) is reset by complete commands only, so a trickle of bytes cannot
-keep a session alive. Every way out of the loop except QUIT goes through `Session.abort`,
-which applies no deletions. Shutdown stops listening, lets sessions already in UPDATE
-finish within a grace period, and cancels the rest.
+Each accepted connection gets an engine, a session and a task that answers commands in
+order (pipelining, RFC 2449 section 6.6) with backpressure both ways. Implicit-TLS
+listeners handshake before the greeting (RFC 8314); plain listeners with a certificate
+upgrade on STLS (RFC 2595 section 4), with the current certificate of that listener, so a
+reloaded certificate serves new connections while old ones keep theirs. The idle timer
+(RFC 1939 section 3) is reset by complete commands only, so a trickle of bytes cannot keep
+a session alive. Every way out except QUIT goes through `Session.abort`, which applies no
+deletions. Shutdown stops listening, lets sessions already in UPDATE finish within a grace
+period, and cancels the rest.
 """
 
 from __future__ import annotations
@@ -17,17 +19,18 @@ import functools
 import itertools
 import logging
 import secrets
+import ssl
 import time
 from collections.abc import MutableMapping
 from typing import Any
 
 from popbridge.config import Config, ListenerConfig
+from popbridge.connection import BufferedOutput, Pop3Protocol
 from popbridge.pop3.engine import NeedData, Pop3Engine, State
 from popbridge.session import Services, Session, SessionClosing, SessionPolicy
+from popbridge.tls import CertificateSet
 
 log = logging.getLogger(__name__)
-READ_SIZE = 65536
-FLUSH_THRESHOLD = 65536
 CLOSE_TIMEOUT = 10.0
 
 
@@ -41,29 +44,8 @@ class SessionLog(logging.LoggerAdapter[logging.Logger]):
         return f"[{extra['session']} {extra['peer']}] {msg}", kwargs
 
 
-class BufferedOutput:
-    """Collects reply bytes so pipelined answers leave in few writes, then drains."""
-
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self._writer = writer
-        self._pending: list[bytes] = []
-        self._size = 0
-
-    def write(self, data: bytes) -> None:
-        if data:
-            self._pending.append(data)
-            self._size += len(data)
-
-    async def drain(self) -> None:
-        if self._size >= FLUSH_THRESHOLD:
-            await self.flush()
-
-    async def flush(self) -> None:
-        if self._pending:
-            self._writer.write(b"".join(self._pending))
-            self._pending.clear()
-            self._size = 0
-        await self._writer.drain()
+class HandshakeFailed(Exception):
+    """The TLS handshake did not complete; the connection is closed, never downgraded."""
 
 
 class Pop3Server:
@@ -73,28 +55,46 @@ class Pop3Server:
         self._config = config
         self._services = services
         self._servers: list[asyncio.Server] = []
+        self._certificates: list[CertificateSet] = []
         self._connections: dict[asyncio.Task[None], Pop3Engine] = {}
+        self._watcher: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
         self._prefix = secrets.token_hex(2)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
-        """The bound (host, port) of every listening socket; port 0 resolves here."""
+        """The bound (host, port) of every listening socket, in listener order."""
         return [sock.getsockname()[:2] for server in self._servers for sock in server.sockets]
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
         for listener in self._config.listeners:
-            server = await asyncio.start_server(
-                functools.partial(self._accept, listener=listener),
-                listener.host,
-                listener.port,
-                limit=READ_SIZE,
-            )
+            certificates = CertificateSet(listener.tls) if listener.tls is not None else None
+            if certificates is not None:
+                self._certificates.append(certificates)
+            factory = functools.partial(self._protocol, listener, certificates)
+            server = await loop.create_server(factory, listener.host, listener.port)
             self._servers.append(server)
-        log.info("listening on %s", ", ".join(f"{h}:{p}" for h, p in self.addresses))
+            log.info("listening: %s", listener.describe())
+        if self._certificates and self._config.server.certificate_check_interval > 0:
+            self._watcher = asyncio.create_task(self._watch_certificates())
+
+    def reload_certificates(self) -> None:
+        """SIGHUP: rebuild every listener's TLS context from its files."""
+        for certificates in self._certificates:
+            certificates.reload(force=True)
+
+    async def _watch_certificates(self) -> None:
+        """Reload when the files change (ACME renewals, Kubernetes secret updates)."""
+        while True:
+            await asyncio.sleep(self._config.server.certificate_check_interval)
+            for certificates in self._certificates:
+                certificates.reload()
 
     async def stop(self) -> None:
         """Stop listening; finish sessions in UPDATE, cancel the others (no deletions)."""
+        if self._watcher is not None:
+            self._watcher.cancel()
         for server in self._servers:
             server.close()
         updating = [t for t, engine in self._connections.items() if engine.state is State.UPDATE]
@@ -109,102 +109,146 @@ class Pop3Server:
         for server in self._servers:
             await server.wait_closed()
 
-    async def _accept(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener: ListenerConfig
-    ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        engine = Pop3Engine()
-        if len(self._connections) >= self._config.server.max_connections:
-            writer.write(b"-ERR [SYS/TEMP] too many connections, try again later\r\n")
-            await _close(writer)
-            return
-        self._connections[task] = engine
-        try:
-            await self._serve(reader, writer, listener, engine)
-        except asyncio.CancelledError:
-            # Shutdown cancelled this connection; it has cleaned up. Ending the task
-            # normally keeps asyncio's stream callback from logging the cancellation.
-            pass
-        finally:
-            del self._connections[task]
+    def _protocol(self, listener: ListenerConfig, certs: CertificateSet | None) -> Pop3Protocol:
+        protocol = Pop3Protocol(Pop3Engine())
+        task = asyncio.create_task(self._connection(protocol, listener, certs))
+        self._connections[task] = protocol.engine
+        task.add_done_callback(self._connections.pop)
+        return protocol
 
-    async def _serve(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        listener: ListenerConfig,
-        engine: Pop3Engine,
+    async def _connection(
+        self, protocol: Pop3Protocol, listener: ListenerConfig, certs: CertificateSet | None
     ) -> None:
-        peer = writer.get_extra_info("peername")
-        session_log = SessionLog(
+        await protocol.connected
+        assert protocol.transport is not None
+        peer = protocol.transport.get_extra_info("peername")
+        address = _address(peer)
+        slog = SessionLog(
             log, {"session": f"{self._prefix}-{next(self._ids)}", "peer": _peer(peer)}
         )
-        session_log.info("connected")
-        out = BufferedOutput(writer)
-        session = Session(
-            engine, out, self._services, self._policy(listener), secure=False, log=session_log
-        )
+        refusal = self._admission(address)
+        if refusal is not None:
+            slog.info("refused: %s", refusal)
+            protocol.transport.write(b"-ERR [SYS/TEMP] " + refusal.encode() + b"\r\n")
+            protocol.transport.close()
+            return
         try:
-            out.write(engine.greeting())
-            await self._command_loop(reader, out, engine, session)
-        except SessionClosing:
-            session_log.info("closing")
-        except TimeoutError:
-            session_log.info("idle timeout, closing without UPDATE")
+            await self._serve(protocol, listener, certs, slog, address)
         except asyncio.CancelledError:
-            session_log.info("server stopping, closing without UPDATE")
+            pass  # shutdown: the session already cleaned up and applied nothing
+        finally:
+            self._services.throttle.disconnect(address)
+
+    def _admission(self, address: str) -> str | None:
+        if len(self._connections) > self._config.server.max_connections:
+            return "too many connections, try again later"
+        if not self._services.throttle.connect(address):
+            return "too many connections from your address, try again later"
+        return None
+
+    async def _serve(
+        self, protocol: Pop3Protocol, listener: ListenerConfig, certs: CertificateSet | None,
+        slog: SessionLog, address: str,
+    ) -> None:  # fmt: skip
+        slog.info("connected to %s:%d", listener.host, listener.port)
+        out = BufferedOutput(protocol)
+        implicit = listener.mode == "implicit"
+        session = Session(
+            protocol.engine, out, self._services, self._policy(listener),
+            secure=implicit, log=slog, address=address,
+        )  # fmt: skip
+        try:
+            if implicit:
+                await self._handshake(protocol, listener, certs, slog)
+            out.write(protocol.engine.greeting())
+            await self._command_loop(protocol, out, session, listener, certs, slog)
+        except SessionClosing:
+            slog.info("closing")
+        except TimeoutError:
+            slog.info("idle timeout, closing without UPDATE")
+        except HandshakeFailed as error:
+            slog.info("TLS handshake failed: %s", error)
+        except (ConnectionError, ssl.SSLError) as error:
+            slog.info("connection lost: %s", error.__class__.__name__)
+        except asyncio.CancelledError:
+            slog.info("server stopping, closing without UPDATE")
             raise
-        except (ConnectionError, asyncio.IncompleteReadError) as error:
-            session_log.info("connection lost: %s", error.__class__.__name__)
         except Exception:
-            session_log.exception("session failed, closing without UPDATE")
+            slog.exception("session failed, closing without UPDATE")
         finally:
             with contextlib.suppress(Exception):
-                await out.flush()
+                await asyncio.wait_for(out.flush(), CLOSE_TIMEOUT)
             await _shielded_abort(session)
-            await _close(writer)
-            session_log.info("disconnected")
+            _close(protocol)
+            slog.info("disconnected")
 
     async def _command_loop(
-        self,
-        reader: asyncio.StreamReader,
-        out: BufferedOutput,
-        engine: Pop3Engine,
-        session: Session,
-    ) -> None:
+        self, protocol: Pop3Protocol, out: BufferedOutput, session: Session,
+        listener: ListenerConfig, certs: CertificateSet | None, slog: SessionLog,
+    ) -> None:  # fmt: skip
+        engine = protocol.engine
         idle_timeout = self._config.server.idle_timeout
         last_command = time.monotonic()
         while True:
             event = engine.next_event()
-            if isinstance(event, NeedData):
-                await out.flush()
-                remaining = last_command + idle_timeout - time.monotonic()
-                async with asyncio.timeout(max(remaining, 0)):
-                    data = await reader.read(READ_SIZE)
-                if not data:
-                    engine.connection_closed()
-                    return
-                engine.receive(data)
+            if not isinstance(event, NeedData):
+                last_command = time.monotonic()  # RFC 1939 section 3: any command resets it
+                await session.handle(event)
+                await out.drain()
                 continue
-            last_command = time.monotonic()  # RFC 1939 section 3: any command resets it
-            await session.handle(event)
-            await out.drain()
+            await out.flush()
+            if engine.tls_pending:  # +OK to STLS is out: handshake right after its CRLF
+                await self._handshake(protocol, listener, certs, slog)
+                session.tls_started()
+                continue
+            if protocol.eof or protocol.lost:
+                return  # a command without its CRLF is never executed (conformance P-4.2)
+            protocol.resume_reading()
+            async with asyncio.timeout(max(last_command + idle_timeout - time.monotonic(), 0)):
+                await protocol.wait_readable()
+
+    async def _handshake(
+        self, protocol: Pop3Protocol, listener: ListenerConfig, certs: CertificateSet | None,
+        slog: SessionLog,
+    ) -> None:  # fmt: skip
+        assert certs is not None
+        assert protocol.transport is not None
+        loop = asyncio.get_running_loop()
+        try:
+            transport = await loop.start_tls(
+                protocol.transport, protocol, certs.context, server_side=True,
+                ssl_handshake_timeout=listener.handshake_timeout,
+            )  # fmt: skip
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as error:
+            raise HandshakeFailed(error.__class__.__name__) from error
+        if transport is None:
+            raise HandshakeFailed("connection closed during handshake")
+        protocol.transport = transport
+        tls = transport.get_extra_info("ssl_object")
+        slog.info("TLS established: %s %s", tls.version(), tls.cipher()[0] if tls else "")
 
     def _policy(self, listener: ListenerConfig) -> SessionPolicy:
-        server, maildrop = self._config.server, self._config.maildrop
+        maildrop = self._config.maildrop
+        mechanisms = listener.sasl_mechanisms or SessionPolicy().sasl_mechanisms
         return SessionPolicy(
             plaintext_auth=listener.plaintext_auth,
+            starttls=listener.mode == "plain" and listener.tls is not None,
             disposition=maildrop.disposition,
             mark_seen_on_retr=maildrop.mark_seen_on_retr,
-            auth_failure_delay=server.auth_failure_delay,
-            max_auth_failures=server.max_auth_failures,
+            max_auth_failures=self._config.server.max_auth_failures,
+            sasl_mechanisms=mechanisms,
         )
 
 
 def _peer(peer: Any) -> str:
     if isinstance(peer, tuple) and len(peer) >= 2:
         return f"{peer[0]}:{peer[1]}"
+    return str(peer)
+
+
+def _address(peer: Any) -> str:
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
     return str(peer)
 
 
@@ -219,7 +263,6 @@ async def _shielded_abort(session: Session) -> None:
         log.debug("abort failed", exc_info=True)
 
 
-async def _close(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(writer.wait_closed(), CLOSE_TIMEOUT)
+def _close(protocol: Pop3Protocol) -> None:
+    if protocol.transport is not None and not protocol.transport.is_closing():
+        protocol.transport.close()

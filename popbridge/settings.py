@@ -97,6 +97,16 @@ class TableReader:
             raise self.error(key, f"file {value!r} does not exist")
         return resolved
 
+    def __contains__(self, key: str) -> bool:
+        """Whether the table has `key`, asked or not."""
+        return key in self._table
+
+    def list_of_strings(self, key: str, default: Any = _MISSING) -> Any:
+        value = self._get(key, list, default, "an array of strings")
+        if value is not default and not all(isinstance(item, str) and item for item in value):
+            raise self.error(key, "must be an array of non-empty strings")
+        return value
+
     def table(self, key: str) -> TableReader:
         value = self._get(key, dict, {}, "a table")
         return TableReader(value, source=self._source, path=f"{self._path}.{key}")

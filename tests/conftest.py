@@ -13,8 +13,10 @@ from popbridge.config import Config, ListenerConfig, MaildropConfig, ServerConfi
 from popbridge.maildrop import load_backend
 from popbridge.server import Pop3Server
 from popbridge.session import Services
+from popbridge.throttle import ThrottlePolicy
 from tests.support.dovecot import Dovecot, ensure_installed, start_dovecot
 
+NO_DELAY = ThrottlePolicy(base_delay=0)
 USERS = {"alice": "secret", "bob": "hunter2", "carol": "c4rol pw"}
 
 StartBridge = Callable[..., Awaitable[Pop3Server]]
@@ -61,7 +63,7 @@ async def bridge(dovecot: Dovecot) -> AsyncIterator[StartBridge]:
             backend_type="imap",
             backend_settings=settings,
             listeners=(ListenerConfig(host="127.0.0.1", port=0, plaintext_auth=plaintext_auth),),
-            server=server or ServerConfig(auth_failure_delay=0),
+            server=server or ServerConfig(throttle=NO_DELAY),
             maildrop=maildrop or MaildropConfig(),
         )
         instance = Pop3Server(

@@ -13,7 +13,16 @@ import re
 
 from popbridge.pop3.engine import NeedData, Pop3Engine
 from popbridge.session import Services, Session, SessionClosing, SessionPolicy
+from popbridge.throttle import Throttle, ThrottlePolicy
 from tests.memory_backend import MemoryBackend
+
+NO_DELAY = ThrottlePolicy(base_delay=0)
+
+
+def quick_services(backend: MemoryBackend) -> Services:
+    """Services whose failed logins are answered at once."""
+    return Services(backend=backend, throttle=Throttle(NO_DELAY))
+
 
 LOG = logging.LoggerAdapter(logging.getLogger("tests.dialogue"), {})
 
@@ -42,9 +51,10 @@ def make_session(
     services: Services | None = None,
 ) -> tuple[Session, Capture]:
     out = Capture()
-    policy = policy or SessionPolicy(plaintext_auth=True, auth_failure_delay=0)
+    policy = policy or SessionPolicy(plaintext_auth=True)
+    services = services or quick_services(backend)
     session = Session(
-        Pop3Engine(), out, services or Services(backend=backend), policy, secure=secure, log=LOG
+        Pop3Engine(), out, services, policy, secure=secure, log=LOG, address="192.0.2.1"
     )
     return session, out
 

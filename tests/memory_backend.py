@@ -34,6 +34,7 @@ class MemoryStore:
     """The upstream mailbox of one user, plus what was done to it."""
 
     password: str
+    token: str | None = None  # a bearer token this user may log in with (XOAUTH2)
     messages: list[StoredMessage] = field(default_factory=list)
     mutations: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     fail_dispose: set[str] = field(default_factory=set)
@@ -98,6 +99,8 @@ class MemoryBackend:
         self.stores: dict[str, MemoryStore] = {}
         self.opened: list[MemoryMailbox] = []
         self.unavailable = False
+        self.logins: list[str] = []  # the mechanism of every accepted login
+        self.attempts = 0
 
     def user(self, name: str, password: str, *messages: bytes) -> MemoryStore:
         store = MemoryStore(password)
@@ -107,11 +110,16 @@ class MemoryBackend:
         return store
 
     async def open(self, credentials: Credentials) -> MemoryMailbox:
+        self.attempts += 1
         if self.unavailable:
             raise BackendUnavailable("injected outage")
         store = self.stores.get(credentials.user)
-        if store is None or store.password != credentials.secret:
+        expected = None if store is None else store.password
+        if store is not None and credentials.mechanism == "oauth2":
+            expected = store.token
+        if expected is None or expected != credentials.secret:
             raise AuthFailed("bad credentials")
+        self.logins.append(credentials.mechanism)
         mailbox = MemoryMailbox(store)
         self.opened.append(mailbox)
         return mailbox

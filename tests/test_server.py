@@ -13,6 +13,7 @@ from popbridge.config import Config, ListenerConfig, ServerConfig
 from popbridge.pop3.wire import normalise, normalised_size
 from popbridge.server import Pop3Server
 from popbridge.session import Services
+from popbridge.throttle import Throttle, ThrottlePolicy
 from tests.memory_backend import MemoryBackend
 
 MESSAGES = [
@@ -37,14 +38,15 @@ async def make_server(backend: MemoryBackend) -> AsyncIterator[Callable[..., obj
     servers: list[Pop3Server] = []
 
     async def start(**server_options: object) -> Pop3Server:
-        options: dict[str, object] = {"auth_failure_delay": 0.0, **server_options}
+        options: dict[str, object] = {"throttle": ThrottlePolicy(base_delay=0), **server_options}
         config = Config(
             source="test",
             backend_type="memory",
             listeners=(ListenerConfig(host="127.0.0.1", port=0, plaintext_auth=True),),
             server=ServerConfig(**options),  # type: ignore[arg-type]
         )
-        server = Pop3Server(config, Services(backend=backend))
+        services = Services(backend=backend, throttle=Throttle(config.server.throttle))
+        server = Pop3Server(config, services)
         await server.start()
         servers.append(server)
         return server

@@ -7,8 +7,8 @@ import pytest
 
 from popbridge.errors import BackendUnavailable
 from popbridge.maildrop import Disposition, DispositionKind
-from popbridge.session import Services, SessionPolicy
-from tests.dialogue import assert_dialogue, exchange, make_session
+from popbridge.session import SessionPolicy
+from tests.dialogue import assert_dialogue, exchange, make_session, quick_services
 from tests.memory_backend import MemoryBackend
 
 MSG1 = b"Subject: a\r\n\r\nhi\r\n"  # 18 octets
@@ -115,16 +115,14 @@ async def test_wrong_password_gets_auth_code_then_retry_works(backend: MemoryBac
 
 
 async def test_too_many_failed_logins_close_the_connection(backend: MemoryBackend) -> None:
-    session, out = make_session(
-        backend, SessionPolicy(plaintext_auth=True, auth_failure_delay=0, max_auth_failures=2)
-    )
+    session, out = make_session(backend, SessionPolicy(plaintext_auth=True, max_auth_failures=2))
     await exchange(session, out, b"USER alice\r\nPASS x\r\n")
     reply, closed = await exchange(session, out, b"USER alice\r\nPASS y\r\n")
     assert closed and reply.endswith(b"-ERR [AUTH] authentication failed\r\n")
 
 
 async def test_second_session_gets_in_use_only_with_right_password(backend: MemoryBackend) -> None:
-    services = Services(backend=backend)
+    services = quick_services(backend)
     first, out1 = make_session(backend, services=services)
     await assert_dialogue(first, out1, *LOGIN)
     second, out2 = make_session(backend, services=services)
@@ -202,7 +200,6 @@ async def test_keyword_disposition_hides_messages_from_later_sessions(
 ) -> None:
     policy = SessionPolicy(
         plaintext_auth=True,
-        auth_failure_delay=0,
         disposition=Disposition(DispositionKind.KEYWORD, keyword="$POP3Deleted"),
     )
     session, out = make_session(backend, policy)
@@ -220,7 +217,7 @@ async def test_keyword_disposition_hides_messages_from_later_sessions(
 
 
 async def test_mark_seen_on_retr_is_applied_only_at_quit(backend: MemoryBackend) -> None:
-    policy = SessionPolicy(plaintext_auth=True, auth_failure_delay=0, mark_seen_on_retr=True)
+    policy = SessionPolicy(plaintext_auth=True, mark_seen_on_retr=True)
     session, out = make_session(backend, policy)
     await exchange(session, out, b"USER alice\r\nPASS secret\r\nRETR 1\r\nTOP 2 0\r\n")
     assert backend.stores["alice"].mutations == []
@@ -228,17 +225,18 @@ async def test_mark_seen_on_retr_is_applied_only_at_quit(backend: MemoryBackend)
     assert backend.stores["alice"].mutations == [("seen", ("m1",))]
 
 
-async def test_apop_and_unconfigured_auth_are_refused(backend: MemoryBackend) -> None:
+async def test_apop_and_unknown_mechanisms_are_refused(backend: MemoryBackend) -> None:
     session, out = make_session(backend)
     await assert_dialogue(
         session, out, "C: APOP alice 0123", "S: -ERR command not supported",
-        "C: AUTH PLAIN", "S: -ERR command not supported", "C: QUIT", "S: +OK bye",
+        "C: AUTH FOOBAR", "S: -ERR unsupported authentication mechanism",
+        "C: QUIT", "S: +OK bye",
     )  # fmt: skip
 
 
 async def test_misreported_size_is_corrected_for_later_sessions(backend: MemoryBackend) -> None:
     backend.stores["alice"].misreported["m2"] = 24  # as IMAP does for an unterminated last line
-    services = Services(backend=backend)
+    services = quick_services(backend)
     first, out = make_session(backend, services=services)
     await assert_dialogue(
         first, out, "C: USER alice", "S~ .*", "C: PASS secret", "S~ .*", "C: LIST 2", "S: +OK 2 24",

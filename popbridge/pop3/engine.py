@@ -104,6 +104,11 @@ class Pop3Engine:
         return self._user_accepted
 
     @property
+    def buffered(self) -> int:
+        """Bytes received and not yet consumed: the caller pauses reading past a limit."""
+        return len(self._buffer)
+
+    @property
     def in_sasl(self) -> bool:
         """True while the next line is a SASL response rather than a command."""
         return self._in_sasl

@@ -42,7 +42,7 @@ AUTHORIZATION_CASES = [
     (b"USER\r\n", [b"-ERR one user name needed"]),
     (b"NOOP " + b"A" * 5000 + b"\r\n", [b"-ERR line too long"]),
     (b"APOP alice c4c9334bac560ecc979e58001b3e22fb\r\n", [b"-ERR command not supported"]),
-    (b"AUTH FOOBAR\r\n", [b"-ERR command not supported"]),
+    (b"AUTH FOOBAR\r\n", [b"-ERR unsupported authentication mechanism"]),
     (
         b"USER alice\r\nNOOP\r\nPASS secret\r\n",
         [b"+OK send PASS", NOT_IN_STATE, b"-ERR PASS must follow a successful USER"],

@@ -1,0 +1,104 @@
+"""The transport side of one client connection: bytes between socket and engine.
+
+`Pop3Protocol` is an asyncio protocol that feeds received bytes straight into the engine
+(no stream reader in between, so nothing can hide plaintext across a STLS upgrade: RFC
+2595 section 4, the CVE-2011-0411 class), pauses reading while the engine holds more than
+a bounded backlog, and tracks write flow control. `BufferedOutput` gathers the replies to
+pipelined commands into few writes and waits when the client is not reading (conformance
+S-7). Both are plain objects the server's connection task drives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final
+
+from popbridge.pop3.engine import Pop3Engine
+
+READ_BACKLOG: Final = 65536  # engine bytes before reading pauses (> the longest SASL line)
+FLUSH_THRESHOLD: Final = 65536
+
+
+class Pop3Protocol(asyncio.Protocol):
+    """Feeds the engine; the connection task waits on `wait_readable` and `writable`."""
+
+    def __init__(self, engine: Pop3Engine) -> None:
+        self.engine = engine
+        self.transport: asyncio.Transport | None = None
+        self.eof = False
+        self.lost = False
+        self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if not self.connected.done():
+            self.connected.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.engine.receive(data)
+        self._readable.set()
+        if self.engine.buffered > READ_BACKLOG and not self._paused and self.transport:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._readable.set()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._readable.set()
+        self._writable.set()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    async def wait_readable(self) -> None:
+        await self._readable.wait()
+        self._readable.clear()
+
+    async def writable(self) -> None:
+        await self._writable.wait()
+        if self.lost:
+            raise ConnectionResetError("client went away")
+
+    def resume_reading(self) -> None:
+        """The engine caught up: read again (called when it needs data)."""
+        if self._paused and not self.lost and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+
+
+class BufferedOutput:
+    """Collects reply bytes so pipelined answers leave in few writes, then drains."""
+
+    def __init__(self, protocol: Pop3Protocol) -> None:
+        self._protocol = protocol
+        self._pending: list[bytes] = []
+        self._size = 0
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self._pending.append(data)
+            self._size += len(data)
+
+    async def drain(self) -> None:
+        if self._size >= FLUSH_THRESHOLD:
+            await self.flush()
+
+    async def flush(self) -> None:
+        transport = self._protocol.transport
+        if self._pending and transport is not None and not transport.is_closing():
+            transport.write(b"".join(self._pending))
+        self._pending.clear()
+        self._size = 0
+        await self._protocol.writable()

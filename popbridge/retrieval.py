@@ -1,0 +1,106 @@
+"""RETR and TOP: one message streamed from the backend to the client.
+
+The status line is held back until the backend produced the first chunk, so a message
+that vanished upstream, or an upstream that failed, still gets a clean `-ERR` (conformance
+P-3.10, I-9). After `+OK` the body goes out chunk by chunk through the stateful encoder,
+with a drain after each chunk so a slow client slows the fetch instead of filling memory.
+A failure in mid-body cannot be reported in POP3; the only honest answer is to close the
+connection, which the client sees as an incomplete response and which applies nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from popbridge.errors import BridgeError, MessageGone
+from popbridge.maildrop import Mailbox
+from popbridge.pop3.engine import Pop3Engine
+from popbridge.pop3.replies import Err, Ok
+from popbridge.pop3.wire import BodyEncoder
+from popbridge.snapshot import Entry
+
+
+class Output(Protocol):
+    """Where replies go: `write` buffers, `drain` waits for the client to keep up."""
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+
+class SessionClosing(Exception):
+    """The last reply was written; the connection must now close."""
+
+
+async def send_message(
+    engine: Pop3Engine,
+    out: Output,
+    mailbox: Mailbox,
+    entry: Entry,
+    body_lines: int | None,
+    log: logging.LoggerAdapter[logging.Logger],
+) -> int | None:
+    """Answer RETR (`body_lines` None) or TOP; the octets sent, or None after `-ERR`."""
+    fetch = mailbox.fetch(entry.message.identity, body_lines=body_lines)
+    async with _closing(fetch) as chunks:
+        first = await _first_chunk(engine, out, chunks, log)
+        if first is None:
+            return None
+        out.write(engine.send(Ok(f"{entry.size} octets")))
+        encoder = BodyEncoder(body_lines=body_lines)
+        await _stream(out, first, chunks, encoder, log)
+    return encoder.octets
+
+
+async def _first_chunk(
+    engine: Pop3Engine,
+    out: Output,
+    chunks: AsyncIterator[bytes],
+    log: logging.LoggerAdapter[logging.Logger],
+) -> bytes | None:
+    try:
+        return await anext(chunks, b"")
+    except MessageGone:
+        out.write(engine.send(Err(MessageGone.wire_text)))
+    except BridgeError as error:
+        log.warning("fetch failed: %r", error)
+        out.write(engine.send(Err(error.wire_text, error.code)))
+    return None
+
+
+async def _stream(
+    out: Output,
+    first: bytes,
+    chunks: AsyncIterator[bytes],
+    encoder: BodyEncoder,
+    log: logging.LoggerAdapter[logging.Logger],
+) -> None:
+    chunk = first
+    try:
+        while True:
+            out.write(encoder.feed(chunk))
+            await out.drain()
+            if encoder.done:
+                break
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+    except BridgeError as error:
+        log.warning("fetch failed after the status line, closing: %r", error)
+        raise SessionClosing from error
+    out.write(encoder.finish())
+
+
+@contextlib.asynccontextmanager
+async def _closing(chunks: AsyncIterator[bytes]) -> AsyncIterator[AsyncIterator[bytes]]:
+    """Close a backend's chunk stream even when TOP stops early or the client went away."""
+    try:
+        yield chunks
+    finally:
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()

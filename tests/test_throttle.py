@@ -1,0 +1,74 @@
+"""Throttle arithmetic with a fake clock: doubling delays, windows, caps, bounds."""
+
+from __future__ import annotations
+
+from popbridge import throttle as t
+from popbridge.errors import Code
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_delays_double_up_to_the_ceiling() -> None:
+    throttle = t.Throttle(t.ThrottlePolicy(base_delay=1, max_delay=5), Clock())
+    assert [throttle.failed("a", "u") for _ in range(5)] == [1, 2, 4, 5, 5]
+
+
+def test_failures_expire_with_the_window() -> None:
+    clock = Clock()
+    throttle = t.Throttle(t.ThrottlePolicy(window=60, max_failures_per_user=2), clock)
+    throttle.failed("a", "User")
+    throttle.failed("b", "user")
+    refusal = throttle.refuse("c", "USER")
+    assert refusal is not None and refusal.code is Code.AUTH
+    clock.now += 61
+    assert throttle.refuse("c", "user") is None
+
+
+def test_success_clears_the_user_but_not_the_address() -> None:
+    throttle = t.Throttle(
+        t.ThrottlePolicy(max_failures_per_address=2, max_failures_per_user=2), Clock()
+    )
+    throttle.failed("a", "u")
+    throttle.succeeded("a", "u", "u")
+    throttle.failed("a", "v")
+    refusal = throttle.refuse("a", "w")
+    assert refusal is not None and refusal.code is Code.SYS_TEMP
+
+
+def test_connection_cap_per_address() -> None:
+    throttle = t.Throttle(t.ThrottlePolicy(max_connections_per_address=2), Clock())
+    assert throttle.connect("a") and throttle.connect("a") and not throttle.connect("a")
+    assert throttle.connect("b")
+    throttle.disconnect("a")
+    assert throttle.connect("a")
+    throttle.disconnect("b")
+    throttle.disconnect("b")  # extra disconnects never go negative
+    assert throttle.connect("b")
+
+
+def test_login_delay_window() -> None:
+    clock = Clock()
+    throttle = t.Throttle(t.ThrottlePolicy(login_delay=10), clock)
+    assert not throttle.too_soon("acct")
+    throttle.succeeded("a", "u", "acct")
+    assert throttle.too_soon("acct")
+    clock.now += 10
+    assert not throttle.too_soon("acct")
+    assert not t.Throttle(t.ThrottlePolicy(), clock).too_soon("acct")
+
+
+def test_tracking_is_bounded(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(t, "MAX_TRACKED", 3)
+    throttle = t.Throttle(t.ThrottlePolicy(max_failures_per_address=1, login_delay=5), Clock())
+    for name in "abcd":
+        throttle.failed(name, name)
+        throttle.succeeded(name, name, name)
+    assert throttle.refuse("a", "x") is None  # forgotten: the oldest went first
+    assert throttle.refuse("d", "x") is not None
+    assert not throttle.too_soon("a") and throttle.too_soon("d")
