@@ -150,7 +150,8 @@ class Pop3Server:
         self, protocol: Pop3Protocol, listener: ListenerConfig, certs: CertificateSet | None,
         slog: SessionLog, address: str,
     ) -> None:  # fmt: skip
-        slog.info("connected to %s:%d", listener.host, listener.port)
+        local = protocol.transport.get_extra_info("sockname") if protocol.transport else None
+        slog.info("connected to %s", _peer(local))
         out = BufferedOutput(protocol)
         implicit = listener.mode == "implicit"
         session = Session(
@@ -214,6 +215,9 @@ class Pop3Server:
         assert certs is not None
         assert protocol.transport is not None
         loop = asyncio.get_running_loop()
+        # No await between this and start_tls pausing the plaintext transport: nothing
+        # sent in clear after STLS can reach the engine (RFC 2595 section 4).
+        protocol.engine.discard_plaintext()
         try:
             transport = await loop.start_tls(
                 protocol.transport, protocol, certs.context, server_side=True,

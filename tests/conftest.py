@@ -13,7 +13,7 @@ from popbridge.config import Config, ListenerConfig, MaildropConfig, ServerConfi
 from popbridge.maildrop import load_backend
 from popbridge.server import Pop3Server
 from popbridge.session import Services
-from popbridge.throttle import ThrottlePolicy
+from popbridge.throttle import Throttle, ThrottlePolicy
 from tests.support.dovecot import Dovecot, ensure_installed, start_dovecot
 
 NO_DELAY = ThrottlePolicy(base_delay=0)
@@ -55,20 +55,20 @@ async def bridge(dovecot: Dovecot) -> AsyncIterator[StartBridge]:
         maildrop: MaildropConfig | None = None,
         server: ServerConfig | None = None,
         plaintext_auth: bool = True,
+        listeners: tuple[ListenerConfig, ...] | None = None,
         **backend: Any,
     ) -> Pop3Server:
         settings = imap_settings(dovecot, **backend)
+        default = ListenerConfig(host="127.0.0.1", port=0, plaintext_auth=plaintext_auth)
         config = Config(
-            source="test",
-            backend_type="imap",
-            backend_settings=settings,
-            listeners=(ListenerConfig(host="127.0.0.1", port=0, plaintext_auth=plaintext_auth),),
+            source="test", backend_type="imap", backend_settings=settings,
+            listeners=listeners or (default,),
             server=server or ServerConfig(throttle=NO_DELAY),
             maildrop=maildrop or MaildropConfig(),
-        )
-        instance = Pop3Server(
-            config, Services(backend=load_backend("imap", settings, source="test"))
-        )
+        )  # fmt: skip
+        backend_ = load_backend("imap", settings, source="test")
+        services = Services(backend=backend_, throttle=Throttle(config.server.throttle))
+        instance = Pop3Server(config, services)
         await instance.start()
         started.append(instance)
         return instance

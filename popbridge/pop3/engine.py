@@ -143,14 +143,18 @@ class Pop3Engine:
             self._apply(command, reply)
         return encode(reply)
 
-    def tls_established(self) -> None:
-        """TLS is up after STLS: forget every byte and every fact from before it.
+    def discard_plaintext(self) -> None:
+        """Drop every byte received so far: call it right before the TLS handshake starts.
 
         RFC 2595 section 4: the client must wait for the handshake, so anything it
-        pipelined behind STLS is plaintext injection (CVE-2011-0411 class) and is dropped;
-        a USER given before TLS is forgotten too (conformance E-2.5).
+        pipelined behind STLS is plaintext injection (CVE-2011-0411 class). The caller
+        must switch the transport to TLS without yielding to the event loop in between.
         """
         self._buffer.clear()
+        self._discarding = False
+
+    def tls_established(self) -> None:
+        """TLS is up after STLS: forget facts from before it (conformance E-2.5)."""
         self._tls_pending = False
         self._user_accepted = False
 

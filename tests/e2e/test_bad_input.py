@@ -5,6 +5,7 @@ mailbox (messages, flags, folders) must be exactly as before."""
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator
 
 import pytest
@@ -16,6 +17,12 @@ from tests.support.dovecot import Dovecot
 pytestmark = pytest.mark.dovecot
 
 NOT_IN_STATE = b"-ERR command not valid in this state"
+
+
+def b64(data: bytes) -> bytes:
+    return base64.b64encode(data)
+
+
 AUTH_FAILED = b"-ERR [AUTH] authentication failed"
 CONTROL = b"-ERR control characters are not allowed"
 NON_ASCII = b"-ERR non-ASCII characters are not allowed"
@@ -66,6 +73,28 @@ AUTHORIZATION_CASES = [
     ),
     (b"USER alice)(\r\nPASS x) LOGOUT\r\n", [b"+OK send PASS", AUTH_FAILED]),
     (b"USER j\xc3\xb6rg\r\nPASS p\xc3\xa4ss\r\n", [b"+OK send PASS", AUTH_FAILED]),
+    # the same through SASL: decoded credentials are data, never IMAP syntax
+    (b"AUTH PLAIN " + b64(b"\0alice\0secret\r\na1 DELETE Archive") + b"\r\n", [AUTH_FAILED]),
+    (b"AUTH PLAIN " + b64(b'\0alice" "x\0secret') + b"\r\n", [AUTH_FAILED]),
+    (b"AUTH PLAIN " + b64(b"\0alice\0wrong") + b"\r\n", [AUTH_FAILED]),
+    (b"AUTH PLAIN " + b64(b"\0al\x00ice\0secret") + b"\r\n", [b"-ERR malformed PLAIN message"]),
+    (
+        b"AUTH PLAIN " + b64(b"bob\0alice\0secret") + b"\r\n",
+        [b"-ERR authorization identity not permitted"],
+    ),
+    (b"AUTH PLAIN AGFsaWNl!!AHB3\r\n", [b"-ERR invalid base64"]),
+    (b"AUTH PLAIN\r\n*\r\n", [b"+ ", b"-ERR authentication cancelled"]),
+    (b"AUTH PLAIN\r\n" + b"A" * 20000 + b"\r\n", [b"+ ", b"-ERR line too long"]),
+    (b"AUTH LOGIN " + b64(b"u" * 2000) + b"\r\n", [b"-ERR user name too long"]),
+    (
+        b"AUTH XOAUTH2 " + b64(b"user=alice\x01auth=Bearer t\r\na1 LOGOUT\x01\x01") + b"\r\n\r\n",
+        [b"+ " + b64(b'{"status": "401", "schemes": "bearer", "scope": "mail"}'), AUTH_FAILED],
+    ),
+    (
+        b"AUTH XOAUTH2 " + b64(b"auth=Bearer t\x01\x01") + b"\r\n",
+        [b"-ERR malformed XOAUTH2 message"],
+    ),
+    (b"STLS\r\n", [b"-ERR TLS not available on this port"]),
 ]
 TRANSACTION_CASES = [
     (b"RETR 1_0\r\n", [BAD_NUMBER]),
