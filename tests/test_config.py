@@ -127,3 +127,57 @@ def test_table_reader_types() -> None:
         reader.number("absent")
     with pytest.raises(ConfigError, match="must be a table"):
         TableReader([], source="f", path="p")  # type: ignore[arg-type]
+
+
+def test_example_config_in_deploy_is_valid() -> None:
+    from popbridge.config import parse_config
+
+    example = Path(__file__).parents[1] / "deploy" / "popbridge.example.toml"
+    import tomllib
+
+    data = tomllib.loads(example.read_text())
+    for listener in data["listeners"]:  # the example's certificate paths do not exist here
+        listener.pop("cert_file", None)
+        listener.pop("key_file", None)
+        listener["mode"] = "plain"
+        listener.pop("tls_profile", None)
+    config = parse_config(data, source=str(example))
+    assert len(config.listeners) == 2
+    assert config.server.throttle.max_failures_per_user == 10
+
+
+@pytest.mark.parametrize(
+    ("listener", "message"),
+    [
+        ('mode = "implicit"', "listeners[0].cert_file: is required"),
+        ('cert_file = "CERT"', "cert_file and key_file go together"),
+        (
+            'tls_ciphers = "ALL"\ncert_file = "CERT"\nkey_file = "CERT"',
+            'need tls_profile = "custom"',
+        ),
+        ('sasl_mechanisms = ["PLAIN", "NTLM"]', "unknown mechanism 'NTLM'"),
+        ("sasl_mechanisms = [1]", "must be an array of non-empty strings"),
+        ('tls_profile = "ancient"', "must be one of modern, legacy, custom"),
+    ],
+)
+def test_listener_tls_errors(tmp_path: Path, listener: str, message: str) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    text = f'[[listeners]]\n{listener.replace("CERT", str(cert))}\n[backend]\ntype = "imap"\n'
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    assert message in str(caught.value)
+
+
+def test_tls_listener_config(tmp_path: Path) -> None:
+    for name in ("c.pem", "k.pem"):
+        (tmp_path / name).write_text("x")
+    text = (
+        f'[[listeners]]\nmode = "implicit"\ncert_file = "{tmp_path / "c.pem"}"\n'
+        f'key_file = "{tmp_path / "k.pem"}"\ntls_profile = "custom"\ntls_min_version = "TLSv1.3"\n'
+        '[backend]\ntype = "imap"\n'
+    )
+    listener = load_config(write(tmp_path, text)).listeners[0]
+    assert listener.port == 995 and listener.tls is not None
+    assert listener.tls.min_version == "TLSv1.3"
+    assert "POP3S" in listener.describe() and "custom (minimum TLSv1.3" in listener.describe()
