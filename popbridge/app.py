@@ -7,15 +7,15 @@ both go through it, so what `check` validates is what `serve` runs.
 
 from __future__ import annotations
 
+from popbridge.accounts import BackendDefaults, MappedAuthenticator, parse_accounts
 from popbridge.auth import Authenticator, PassthroughAuthenticator
 from popbridge.config import Config
 from popbridge.errors import ConfigError
 from popbridge.maildrop import Backend, load_backend
+from popbridge.sasl import ALL_MECHANISMS, PASSWORD_MECHANISMS
 from popbridge.session import Services
-from popbridge.settings import TableReader
-from popbridge.store import Store, open_store
-
-ACCOUNT_MODES = ("passthrough", "mapped")
+from popbridge.store import MemoryStore, Store, open_store
+from popbridge.throttle import Throttle
 
 
 async def build_services(config: Config) -> tuple[Services, Store]:
@@ -27,17 +27,32 @@ async def build_services(config: Config) -> tuple[Services, Store]:
     except BaseException:
         await store.close()
         raise
+    # A mapped account's secret is stored upstream-side; a device's own bearer token
+    # cannot be checked locally, so only the password mechanisms are offered then.
+    mapped = isinstance(authenticator, MappedAuthenticator)
     services = Services(
         backend=backend, locks=store.locks, uidls=store.uidls, sizes=store.sizes,
-        authenticator=authenticator,
+        authenticator=authenticator, throttle=Throttle(config.server.throttle),
+        sasl_mechanisms=PASSWORD_MECHANISMS if mapped else ALL_MECHANISMS,
     )  # fmt: skip
     return services, store
 
 
 def build_authenticator(config: Config, backend: Backend, store: Store) -> Authenticator:
-    reader = TableReader(config.accounts_settings, source=config.source, path="accounts")
-    mode = reader.choice("mode", ACCOUNT_MODES, "passthrough")
-    if mode == "passthrough":
-        reader.finish()
+    """Passthrough, or mapped accounts from `store.accounts` (`[accounts] mode`)."""
+    settings = parse_accounts(config.accounts_settings, source=config.source)
+    if settings.mode == "passthrough":
         return PassthroughAuthenticator(backend)
-    raise ConfigError(f"{config.source}: accounts.mode: mapped accounts are not available yet")
+    if isinstance(store, MemoryStore):
+        # `popbridge accounts add` writes to the store; a memory store would always be empty
+        raise ConfigError(
+            f"{config.source}: accounts.mode: mapped accounts need a durable [store] "
+            '(type = "sqlite" or "postgres")'
+        )
+    defaults = backend_defaults(config)
+    return MappedAuthenticator(store.accounts, settings, backend, defaults)
+
+
+def backend_defaults(config: Config) -> BackendDefaults:
+    """The `[backend]` table a mapped account's overrides apply to."""
+    return BackendDefaults(config.backend_type, config.backend_settings, config.source)

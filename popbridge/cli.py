@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from popbridge import __version__
+from popbridge import __version__, cli_accounts
 from popbridge.app import build_services
 from popbridge.config import Config, load_config
 from popbridge.errors import BridgeError, ConfigError
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--config", "-c", type=Path, required=True, help="TOML config file")
+    cli_accounts.add_parser(commands)
     cert = commands.add_parser("cert", help="write a self-signed certificate and key")
     cert.add_argument("--cert", type=Path, required=True, help="certificate file to write (PEM)")
     cert.add_argument("--key", type=Path, required=True, help="private key file to write (PEM)")
@@ -106,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     setup_logging(config.server.log_level)
     try:
+        if args.command == "accounts":
+            return asyncio.run(cli_accounts.run(args, config))
         if args.command == "check":
             return asyncio.run(check(config))
         asyncio.run(serve(config))

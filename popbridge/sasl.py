@@ -187,6 +187,7 @@ def _kv(part: bytes, separator: bytes) -> tuple[bytes, bytes]:
 
 PASSWORD_MECHANISMS: Final = ("PLAIN", "LOGIN")
 TOKEN_MECHANISMS: Final = ("XOAUTH2", "OAUTHBEARER")
+ALL_MECHANISMS: Final = PASSWORD_MECHANISMS + TOKEN_MECHANISMS
 _FACTORIES: Final[dict[str, type[Plain] | type[Login] | type[XOAuth2] | type[OAuthBearer]]] = {
     "PLAIN": Plain,
     "LOGIN": Login,

@@ -233,7 +233,8 @@ class Pop3Server:
 
     def _policy(self, listener: ListenerConfig) -> SessionPolicy:
         maildrop = self._config.maildrop
-        mechanisms = listener.sasl_mechanisms or SessionPolicy().sasl_mechanisms
+        offered = self._services.sasl_mechanisms
+        mechanisms = tuple(m for m in listener.sasl_mechanisms or offered if m in offered)
         return SessionPolicy(
             plaintext_auth=listener.plaintext_auth,
             starttls=listener.mode == "plain" and listener.tls is not None,

@@ -43,7 +43,7 @@ class SessionPolicy:
     disposition: Disposition = field(default_factory=lambda: Disposition(DispositionKind.EXPUNGE))
     mark_seen_on_retr: bool = False
     max_auth_failures: int = 3
-    sasl_mechanisms: tuple[str, ...] = sasl.PASSWORD_MECHANISMS + sasl.TOKEN_MECHANISMS
+    sasl_mechanisms: tuple[str, ...] = sasl.ALL_MECHANISMS
     implementation: str = "popbridge"
 
 
@@ -57,6 +57,7 @@ class Services:
     sizes: SizeCache = field(default_factory=MemorySizeCache)
     authenticator: Authenticator | None = None
     throttle: Throttle = field(default_factory=lambda: Throttle(ThrottlePolicy()))
+    sasl_mechanisms: tuple[str, ...] = sasl.ALL_MECHANISMS  # what the authenticator can use
 
     def __post_init__(self) -> None:
         if self.authenticator is None:

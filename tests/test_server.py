@@ -169,3 +169,24 @@ async def test_shutdown_cancels_sessions_without_update(
     assert await asyncio.wait_for(reader.read(), 3) == b""
     assert backend.stores["alice"].mutations == []
     assert backend.opened[-1].closed
+
+
+async def test_sasl_offer_is_what_both_listener_and_authenticator_allow(
+    backend: MemoryBackend,
+) -> None:
+    listener = ListenerConfig(
+        host="127.0.0.1", port=0, plaintext_auth=True, sasl_mechanisms=("PLAIN", "XOAUTH2")
+    )
+    config = Config(source="test", backend_type="memory", listeners=(listener,))
+    services = Services(backend=backend, sasl_mechanisms=("PLAIN", "LOGIN"))  # e.g. mapped accounts
+    server = Pop3Server(config, services)
+    await server.start()
+    try:
+        reader, writer = await connect(server)
+        writer.write(b"CAPA\r\nAUTH XOAUTH2 =\r\n")
+        capa = await reader.readuntil(b"\r\n.\r\n")
+        assert b"\r\nSASL PLAIN\r\n" in capa
+        assert await reader.readline() == b"-ERR unsupported authentication mechanism\r\n"
+        writer.close()
+    finally:
+        await server.stop()
