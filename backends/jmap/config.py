@@ -1,0 +1,129 @@
+"""The JMAP backend's `[backend]` table: keys, defaults and the TLS context they imply.
+
+This module owns the validation of the JMAP backend's configuration. Every key is read through
+`TableReader`, so a mistake names the file and the key and unknown keys are refused. The
+upstream is named either by `url` (its origin; the Session resource is then found at
+`/.well-known/jmap`, RFC 8620 section 2.2) or by `session_url` directly. It also builds the one
+`ssl.SSLContext` the backend uses: certificate and host name verification are always on
+(RFC 8620 section 8.2: clients MUST validate TLS certificate chains); `ca_file` only adds a CA.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from popbridge.settings import TableReader
+
+logger = logging.getLogger(__name__)
+
+WELL_KNOWN = "/.well-known/jmap"
+
+
+@dataclass(frozen=True, slots=True)
+class JmapSettings:
+    """The validated `[backend]` table of a JMAP upstream."""
+
+    session_url: str
+    mailbox: str | None
+    timeout: float
+    connect_timeout: float
+    max_retry_after: float
+    fetch_chunk: int
+    page_size: int
+    ca_file: Path | None = None
+    tls_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def peer(self) -> str:
+        """`scheme://host:port` of the Session resource, for log lines."""
+        parts = urlsplit(self.session_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+
+def parse_settings(settings: Mapping[str, Any], *, source: str) -> JmapSettings:
+    """Read and check the `[backend]` table; raises `ConfigError` naming file and key."""
+    table = TableReader(settings, source=source, path="backend")
+    table.string("type", "jmap")  # the core chose this backend by it; nothing more to check
+    session_url = _session_url(table)
+    ca_file = table.path("ca_file", None)
+    mailbox: str | None = table.string("mailbox", None)
+    if mailbox is not None and any(ord(char) < 0x20 or ord(char) == 0x7F for char in mailbox):
+        raise table.error("mailbox", "must not contain control characters")
+    parsed = JmapSettings(
+        session_url=session_url,
+        mailbox=mailbox,
+        timeout=table.number("timeout", 30.0, minimum=0.01),
+        connect_timeout=table.number("connect_timeout", 10.0, minimum=0.01),
+        max_retry_after=table.number("max_retry_after", 5.0, minimum=0.0),
+        fetch_chunk=table.integer("fetch_chunk", 1 << 20, minimum=1024, maximum=64 << 20),
+        page_size=table.integer("page_size", 1024, minimum=1, maximum=100_000),
+        ca_file=ca_file,
+        tls_context=_tls_context(table, ca_file),
+    )
+    table.finish()
+    host = urlsplit(session_url).hostname or ""
+    if session_url.startswith("http:") and not _is_loopback(host):
+        logger.warning(
+            "%s: backend URL is http://, so passwords and tokens go in clear to %s,"
+            " which is not loopback",
+            source,
+            host,
+        )
+    return parsed
+
+
+def _session_url(table: TableReader) -> str:
+    """`session_url` as given, or `url` + `/.well-known/jmap`; exactly one of them."""
+    base: str | None = table.string("url", None)
+    direct: str | None = table.string("session_url", None)
+    if (base is None) == (direct is None):
+        raise table.error("url", "give exactly one of url and session_url")
+    key, value = ("url", base) if base is not None else ("session_url", direct)
+    assert value is not None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise table.error(key, "must be an http:// or https:// URL with a host name")
+    if parts.username is not None or parts.password is not None:
+        raise table.error(key, "must not contain a user name or password")
+    if any(ord(char) <= 0x20 or ord(char) >= 0x7F for char in value):
+        raise table.error(key, "must not contain spaces, control or non-ASCII characters")
+    try:
+        parts.port  # noqa: B018  (validates the port number)
+    except ValueError:
+        raise table.error(key, "has an invalid port") from None
+    if base is not None:
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise table.error("url", "must be the server's origin only (use session_url)")
+        return urlunsplit((parts.scheme, parts.netloc, WELL_KNOWN, "", ""))
+    return value
+
+
+def _tls_context(table: TableReader, ca_file: Path | None) -> ssl.SSLContext:
+    """A verifying client context: system CAs plus `ca_file` (RFC 8620 8.2, RFC 6125)."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=str(ca_file))
+        except (ssl.SSLError, OSError) as exc:
+            raise table.error("ca_file", f"cannot load CA certificates: {exc}") from None
+    # create_default_context already sets both; stated so no later edit can drop them.
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

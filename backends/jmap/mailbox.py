@@ -1,0 +1,133 @@
+"""The opened JMAP Mailbox as a `Mailbox`: listing and streaming messages, read-only.
+
+This module owns the read side of the JMAP mapping (conformance J-5 to J-10). Identities are
+Email ids, which are immutable (RFC 8620 section 1.2); the core turns ids that do not fit a
+UIDL (over 70 characters) into hashed UIDLs. RETR and TOP download the Email's blob (RFC 8620
+section 6.2), streamed in pieces of at most `fetch_chunk` octets. JMAP has no partial
+download, so TOP stops reading once the header and enough body lines arrived, and hands on
+only those (dropping that connection; the next request opens another).
+Downloading never sets `$seen`. A blob outlives its Email (Cyrus serves it after a destroy),
+so each fetch first asks Email/get whether the Email is still in the Mailbox.
+Dispositions at QUIT are delegated to `backends.jmap.dispose`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator, Collection
+
+from backends.jmap import dispose
+from backends.jmap.api import Api
+from backends.jmap.listing import Listed, list_emails, query_filter
+from popbridge.errors import MessageGone
+from popbridge.maildrop import DisposeResult, Disposition, RemoteMessage
+
+logger = logging.getLogger(__name__)
+
+TOP_PIECE = 64 * 1024  # TOP reads in smaller pieces: it usually needs only the first one
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_MAX_ID = 255  # RFC 8620 section 1.2: an Id is 1 to 255 octets
+
+
+class JmapMailbox:
+    """One JMAP Mailbox of one account; identities are Email ids."""
+
+    def __init__(self, api: Api, mailbox_id: str, *, fetch_chunk: int, page_size: int) -> None:
+        self._api = api
+        self._mailbox_id = mailbox_id
+        self._chunk = fetch_chunk
+        self._page_size = page_size
+        self._closed = False
+
+    async def list(self, *, hidden_keyword: str | None = None) -> list[RemoteMessage]:
+        """Every Email in the Mailbox, oldest first; `hidden_keyword` ones left out (J-5)."""
+        keyword = hidden_keyword.lower() if hidden_keyword is not None else None
+        condition = query_filter(self._mailbox_id, keyword)
+        by_id = "id" in self._api.session.sort_options
+        listed = await list_emails(self._api, condition, self._page_size, by_id=by_id)
+        return [_remote(entry) for entry in listed]
+
+    async def fetch(self, identity: str, *, body_lines: int | None = None) -> AsyncIterator[bytes]:
+        """Stream the Email's raw message; MessageGone if it left the Mailbox."""
+        if not identity or len(identity) > _MAX_ID:
+            raise MessageGone(f"{identity[:80]!r} is not an Email id")
+        # Asked first, not alongside the download: Cyrus holds a lock while it writes a
+        # blob, so an Email/get sent while a large download waits to be read never returns.
+        url = self._api.session.download_url(await self._locate(identity))
+        chunk = self._chunk if body_lines is None else min(self._chunk, TOP_PIECE)
+        counter = None if body_lines is None else _TopCounter(body_lines)
+        async with self._api.transport.stream(url, chunk=chunk) as pieces:
+            async for piece in pieces:
+                cut = counter.cut(piece) if counter is not None else None
+                if cut is None:
+                    yield piece
+                    continue
+                if cut:
+                    yield piece[:cut]
+                return  # leaving the stream early drops its connection
+
+    async def _locate(self, identity: str) -> str:
+        """The Email's blobId if it is still in the Mailbox (RFC 8621 section 4.2)."""
+        arguments = {
+            "accountId": self._api.account_id,
+            "ids": [identity],
+            "properties": ["blobId", "mailboxIds"],
+        }
+        (response,) = await self._api.call(("Email/get", arguments))
+        for entry in response.get("list") or []:
+            if not isinstance(entry, dict) or entry.get("id") != identity:
+                continue
+            mailboxes, blob_id = entry.get("mailboxIds"), entry.get("blobId")
+            in_mailbox = isinstance(mailboxes, dict) and mailboxes.get(self._mailbox_id)
+            if in_mailbox and isinstance(blob_id, str) and blob_id:
+                return blob_id
+        raise MessageGone(f"Email {identity!r} is no longer in the mailbox")
+
+    async def dispose(self, identities: Collection[str], how: Disposition) -> DisposeResult:
+        """Apply `how` at QUIT; see `backends.jmap.dispose`."""
+        return await dispose.dispose(self._api, self._mailbox_id, identities, how)
+
+    async def close(self) -> None:
+        """Close the connection pool; nothing is written upstream. Idempotent, never raises."""
+        if not self._closed:
+            self._closed = True
+            await self._api.transport.close()
+
+    def __repr__(self) -> str:
+        return f"<JmapMailbox {self._api.session.url} mailbox={self._mailbox_id}>"
+
+
+def _remote(entry: Listed) -> RemoteMessage:
+    return RemoteMessage(
+        identity=entry.id, size=entry.size, message_id=entry.message_id, received=entry.received
+    )
+
+
+class _TopCounter:
+    """Finds where the header and `lines` body lines end (RFC 1939 section 7, TOP)."""
+
+    def __init__(self, lines: int) -> None:
+        self._lines = lines
+        self._tail = b""
+        self._in_body = False
+        self._seen = 0
+
+    def cut(self, piece: bytes) -> int | None:
+        """The offset in `piece` where the wanted part ends, or None if it goes on."""
+        position = 0
+        if not self._in_body:
+            data = self._tail + piece
+            end = _HEADER_END.search(data)
+            if end is None:
+                self._tail = data[-3:]  # a header end split across pieces is found next time
+                return None
+            self._in_body = True
+            position = end.end() - len(self._tail)  # >= 1: the tail alone held no header end
+        while self._seen < self._lines:
+            newline = piece.find(b"\n", position)
+            if newline < 0:
+                return None
+            self._seen += 1
+            position = newline + 1
+        return position

@@ -1,0 +1,162 @@
+"""Real POP3 clients through the bridge to a real Cyrus over JMAP: poplib, curl, fetchmail,
+mpop and getmail6 each retrieve every message byte for byte, and their deletions reach the
+JMAP side (seen over IMAP) only through QUIT.
+
+This module owns the JMAP counterpart of `tests/e2e/test_clients.py`: one Cyrus for the
+module (`tests.support.cyrus`), and bridges started in-process with the JMAP backend found
+through the backend registry, exactly as `popbridge serve` finds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from popbridge.config import Config, ListenerConfig, MaildropConfig, ServerConfig
+from popbridge.maildrop import Disposition, DispositionKind, load_backend
+from popbridge.server import Pop3Server
+from popbridge.session import Services
+from popbridge.throttle import Throttle, ThrottlePolicy
+from tests.support import clients
+from tests.support.clients import Pop3Target, strip_client_additions
+from tests.support.cyrus import Cyrus, start_cyrus
+from tests.support.dovecot import generate_message, wire_form
+
+pytestmark = [pytest.mark.clients, pytest.mark.cyrus]
+
+USER, PASSWORD = "alice", "secret"
+SPECIAL = [
+    b"From: a@example.org\nSubject: dots\n\n.\n..\n.leading dot\n...\nend\n",
+    b"From: a@example.org\nSubject: 8bit\nContent-Type: text/plain; charset=utf-8\n"
+    b"Content-Transfer-Encoding: 8bit\n\nGr\xc3\xbc\xc3\x9fe aus K\xc3\xb6ln\n",
+    b"From: a@example.org\nSubject: empty body\n\n",
+    b"From: a@example.org\nSubject: long line\n\n" + b"y" * 1500 + b"\n",
+]
+
+StartBridge = Callable[..., Awaitable[Pop3Server]]
+NO_DELAY = ThrottlePolicy(base_delay=0)  # no pause after a failed login
+
+
+@pytest.fixture(scope="module")
+def cyrus() -> Iterator[Cyrus]:
+    server = start_cyrus({USER: PASSWORD})
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def expected(cyrus: Cyrus) -> list[bytes]:
+    """alice's INBOX: generated messages plus awkward ones, in the CRLF form JMAP serves."""
+    cyrus.reset_mailbox(USER)
+    messages = [wire_form(generate_message(n, 3000)) for n in range(1, 9)]
+    messages += [wire_form(m) for m in SPECIAL]
+    cyrus.seed(USER, messages)
+    return messages
+
+
+@pytest.fixture
+async def bridge(cyrus: Cyrus) -> AsyncIterator[StartBridge]:
+    """Start bridges on free ports in front of Cyrus' JMAP; all stop when the test ends."""
+    started: list[Pop3Server] = []
+
+    async def start(*, maildrop: MaildropConfig | None = None, **backend: Any) -> Pop3Server:
+        settings = {"type": "jmap", "url": cyrus.http_url, "timeout": 10, **backend}
+        config = Config(
+            source="test",
+            backend_type="jmap",
+            backend_settings=settings,
+            listeners=(ListenerConfig(host="127.0.0.1", port=0, plaintext_auth=True),),
+            server=ServerConfig(throttle=NO_DELAY),
+            maildrop=maildrop or MaildropConfig(),
+        )
+        backend_ = load_backend("jmap", settings, source="test")
+        services = Services(backend=backend_, throttle=Throttle(config.server.throttle))
+        instance = Pop3Server(config, services)
+        await instance.start()
+        started.append(instance)
+        return instance
+
+    yield start
+    for instance in started:
+        await instance.stop()
+
+
+def target(server: Pop3Server) -> Pop3Target:
+    host, port = server.addresses[0]
+    return Pop3Target(host, port, USER, PASSWORD)
+
+
+def remaining(cyrus: Cyrus, folder: str = "INBOX") -> list[str]:
+    return [m.subject for m in cyrus.stored(USER, folder)]
+
+
+async def test_poplib_retrieves_all_then_deletes(
+    bridge: StartBridge, cyrus: Cyrus, expected: list[bytes]
+) -> None:
+    server = await bridge()
+    fetched = await asyncio.to_thread(clients.poplib_fetch_all, target(server), delete=False)
+    assert fetched == expected
+    assert not any("\\Seen" in m.flags for m in cyrus.stored(USER))  # reading set no $seen
+    fetched = await asyncio.to_thread(clients.poplib_fetch_all, target(server), delete=True)
+    assert fetched == expected
+    assert remaining(cyrus) == []
+
+
+async def test_curl_lists_retrieves_and_uidls(
+    bridge: StartBridge, expected: list[bytes], tmp_path: Path
+) -> None:
+    server = await bridge()
+    listing = await asyncio.to_thread(clients.curl_list, target(server))
+    assert listing.split() == [str(x) for n, m in enumerate(expected, 1) for x in (n, len(m))]
+    retrieved = await asyncio.to_thread(
+        clients.curl_retr_all, target(server), len(expected), tmp_path
+    )
+    assert retrieved == expected
+    uidl = await asyncio.to_thread(clients.curl_command, target(server), "UIDL")
+    again = await asyncio.to_thread(clients.curl_command, target(server), "UIDL")
+    assert len(uidl.split()) == 2 * len(expected)
+    assert uidl == again  # the same unique-ids in every session (RFC 1939 section 7)
+
+
+async def test_curl_dele_moves_to_trash_at_its_quit(
+    bridge: StartBridge, cyrus: Cyrus, expected: list[bytes]
+) -> None:
+    server = await bridge(maildrop=MaildropConfig(Disposition(DispositionKind.TRASH)))
+    await asyncio.to_thread(clients.curl_command, target(server), "DELE 1")
+    assert len(remaining(cyrus)) == len(expected) - 1
+    assert remaining(cyrus, "Trash") == ["test message 1"]
+
+
+@pytest.mark.parametrize("keep", [True, False], ids=["keep", "nokeep"])
+async def test_fetchmail(
+    bridge: StartBridge, cyrus: Cyrus, expected: list[bytes], tmp_path: Path, keep: bool
+) -> None:
+    server = await bridge()
+    delivered = await asyncio.to_thread(clients.run_fetchmail, target(server), tmp_path, keep=keep)
+    assert [strip_client_additions("fetchmail", m) for m in delivered] == expected
+    stored = cyrus.stored(USER)
+    assert len(stored) == (len(expected) if keep else 0)
+    assert all("\\Seen" not in m.flags for m in stored)
+
+
+@pytest.mark.parametrize("keep", [True, False], ids=["keep", "delete"])
+async def test_mpop_pipelining(
+    bridge: StartBridge, cyrus: Cyrus, expected: list[bytes], tmp_path: Path, keep: bool
+) -> None:
+    server = await bridge()
+    delivered = await asyncio.to_thread(clients.run_mpop, target(server), tmp_path, keep=keep)
+    assert [strip_client_additions("mpop", m) for m in delivered] == expected
+    assert len(remaining(cyrus)) == (len(expected) if keep else 0)
+
+
+async def test_getmail_delete(
+    bridge: StartBridge, cyrus: Cyrus, expected: list[bytes], tmp_path: Path
+) -> None:
+    server = await bridge()
+    delivered = await asyncio.to_thread(clients.run_getmail, target(server), tmp_path, delete=True)
+    assert [strip_client_additions("getmail", m) for m in delivered] == expected
+    assert remaining(cyrus) == []
