@@ -1,8 +1,9 @@
 """The IMAP `Backend`: opens a mailbox for a user, and probes the server for `check`.
 
-This module owns the session setup order (connect, TLS, login, EXAMINE; conformance I-1,
-I-2) and the connectivity report. Every step goes through `Connection`, so each has its own
-deadline; if a step fails, the connection is dropped before the error leaves.
+This module owns the session setup order (connect, TLS, login, EXAMINE of the first
+maildrop folder; conformance I-1, I-2) and the connectivity report. Every step goes through
+`Connection`, so each has its own deadline; if a step fails, the connection is dropped
+before the error leaves.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from backends.imap import wire
 from backends.imap.config import ImapSettings
 from backends.imap.connection import connect
+from backends.imap.folders import Folders, Window
 from backends.imap.mailbox import ImapMailbox
 from popbridge.errors import AuthFailed
 from popbridge.maildrop import Credentials
@@ -31,13 +33,16 @@ class ImapBackend:
         """Log in and EXAMINE the folder; raises AuthFailed, BackendUnavailable/Failure."""
         _screen(credentials)
         connection = await connect(self.settings)
+        folders = Folders(self.settings.maildrop_folders)
         try:
             await connection.login(credentials)
-            selected = await connection.select(read_only=True)
+            first = next(iter(folders))
+            first.uidvalidity = (await connection.select(read_only=True)).uidvalidity
         except BaseException:
             connection.abort()
             raise
-        return ImapMailbox(connection, selected.uidvalidity)
+        window = Window(self.settings.window_newest, self.settings.window_days)
+        return ImapMailbox(connection, folders, window)
 
     async def check(self) -> list[str]:
         """Connect (and STARTTLS), read CAPABILITY, log out; never logs in."""

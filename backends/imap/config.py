@@ -3,7 +3,9 @@
 This module owns the validation of the IMAP backend's configuration: every key is read
 through `TableReader`, so a mistake names the file and the key, and unknown keys are
 refused. It also builds the one `ssl.SSLContext` the backend uses: certificate and hostname
-verification are always on (conformance S-8); `ca_file` only adds a trusted CA.
+verification are always on (conformance S-8); `ca_file` only adds a trusted CA. `folder`
+or `folders` (several folders merged into one maildrop) and the optional window
+(`window_newest`, `window_days`) are checked here too.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.imap import wire
+from backends.imap.folders import canonical, tag_of
 from popbridge.settings import TableReader
 
 logger = logging.getLogger(__name__)
@@ -39,6 +42,14 @@ class ImapSettings:
     auth: str
     ca_file: Path | None = None
     tls_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
+    folders: tuple[str, ...] = ()  # several folders merged; empty: `folder` alone
+    window_newest: int | None = None
+    window_days: int | None = None
+
+    @property
+    def maildrop_folders(self) -> tuple[str, ...]:
+        """The folders POP3 clients see as one maildrop, in configured order."""
+        return self.folders or (self.folder,)
 
     @property
     def peer(self) -> str:
@@ -53,20 +64,23 @@ class ImapSettings:
 
 def parse_settings(settings: Mapping[str, Any], *, source: str) -> ImapSettings:
     """Read and check the `[backend]` table; raises `ConfigError` naming file and key."""
-    table = TableReader(settings, source=source, path="backend")
+    # `folders` is read from `settings` directly (TableReader has no array reader).
+    rest = {key: value for key, value in settings.items() if key != "folders"}
+    table = TableReader(rest, source=source, path="backend")
     table.string("type", "imap")  # the core chose this backend by it; nothing more to check
     host: str = table.string("host")
     tls = table.choice("tls", TLS_MODES, "implicit")
     port = table.integer("port", 993 if tls == "implicit" else 143, minimum=1, maximum=65535)
     ca_file = table.path("ca_file", None)
-    folder: str = table.string("folder", "INBOX")
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in folder):
-        raise table.error("folder", "must not contain control characters")
+    folders = _folders(table, settings)
     parsed = ImapSettings(
         host=host,
         port=port,
         tls=tls,
-        folder=folder,
+        folder=folders[0],
+        folders=folders if len(folders) > 1 else (),
+        window_newest=_window(table, settings, "window_newest"),
+        window_days=_window(table, settings, "window_days"),
         timeout=table.number("timeout", 30.0, minimum=0.01),
         connect_timeout=table.number("connect_timeout", 10.0, minimum=0.01),
         fetch_chunk=table.integer("fetch_chunk", 1 << 20, minimum=1024, maximum=64 << 20),
@@ -82,6 +96,41 @@ def parse_settings(settings: Mapping[str, Any], *, source: str) -> ImapSettings:
             host,
         )
     return parsed
+
+
+def _folders(table: TableReader, settings: Mapping[str, Any]) -> tuple[str, ...]:
+    """`folder` (one) or `folders` (merged into one maildrop), never both."""
+    if "folders" not in settings:
+        folder: str = table.string("folder", "INBOX")
+        _check_folder(table, "folder", folder)
+        return (folder,)
+    if "folder" in settings:
+        raise table.error("folders", "give either folder or folders, not both")
+    value = settings["folders"]
+    if not isinstance(value, list) or not value or not all(isinstance(f, str) for f in value):
+        raise table.error("folders", "must be a non-empty array of folder names")
+    for name in value:
+        _check_folder(table, "folders", name)
+    names = [canonical(name) for name in value]
+    if len(set(names)) != len(names):
+        raise table.error("folders", "names a folder twice")
+    if len({tag_of(name) for name in names}) != len(names):  # 2**-32: but never silently
+        raise table.error("folders", "two folder names hash alike; rename one")
+    return tuple(value)
+
+
+def _check_folder(table: TableReader, key: str, name: str) -> None:
+    if not name:
+        raise table.error(key, "a folder name must not be empty")
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in name):
+        raise table.error(key, "must not contain control characters")
+
+
+def _window(table: TableReader, settings: Mapping[str, Any], key: str) -> int | None:
+    """An optional positive integer (absent: no limit)."""
+    if key not in settings:
+        return None
+    return table.integer(key, minimum=1)
 
 
 def _tls_context(table: TableReader, ca_file: Path | None) -> ssl.SSLContext:

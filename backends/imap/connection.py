@@ -53,6 +53,7 @@ class Connection:
     ) -> None:
         self.settings = settings
         self.capabilities: frozenset[str] = frozenset()
+        self.selected: str | None = None  # the folder the last SELECT/EXAMINE opened
         self._protocol = protocol
         self._transport = transport
         self._lost = lost
@@ -217,12 +218,17 @@ class Connection:
         self._protocol.sasl_response = response
         return await self.run("AUTHENTICATE", mechanism, check=False)
 
-    async def select(self, *, read_only: bool) -> Selected:
-        """EXAMINE (read-only, RFC 3501 6.3.2) or SELECT the configured folder."""
+    async def select(self, *, read_only: bool, folder: str | None = None) -> Selected:
+        """EXAMINE (read-only, RFC 3501 6.3.2) or SELECT `folder` (default: the configured one).
+
+        `selected` then names the folder; a refused SELECT leaves none selected (6.3.1).
+        """
+        name = self.settings.folder if folder is None else folder
         verb = "EXAMINE" if read_only else "SELECT"
-        reply = await self.run(verb, self.settings.folder_argument, check=False)
+        self.selected = None
+        reply = await self.run(verb, wire.quote(wire.encode_mailbox(name)), check=False)
         if not reply.ok:
-            raise refusal(reply, f"{self.peer}: {verb} {self.settings.folder!r}")
+            raise refusal(reply, f"{self.peer}: {verb} {name!r}")
         self._protocol.selected()
         validity = wire.uidvalidity(reply.data)
         if validity is None:
@@ -231,6 +237,7 @@ class Connection:
             isinstance(line, bytes) and b"[UIDNOTSTICKY]" in line.upper() for line in reply.data
         ):
             logger.warning("%s: UIDNOTSTICKY: UIDs are not kept between sessions", self.peer)
+        self.selected = name
         return Selected(validity, read_only=reply.code == "READ-ONLY")
 
 

@@ -1,9 +1,10 @@
 """What happens upstream at QUIT: the IMAP side of POP3's UPDATE state.
 
 This module owns the only writes the IMAP backend ever makes (conformance I-7, I-11 to I-15).
-It re-SELECTs the folder read-write, refuses to act if UIDVALIDITY changed, touches exactly
-the UIDs it was given (UID commands, exact UID sets, never plain EXPUNGE or CLOSE), and then
-verifies with UID SEARCH which messages are still not done, reporting those as failed.
+For each folder of the maildrop that holds deleted messages, it re-SELECTs that folder
+read-write, refuses to act if its UIDVALIDITY changed, touches exactly the UIDs it was given
+(UID commands, exact UID sets, never plain EXPUNGE or CLOSE), and then verifies with UID
+SEARCH which messages are still not done, reporting those as failed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 from backends.imap import wire
 from backends.imap.connection import Connection
+from backends.imap.folders import Folder, Folders
 from popbridge.errors import BackendFailure, BackendUnavailable
 from popbridge.maildrop import DisposeResult, Disposition, DispositionKind
 
@@ -33,24 +35,30 @@ class _Plan:
 
 
 async def dispose(
-    connection: Connection, uidvalidity: int, identities: Collection[str], how: Disposition
+    connection: Connection, folders: Folders, identities: Collection[str], how: Disposition
 ) -> DisposeResult:
-    """Apply `how` to `identities`; identities that no longer exist count as done."""
-    owned: dict[int, str] = {}
+    """Apply `how` to `identities`, each in its own folder; vanished ones count as done."""
+    owned: dict[int, dict[int, str]] = {}
     failed: set[str] = set()
     for identity in identities:
-        parsed = wire.parse_identity(identity)
-        if parsed is None or parsed[0] != uidvalidity:
+        located = folders.locate(identity)
+        if located is None:
             failed.add(identity)
         else:
-            owned[parsed[1]] = identity
-    detail = "identities from another UIDVALIDITY" if failed else ""
-    if owned:
+            owned.setdefault(located[0].index, {})[located[1]] = identity
+    details = ["identities from another UIDVALIDITY"] if failed else []
+    for folder in folders:
+        mine = owned.get(folder.index)
+        if not mine:
+            continue
         try:
-            survivors, detail = await _dispose_uids(connection, uidvalidity, sorted(owned), how)
+            survivors, detail = await _dispose_uids(connection, folder, sorted(mine), how)
         except (BackendUnavailable, BackendFailure) as exc:
-            survivors, detail = list(owned), f"not verified: {exc}"
-        failed.update(owned[uid] for uid in survivors)
+            survivors, detail = list(mine), f"not verified: {exc}"
+        failed.update(mine[uid] for uid in survivors)
+        if survivors:
+            details.append(detail if not folders.merged else f"{folder.name}: {detail}")
+    detail = "; ".join(details)
     if failed:
         logger.warning(
             "%s: %d message(s) not %s: %s", connection.peer, len(failed), how.kind.value, detail
@@ -59,15 +67,15 @@ async def dispose(
 
 
 async def _dispose_uids(
-    connection: Connection, uidvalidity: int, uids: list[int], how: Disposition
+    connection: Connection, folder: Folder, uids: list[int], how: Disposition
 ) -> tuple[list[int], str]:
-    selected = await connection.select(read_only=False)
-    if selected.uidvalidity != uidvalidity:
+    selected = await connection.select(read_only=False, folder=folder.name)
+    if selected.uidvalidity != folder.uidvalidity:
         # RFC 3501 2.3.1.1: the UIDs may now name other messages (conformance I-7).
         return uids, "UIDVALIDITY changed since the listing; nothing touched"
     if selected.read_only:
         return uids, "the folder opened read-only; nothing touched"
-    plan = await _plan(connection, how)
+    plan = await _plan(connection, how, folder)
     if isinstance(plan, str):
         return uids, plan
     for batch in wire.batches(uids, BATCH):
@@ -76,7 +84,7 @@ async def _dispose_uids(
     return survivors, f"{len(survivors)} of {len(uids)} message(s) not {plan.done}"
 
 
-async def _plan(connection: Connection, how: Disposition) -> _Plan | str:
+async def _plan(connection: Connection, how: Disposition, source: Folder) -> _Plan | str:
     """The plan for `how`, or why there is none (then nothing is touched)."""
     match how.kind:
         case DispositionKind.EXPUNGE:
@@ -85,11 +93,11 @@ async def _plan(connection: Connection, how: Disposition) -> _Plan | str:
             trash = await _trash_folder(connection)
             if trash is None:
                 return "no \\Trash special-use folder (RFC 6154); nothing touched"
-            return _transfer(connection, trash)
+            return _transfer(connection, trash, source)
         case DispositionKind.MOVE:
             if not how.folder:
                 return "no target folder configured; nothing touched"
-            return _transfer(connection, wire.quote(wire.encode_mailbox(how.folder)))
+            return _transfer(connection, wire.quote(wire.encode_mailbox(how.folder)), source)
         case DispositionKind.SEEN:
             return _Plan(_flagger(connection, "\\Seen"), ("UNSEEN",), "flagged \\Seen")
         case DispositionKind.KEYWORD:
@@ -119,10 +127,10 @@ def _expunge(connection: Connection) -> _Plan:
     return _Plan(act, () if uidplus else ("NOT", "DELETED"), "expunged")
 
 
-def _transfer(connection: Connection, target: str) -> _Plan | str:
+def _transfer(connection: Connection, target: str, source: Folder) -> _Plan | str:
     """UID MOVE to `target` (RFC 6851), else UID COPY + \\Deleted + UID EXPUNGE."""
-    if _same_mailbox(target, connection.settings.folder_argument):
-        return "the target folder is the maildrop folder itself; nothing touched"
+    if _same_mailbox(target, source.argument):
+        return "the target folder is the folder the messages are in; nothing touched"
     move = "MOVE" in connection.capabilities
     uidplus = "UIDPLUS" in connection.capabilities
     flag = _flagger(connection, "\\Deleted")

@@ -1,7 +1,8 @@
 """The opened IMAP folder as a `Mailbox`: listing and streaming messages, read-only.
 
 This module owns the read side of the IMAP mapping (conformance I-2 to I-5, I-9, I-10): the
-folder is EXAMINEd, messages are named `"<UIDVALIDITY>.<UID>"`, only UID commands are used,
+folder is EXAMINEd, messages are named `"<UIDVALIDITY>.<UID>"` (qualified by a folder tag
+when several folders are merged, see `backends.imap.folders`), only UID commands are used,
 and bodies are read with `BODY.PEEK` so no `\\Seen` flag is set. Large messages are streamed
 in partial fetches of `fetch_chunk` octets and TOP reads only the header and a growing prefix
 of the text. Dispositions at QUIT are delegated to `backends.imap.dispose`.
@@ -13,7 +14,8 @@ import logging
 from collections.abc import AsyncIterator, Collection
 
 from backends.imap import dispose, wire
-from backends.imap.connection import Connection
+from backends.imap.connection import Connection, Selected
+from backends.imap.folders import Folder, Folders, Listed, Window
 from popbridge.errors import BackendFailure, BackendUnavailable, MessageGone
 from popbridge.maildrop import DisposeResult, Disposition, RemoteMessage
 
@@ -28,54 +30,73 @@ _LIST_ITEMS = "(UID RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID
 # First guess of text octets per TOP line; doubled until enough lines have arrived.
 _TOP_OCTETS_PER_LINE = 128
 _TOP_MINIMUM = 4096
+# `list` is a method name in ImapMailbox, so its annotations use these.
+_Keys = list[str]
+_Listing = list[Listed]
 
 
 class ImapMailbox:
-    """One EXAMINEd folder on one connection; identities are `"<uidvalidity>.<uid>"`."""
+    """EXAMINEd folders on one connection; identities are `"[<tag>/]<uidvalidity>.<uid>"`."""
 
-    def __init__(self, connection: Connection, uidvalidity: int) -> None:
+    def __init__(self, connection: Connection, folders: Folders, window: Window) -> None:
         self._connection = connection
-        self._uidvalidity = uidvalidity
+        self._folders = folders
+        self._window = window
         self._chunk = connection.settings.fetch_chunk
-        self._sizes: dict[int, int] = {}
+        self._sizes: dict[tuple[int, int], int] = {}
         self._closed = False
 
     async def list(self, *, hidden_keyword: str | None = None) -> list[RemoteMessage]:
-        """Visible messages in ascending UID order (RFC 3501 2.3.1.2), \\Deleted excluded (I-3)."""
+        """Visible messages, oldest first (RFC 3501 2.3.1.2), \\Deleted excluded (I-3)."""
         criteria = ["NOT", "DELETED"]
         if hidden_keyword is not None:
             if not wire.is_keyword(hidden_keyword):
                 raise BackendFailure(f"hidden keyword {hidden_keyword!r} is not an IMAP atom")
             criteria += ["NOT", "KEYWORD", hidden_keyword]
+        criteria += self._window.search_since()
+        listed: list[Listed] = []
+        for folder in self._folders:
+            if self._connection.selected != folder.name:
+                folder.uidvalidity = (await self._examine(folder)).uidvalidity
+            listed += await self._list_folder(folder, criteria)
+        chosen = self._window.select(listed, merged=self._folders.merged)
+        return [entry.message for entry in chosen]
+
+    async def _list_folder(self, folder: Folder, criteria: _Keys) -> _Listing:
         found = await self._connection.run("SEARCH", *criteria, uid=True)
-        messages: dict[int, RemoteMessage] = {}
-        for batch in wire.batches(wire.search_uids(found.data), LIST_BATCH):
+        messages: dict[int, Listed] = {}
+        for batch in wire.batches(self._window.trim(wire.search_uids(found.data)), LIST_BATCH):
             reply = await self._connection.run("FETCH", wire.uid_set(batch), _LIST_ITEMS, uid=True)
             wanted = set(batch)
             for fetched in wire.parse_fetches(reply.data):
                 uid, size = fetched.uid, fetched.number("RFC822.SIZE")
                 # Unsolicited FETCHes (flag changes by other clients) carry no size.
                 if uid is not None and uid in wanted and size is not None:
-                    messages[uid] = self._listed(uid, fetched, size)
+                    messages[uid] = Listed(
+                        self._listed(folder, uid, fetched, size), folder.index, uid
+                    )
         return [messages[uid] for uid in sorted(messages)]
 
-    def _listed(self, uid: int, fetched: wire.Fetched, size: int) -> RemoteMessage:
-        self._sizes[uid] = size
+    def _listed(self, folder: Folder, uid: int, fetched: wire.Fetched, size: int) -> RemoteMessage:
+        self._sizes[(folder.index, uid)] = size
         return RemoteMessage(
-            identity=f"{self._uidvalidity}.{uid}",
+            identity=folder.identity(uid),
             size=size,
             message_id=wire.message_id(fetched.prefixed("BODY[HEADER.FIELDS")),
             received=wire.internal_date(fetched.items.get("INTERNALDATE")),
         )
 
+    async def _examine(self, folder: Folder) -> Selected:
+        return await self._connection.select(read_only=True, folder=folder.name)
+
     async def fetch(self, identity: str, *, body_lines: int | None = None) -> AsyncIterator[bytes]:
         """Stream the message in pieces of at most `fetch_chunk` octets (header+prefix for TOP)."""
-        uid = self._uid(identity)
+        folder, uid = await self._enter(identity)
         if body_lines is not None:
             async for piece in self._top(uid, body_lines):
                 yield piece
             return
-        size = self._sizes.get(uid)
+        size = self._sizes.get((folder.index, uid))
         if size is not None and size <= self._chunk:
             whole = await self._fetch_one(uid, "BODY.PEEK[]")
             yield self._section(whole, uid, "", None)
@@ -145,16 +166,22 @@ class ImapMailbox:
             raise MessageGone(f"UID FETCH {uid}: no BODY[{section}] in the reply")
         return data
 
-    def _uid(self, identity: str) -> int:
-        parsed = wire.parse_identity(identity)
-        if parsed is None or parsed[0] != self._uidvalidity:
-            # Another UIDVALIDITY means the UID may now name a different message (I-6).
-            raise MessageGone(f"identity {identity!r} is not from this UIDVALIDITY")
-        return parsed[1]
+    async def _enter(self, identity: str) -> tuple[Folder, int]:
+        """The identity's folder (EXAMINEd if another one is selected) and its UID."""
+        located = self._folders.locate(identity)
+        if located is None:
+            raise MessageGone(f"identity {identity!r} is not from a listed UIDVALIDITY")
+        folder, uid = located
+        if self._connection.selected != folder.name:
+            selected = await self._examine(folder)
+            if selected.uidvalidity != folder.uidvalidity:
+                # RFC 3501 2.3.1.1: the UIDs may now name other messages.
+                raise MessageGone(f"{folder.name!r}: UIDVALIDITY changed since the listing")
+        return folder, uid
 
     async def dispose(self, identities: Collection[str], how: Disposition) -> DisposeResult:
-        """Apply `how` at QUIT; see `backends.imap.dispose`."""
-        return await dispose.dispose(self._connection, self._uidvalidity, identities, how)
+        """Apply `how` at QUIT, folder by folder; see `backends.imap.dispose`."""
+        return await dispose.dispose(self._connection, self._folders, identities, how)
 
     async def close(self) -> None:
         """LOGOUT, never CLOSE (RFC 3501 6.4.2 would expunge); idempotent, never raises."""
@@ -163,4 +190,5 @@ class ImapMailbox:
             await self._connection.logout()
 
     def __repr__(self) -> str:
-        return f"<ImapMailbox {self._connection.peer} uidvalidity={self._uidvalidity}>"
+        folders = ", ".join(f"{f.name}:{f.uidvalidity}" for f in self._folders)
+        return f"<ImapMailbox {self._connection.peer} {folders}>"

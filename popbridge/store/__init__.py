@@ -3,22 +3,33 @@
 A `Store` bundles what must outlive a session: the UIDL of every message (RFC 1939
 section 7 wants them stable for as long as the maildrop exists), the maildrop locks
 (RFC 1939 section 4), exact sizes measured at RETR, and mapped-account records. The
-in-memory store serves tests and single runs; SQLite is the default for one instance and
-PostgreSQL lets several instances share state. `open_store` picks one from `[store]`.
+in-memory store serves tests and single runs; SQLite (`popbridge.store.sqlite`) is the
+default for one instance and PostgreSQL (`popbridge.store.postgres`) lets several instances
+share state. `open_store` picks one from `[store]`; the UID map's rules are shared by both
+SQL stores and live in `popbridge.store.uidmap`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from popbridge.errors import BridgeError, Code, ConfigError
 from popbridge.locks import LocalLocks, MaildropLocks
 from popbridge.settings import TableReader
 from popbridge.sizes import MemorySizeCache, SizeCache
 from popbridge.uidl import DerivedUidls, UidlMap
 
 STORE_TYPES = ("sqlite", "postgres", "memory")
+DEFAULT_SQLITE_PATH = "popbridge-state.sqlite3"
+
+
+class StoreUnavailable(BridgeError):
+    """The store did not answer in time or failed; the session cannot go on (RFC 3206 4)."""
+
+    code = Code.SYS_TEMP
+    wire_text = "maildrop state temporarily unavailable"
 
 
 class AccountRecords(Protocol):
@@ -82,23 +93,36 @@ class MemoryStore:
 async def open_store(settings: Mapping[str, Any], *, source: str, base: Path) -> Store:
     """Open the store `[store]` describes; relative paths are relative to `base`."""
     reader = TableReader(settings, source=source, path="store")
-    kind = reader.choice("type", STORE_TYPES, "memory")
+    kind = reader.choice("type", STORE_TYPES, "sqlite")
     if kind == "memory":
         reader.finish()
         return MemoryStore()
     if kind == "sqlite":
         from popbridge.store.sqlite import open_sqlite_store
 
-        path = _anchored(reader.string("path", "popbridge-state.sqlite3"), base)
+        path = _anchored(reader.string("path", DEFAULT_SQLITE_PATH), base)
         reader.finish()
-        return await open_sqlite_store(path)
-    from popbridge.store.postgres import open_postgres_store
-
+        return await _named(source, open_sqlite_store(path))
     dsn = reader.secret("dsn")
     if dsn is None:
         raise reader.error("dsn", 'is required for type = "postgres" (or dsn_env / dsn_file)')
+    pool_size = reader.integer("pool_size", 5, minimum=1, maximum=100)
     reader.finish()
-    return await open_postgres_store(dsn)
+    try:
+        from popbridge.store.postgres import open_postgres_store
+    except ImportError:
+        raise reader.error(
+            "type", "postgres needs asyncpg: pip install 'popbridge[postgres]'"
+        ) from None
+    return await _named(source, open_postgres_store(dsn, pool_size=pool_size))
+
+
+async def _named(source: str, opening: Awaitable[Store]) -> Store:
+    """Open a store; its `ConfigError` (which names the key) also names the file."""
+    try:
+        return await opening
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
 
 
 def _anchored(value: str, base: Path) -> Path:
