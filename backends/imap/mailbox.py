@@ -10,12 +10,15 @@ of the text. Dispositions at QUIT are delegated to `backends.imap.dispose`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Collection
 
 from backends.imap import dispose, wire
 from backends.imap.connection import Connection, Selected
 from backends.imap.folders import Folder, Folders, Listed, Window
+from backends.imap.protocol import Reply
+from backends.imap.readahead import ReadAhead
 from popbridge.errors import BackendFailure, BackendUnavailable, MessageGone
 from popbridge.maildrop import DisposeResult, Disposition, RemoteMessage
 
@@ -33,6 +36,7 @@ _TOP_MINIMUM = 4096
 # `list` is a method name in ImapMailbox, so its annotations use these.
 _Keys = list[str]
 _Listing = list[Listed]
+_Planned = list[tuple[int, int]]
 
 
 class ImapMailbox:
@@ -44,10 +48,13 @@ class ImapMailbox:
         self._window = window
         self._chunk = connection.settings.fetch_chunk
         self._sizes: dict[tuple[int, int], int] = {}
+        self._ahead = ReadAhead()
+        self._refill: asyncio.Task[dict[int, bytes]] | None = None
         self._closed = False
 
     async def list(self, *, hidden_keyword: str | None = None) -> list[RemoteMessage]:
         """Visible messages, oldest first (RFC 3501 2.3.1.2), \\Deleted excluded (I-3)."""
+        await self._settle()
         criteria = ["NOT", "DELETED"]
         if hidden_keyword is not None:
             if not wire.is_keyword(hidden_keyword):
@@ -60,6 +67,7 @@ class ImapMailbox:
                 folder.uidvalidity = (await self._examine(folder)).uidvalidity
             listed += await self._list_folder(folder, criteria)
         chosen = self._window.select(listed, merged=self._folders.merged)
+        self._ahead.listed([(entry.folder, entry.uid) for entry in chosen], self._sizes)
         return [entry.message for entry in chosen]
 
     async def _list_folder(self, folder: Folder, criteria: _Keys) -> _Listing:
@@ -91,6 +99,10 @@ class ImapMailbox:
 
     async def fetch(self, identity: str, *, body_lines: int | None = None) -> AsyncIterator[bytes]:
         """Stream the message in pieces of at most `fetch_chunk` octets (header+prefix for TOP)."""
+        if body_lines is None and (held := self._held(identity)) is not None:
+            yield held
+            return
+        await self._settle()
         folder, uid = await self._enter(identity)
         if body_lines is not None:
             async for piece in self._top(uid, body_lines):
@@ -98,8 +110,7 @@ class ImapMailbox:
             return
         size = self._sizes.get((folder.index, uid))
         if size is not None and size <= self._chunk:
-            whole = await self._fetch_one(uid, "BODY.PEEK[]")
-            yield self._section(whole, uid, "", None)
+            yield await self._whole((folder.index, uid))
             return
         offset = 0
         while True:
@@ -138,6 +149,61 @@ class ImapMailbox:
                 return
             want = min(self._chunk, want * 2)
             fetched = await self._fetch_one(uid, f"BODY.PEEK[TEXT]<{offset}.{want}>")
+
+    def _held(self, identity: str) -> bytes | None:
+        """A body read ahead for `identity`, and the next batch asked for when few are left."""
+        located = self._folders.locate(identity)
+        if located is None:
+            return None
+        folder, uid = located
+        body = self._ahead.take((folder.index, uid))
+        if body is not None and (self._refill is None or self._refill.done()):
+            planned = self._ahead.refill(whole_limit=self._chunk)
+            if planned:
+                self._refill = asyncio.create_task(self._fetch_ahead(planned))
+        return body
+
+    async def _settle(self) -> None:
+        """Let a background read-ahead finish before the connection is used otherwise."""
+        if self._refill is not None:
+            await asyncio.wait([self._refill])
+            self._refill = None
+
+    async def _fetch_ahead(self, planned: _Planned) -> dict[int, bytes]:
+        """One UID FETCH for `planned`; holds every body it brought, returns them by UID."""
+        try:
+            reply = await self._connection.run(
+                "FETCH", wire.uid_set(uid for _, uid in planned), "(BODY.PEEK[])", uid=True,
+                check=False,
+            )  # fmt: skip
+            bodies = self._bodies(reply) if reply.ok else {}
+        except Exception as error:  # a failed read-ahead must never fail the session
+            # the foreground fetch of each message reports the failure when it is asked for
+            logger.debug("%s: read-ahead failed: %r", self._connection.peer, error)
+            return {}
+        for key in planned:
+            if (body := bodies.get(key[1])) is not None:
+                self._ahead.hold(key, body)
+        return bodies
+
+    async def _whole(self, key: tuple[int, int]) -> bytes:
+        """A small message in one piece, fetched together with the next ones when in order."""
+        planned = self._ahead.plan(key, whole_limit=self._chunk)
+        if len(planned) > 1:
+            await self._fetch_ahead(planned)
+            if (own := self._ahead.take(key)) is not None:
+                return own
+        # a single message, or one the batch did not bring: ask for it alone (I-9)
+        return self._section(await self._fetch_one(key[1], "BODY.PEEK[]"), key[1], "", None)
+
+    @staticmethod
+    def _bodies(reply: Reply) -> dict[int, bytes]:
+        found: dict[int, bytes] = {}
+        for fetched in wire.parse_fetches(reply.data):
+            body = fetched.body("")
+            if fetched.uid is not None and body is not None:
+                found[fetched.uid] = body
+        return found
 
     async def _fetch_one(self, uid: int, items: str) -> wire.Fetched:
         """UID FETCH one message; MessageGone if the server has no such message (I-9)."""
@@ -181,10 +247,16 @@ class ImapMailbox:
 
     async def dispose(self, identities: Collection[str], how: Disposition) -> DisposeResult:
         """Apply `how` at QUIT, folder by folder; see `backends.imap.dispose`."""
+        await self._settle()
         return await dispose.dispose(self._connection, self._folders, identities, how)
 
     async def close(self) -> None:
         """LOGOUT, never CLOSE (RFC 3501 6.4.2 would expunge); idempotent, never raises."""
+        if self._refill is not None:
+            self._refill.cancel()
+            await asyncio.wait([self._refill])
+            self._refill = None
+        self._ahead.forget()
         if not self._closed:
             self._closed = True
             await self._connection.logout()

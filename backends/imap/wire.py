@@ -157,10 +157,20 @@ def login_arguments(user: str, password: str) -> tuple[str, str]:
 # ------------------------------------------------------------- what we receive
 
 
+_LITERAL_ANNOUNCEMENT = re.compile(rb"\{[0-9]+\}\r\n")
+
+
 def first_lines(data: bytes, most: int) -> tuple[bytes, bytes]:
-    """`data` cut after its `most`-th LF: (head, rest); no byte is lost or added."""
-    if data.count(b"\n") <= most:
-        return data, b""
+    """`data` cut after its `most`-th LF, or after the first literal announcement.
+
+    (head, rest); no byte is lost or added. Cutting at `{N}CRLF` (RFC 3501 section 4.3)
+    lets the caller hand the literal over whole instead of scanning a message body for
+    line ends it does not need.
+    """
+    literal = _LITERAL_ANNOUNCEMENT.search(data)
+    limit = len(data) if literal is None else literal.end()
+    if data.count(b"\n", 0, limit) <= most:
+        return data[:limit], data[limit:]
     end = 0
     for _ in range(most):
         end = data.index(b"\n", end) + 1

@@ -119,7 +119,8 @@ class BodyEncoder:
         if not data:
             return b""
         self.octets += len(data)
-        stuffed = data.replace(b"\n.", b"\n..")  # RFC 1939 section 3: byte-stuff "." lines
+        # RFC 1939 section 3: byte-stuff "." lines (the check is cheaper than the copy)
+        stuffed = data.replace(b"\n.", b"\n..") if b"\n." in data else data
         if self._at_line_start and data.startswith(b"."):
             stuffed = b"." + stuffed
         self._at_line_start = data.endswith(b"\n")
