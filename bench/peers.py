@@ -1,0 +1,337 @@
+"""The three POP3 servers under test, started on loopback and stopped by PID.
+
+This module owns the benchmark's processes: the Dovecot backend (IMAP + POP3 on one Maildir
+tree; its POP3 is the "direct" reference), a second Dovecot that serves POP3 from that
+backend over IMAP (imapc storage, rendered from ``bench/dovecot-imapc.conf``), and popbridge
+run as ``popbridge serve --config FILE`` in its own process with the backend's plain IMAP port
+as its upstream. It also reads what the memory figures need: a process's ``VmRSS``/``VmHWM``
+(with the peak reset through ``clear_refs``) and the summed PSS of a Dovecot process tree.
+The backend comes from ``tests.support.dovecot``; its settings for 1,000 concurrent sessions
+are appended to the harness's config and applied with a SIGHUP reload, because the harness has
+no hook for extra settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import grp
+import os
+import pwd
+import resource
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.dovecot import DOVECOT_BIN, Dovecot, free_port, start_dovecot
+
+HERE = Path(__file__).resolve().parent
+IMAPC_TEMPLATE = HERE / "dovecot-imapc.conf"
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 30.0
+PROCESS_LIMIT = 1500
+CLIENT_LIMIT = 8000
+
+# Appended to the harness's backend config. One imap process per upstream session (popbridge
+# or imapc: 1,000 each, never at the same time), one pop3 process per direct session.
+# Distinct users per concurrent session keep every user under mail_max_userip_connections
+# (10 per user and IP), so that limit stays at its default.
+BACKEND_LIMITS = f"""
+# --- added by bench/peers.py: room for 1,000 sessions held at once
+default_process_limit = {PROCESS_LIMIT}
+default_client_limit = {CLIENT_LIMIT}
+service imap {{
+  process_limit = {PROCESS_LIMIT + 500}
+}}
+"""
+
+
+def raise_fd_limit() -> int:
+    """Raise our soft RLIMIT_NOFILE to the hard limit (children inherit it); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _die_with_parent() -> None:
+    # In the child before exec: SIGTERM it if the benchmark dies (Linux PR_SET_PDEATHSIG).
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
+def _wait_port(port: int, process: subprocess.Popen[bytes] | None, what: str) -> None:
+    """Until ``port`` greets with +OK (POP3) or * OK (IMAP); fails if ``process`` exits."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                greeting = sock.recv(512)
+                if greeting.startswith((b"+OK", b"* OK")):
+                    sock.sendall(b"QUIT\r\n" if greeting[:1] == b"+" else b"Z LOGOUT\r\n")
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not answering on port {port}")
+        time.sleep(0.05)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM this one process (a Dovecot master takes its children along) and reap it."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=STOP_TIMEOUT)
+
+
+# ----------------------------------------------------------------- Dovecot backend
+
+
+def start_backend(directory: Path, users: dict[str, str]) -> Dovecot:
+    """The harness's Dovecot (IMAP + POP3 on Maildir) with the limits raised for 1,000 sessions."""
+    backend = start_dovecot(directory, users)
+    try:
+        conf = backend.directory / "dovecot.conf"
+        conf.write_text(conf.read_text() + BACKEND_LIMITS)
+        checked = subprocess.run(
+            [shutil.which("doveconf") or "doveconf", "-c", str(conf), "-n"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if checked.returncode != 0:
+            raise RuntimeError(f"dovecot config with raised limits refused: {checked.stderr}")
+        _reload(backend)
+    except BaseException:
+        backend.stop()
+        raise
+    return backend
+
+
+def _reload(backend: Dovecot) -> None:
+    """SIGHUP: the master re-reads its config and keeps its listeners.
+
+    Only once a service has greeted is the master surely past installing its signal
+    handlers (a listening port alone is not enough: SIGHUP's default action kills it).
+    """
+    _wait_port(backend.imap_port, backend.process, "dovecot backend")
+    log = backend.directory / "dovecot.log"
+    mark = log.stat().st_size if log.exists() else 0
+    for _attempt in range(3):
+        os.kill(backend.pid, signal.SIGHUP)
+        if _wait_log(log, mark, "reloading configuration", timeout=3.0):
+            break
+    else:
+        raise TimeoutError(f"dovecot {backend.pid} never logged its reload")
+    # A login process forked during the reload may die once ("Error reading
+    # configuration"); the master respawns it. Wait until both services answer again.
+    time.sleep(0.3)
+    for port in (backend.imap_port, backend.pop3_port):
+        _wait_port(port, backend.process, "dovecot backend after reload")
+
+
+def _wait_log(log: Path, offset: int, needle: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and needle in log.read_text(errors="replace")[offset:]:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# ----------------------------------------------------------------- Dovecot imapc
+
+
+@dataclass
+class Instance:
+    """A started server process listening for POP3 on ``port``."""
+
+    name: str
+    directory: Path
+    port: int
+    process: subprocess.Popen[bytes] = field(repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+
+def _identities() -> dict[str, object]:
+    """Who Dovecot's processes run as: as root, dovenull/dovecot and mail as nobody."""
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam("nobody")
+        return {
+            "login_user": "dovenull", "internal_user": "dovecot", "internal_group": "dovecot",
+            "mail_uid": nobody.pw_uid, "mail_gid": nobody.pw_gid,
+        }  # fmt: skip
+    user = pwd.getpwuid(os.getuid()).pw_name
+    return {
+        "login_user": user, "internal_user": user,
+        "internal_group": grp.getgrgid(os.getgid()).gr_name,
+        "mail_uid": os.getuid(), "mail_gid": os.getgid(),
+    }  # fmt: skip
+
+
+def start_imapc(directory: Path, backend: Dovecot) -> Instance:
+    """Dovecot POP3 with imapc storage, proxying to ``backend``'s plain IMAP port."""
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o755)  # Dovecot's unprivileged processes must get in
+    ids = _identities()
+    home = directory / "home"
+    home.mkdir(exist_ok=True)
+    os.chown(home, int(str(ids["mail_uid"])), int(str(ids["mail_gid"])))
+    pop3, pop3s = free_port(), free_port()
+    text = string.Template(IMAPC_TEMPLATE.read_text()).substitute(
+        ids, dir=directory, pop3_port=pop3, pop3s_port=pop3s,
+        up_host=backend.host, up_port=backend.imap_port,
+        cert_file=backend.pki.cert_file, key_file=backend.pki.key_file,
+        process_limit=PROCESS_LIMIT, client_limit=CLIENT_LIMIT,
+    )  # fmt: skip
+    (directory / "dovecot.conf").write_text(text)
+    with (directory / "dovecot.out").open("ab") as out:
+        process = subprocess.Popen(
+            [str(DOVECOT_BIN), "-F", "-c", str(directory / "dovecot.conf")],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )  # fmt: skip
+    instance = Instance("imapc", directory, pop3, process)
+    try:
+        _wait_port(pop3, process, "dovecot imapc")
+    except BaseException:
+        instance.stop()
+        raise
+    return instance
+
+
+# ----------------------------------------------------------------- popbridge
+
+_POPBRIDGE_CONFIG = string.Template("""\
+# popbridge under benchmark (written by bench/peers.py)
+[server]
+max_connections = $max_connections
+# every benchmark client comes from 127.0.0.1: the per-address cap (default 50) must not bite
+max_connections_per_address = $max_connections
+auth_failure_delay = 0.1
+log_level = "$log_level"
+
+[[listeners]]
+host = "127.0.0.1"
+port = $port
+plaintext_auth = true
+
+[backend]
+type = "imap"
+host = "$up_host"
+port = $up_port
+tls = "none"
+
+[store]
+type = "memory"
+""")
+
+
+@dataclass
+class Popbridge(Instance):
+    """``popbridge serve`` in its own process; memory figures come from /proc."""
+
+    def status_kb(self) -> dict[str, int]:
+        """VmRSS, VmHWM (peak RSS) and friends in kB, from /proc/PID/status."""
+        found: dict[str, int] = {}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.startswith("Vm"):
+                found[key] = int(value.split()[0])
+        return found
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the process has used so far (/proc/PID/stat)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def reset_peak(self) -> bool:
+        """Reset VmHWM to the current RSS (``clear_refs`` 5); False if not allowed."""
+        try:
+            Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+        except OSError:
+            return False
+        return True
+
+
+def start_popbridge(
+    directory: Path,
+    backend: Dovecot,
+    *,
+    profile: Path | None = None,
+    log_level: str = "INFO",
+) -> Popbridge:
+    """Run ``popbridge serve --config`` (optionally under cProfile, written at SIGTERM)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = directory / "popbridge.toml"
+    config.write_text(
+        _POPBRIDGE_CONFIG.substitute(
+            max_connections=2000,
+            log_level=log_level,
+            port=port,
+            up_host=backend.host,
+            up_port=backend.imap_port,
+        )
+    )
+    serve = ["serve", "--config", str(config)]
+    script = shutil.which("popbridge", path=str(Path(sys.executable).parent))
+    command = [script, *serve] if script else [sys.executable, "-m", "popbridge.cli", *serve]
+    if profile is not None:
+        command = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "popbridge.cli"]
+        command += serve
+    with (directory / "popbridge.log").open("ab") as out:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )  # fmt: skip
+    bridge = Popbridge("popbridge", directory, port, process)
+    try:
+        _wait_port(port, process, "popbridge")
+    except BaseException:
+        bridge.stop()
+        raise
+    return bridge
+
+
+# ----------------------------------------------------------------- memory of process trees
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def tree_pss_kb(root: int) -> int:
+    """Summed proportional set size (kB) of ``root`` and all its descendants."""
+    tree, pending, total = _children(), [root], 0
+    while pending:
+        pid = pending.pop()
+        pending.extend(tree.get(pid, ()))
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+                    break
+    return total

@@ -1,0 +1,204 @@
+"""The benchmark's order of work: start the peers, seed, run scenarios alternately, report.
+
+One Dovecot backend and one Dovecot imapc proxy live for the whole run; popbridge is started
+fresh for each scenario (so its memory figures belong to that scenario) and stopped by PID at
+the scenario's end. Each scenario first runs once untimed on every server (warm-up: Dovecot
+builds its indexes, caches fill), except (d), whose 1,000 logins would cost more than they
+teach; then timed runs go direct, imapc, popbridge, direct, imapc, popbridge, ... so that all
+three see the same machine noise. Nothing here measures; ``bench.scenarios`` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from bench.peers import (
+    HERE,
+    Instance,
+    Popbridge,
+    raise_fd_limit,
+    start_backend,
+    start_imapc,
+    start_popbridge,
+)
+from bench.report import Results
+from bench.scenarios import PROFILES, SCENARIOS, Outcome, Profile, Scenario, Target, seed, users
+from popbridge import __version__
+from tests.support.dovecot import DOVECOT_BIN, Dovecot
+
+NO_WARMUP = frozenset({"d"})
+
+
+@dataclass(frozen=True)
+class Options:
+    profile: str = "full"
+    runs: int | None = None
+    only: frozenset[str] = frozenset("abcdef")
+    out: Path = HERE / "results"
+    keep: bool = False  # leave the work dir (configs, Dovecot and popbridge logs) behind
+
+
+def sizes(profile: Profile) -> dict[str, str]:
+    (a_n, a_size), (b_n, _), (e_n, e_msgs, e_size) = profile.bulk, profile.many, profile.busy
+    return {
+        "a": f"{a_n} x {a_size // 1000} KB",
+        "b": f"{b_n:,} messages",
+        "c": f"{profile.huge / 2**20:g} MiB",
+        "d": f"{profile.idle:,}",
+        "e": f"{e_n} sessions x {e_msgs} x {e_size // 1000} KB",
+    }
+
+
+def progress(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def run(options: Options) -> Results:
+    """Run the selected scenarios; the returned results hold every figure and check."""
+    profile = PROFILES[options.profile]
+    if options.runs is not None:
+        profile = replace(profile, runs=options.runs)
+    limit = raise_fd_limit()
+    results = Results(profile.name, sizes(profile))
+    results.notes += _notes(profile, limit)
+    work = Path(tempfile.mkdtemp(prefix="popbridge-bench-"))
+    work.chmod(0o755)  # Dovecot's unprivileged processes must get in
+    try:
+        with contextlib.ExitStack() as stack:
+            progress(f"profile {profile.name}: starting Dovecot backend, seeding mailboxes")
+            backend = start_backend(work / "backend", users(profile))
+            stack.callback(backend.stop)
+            seed(backend, profile)
+            imapc = start_imapc(work / "imapc", backend)
+            stack.callback(imapc.stop)
+            for scenario in SCENARIOS:
+                if scenario.key in options.only:
+                    _scenario(scenario, profile, (backend, imapc), work, results)
+    finally:
+        if options.keep:
+            progress(f"work dir kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    if "f" in options.only:
+        results.skipped["f"] = _jmap_status()
+    return results
+
+
+def _jmap_status() -> str:
+    """(f) is a row saying why it did not run: there is no JMAP scenario until a backend is."""
+    try:
+        usable = callable(getattr(importlib.import_module("backends.jmap"), "create", None))
+    except Exception:  # absent, or half-written by whoever is working on it
+        usable = False
+    if not usable:
+        return "JMAP bulk: not available: no JMAP backend yet"
+    return "JMAP bulk: not available: backends.jmap loads, but no JMAP peer/scenario here yet"
+
+
+def _scenario(
+    scenario: Scenario,
+    profile: Profile,
+    dovecots: tuple[Dovecot, Instance],
+    work: Path,
+    results: Results,
+) -> None:
+    backend, imapc = dovecots
+    bridge = start_popbridge(work / f"popbridge-{scenario.key}", backend)
+    try:
+        start_kb = bridge.status_kb()["VmRSS"]
+        targets = [
+            Target("direct", backend.pop3_port, tree_root=backend.pid),
+            Target("imapc", imapc.port, tree_root=imapc.pid),
+            Target("popbridge", bridge.port, bridge=bridge),
+        ]
+        peak = _runs(scenario, profile, targets, results, bridge)
+        results.memory[scenario.key] = {"start": start_kb / 1024, "peak": peak / 1024}
+    finally:
+        bridge.stop()
+
+
+def _runs(
+    scenario: Scenario,
+    profile: Profile,
+    targets: Sequence[Target],
+    results: Results,
+    bridge: Popbridge,
+) -> int:
+    """Warm-up, then the timed runs, alternating servers; returns popbridge's peak RSS (kB)."""
+    first = 0 if scenario.key in NO_WARMUP else -1
+    peak = 0
+    for number in range(first, scenario.repeat(profile)):
+        label = "warm-up" if number < 0 else f"run {number + 1}/{scenario.repeat(profile)}"
+        for target in targets:
+            progress(f"({scenario.key}) {scenario.title}: {label}, {target.name}")
+            cpu = bridge.cpu_seconds()
+            outcome = _guarded(scenario.run, target, profile)
+            if target.bridge is not None:
+                peak = max(peak, bridge.status_kb()["VmHWM"])
+                outcome.figures[f"{scenario.key}.cpu"] = bridge.cpu_seconds() - cpu
+            _record(results, scenario.key, target.name, number, outcome)
+    return peak
+
+
+def _guarded(action: Callable[[Target, Profile], Outcome], target: Target, p: Profile) -> Outcome:
+    try:
+        return action(target, p)
+    except Exception as error:  # a failed run is reported, the benchmark goes on
+        return Outcome(sessions=1, failed=1, problems=[f"{error.__class__.__name__}: {error}"])
+
+
+def _record(results: Results, key: str, server: str, number: int, outcome: Outcome) -> None:
+    results.checks.append(
+        {
+            "scenario": key, "server": server, "run": "warm-up" if number < 0 else number + 1,
+            "sessions": outcome.sessions, "failed": outcome.failed,
+            "messages": outcome.messages, "expected": outcome.expected,
+            "problems": "; ".join(outcome.problems[:3]),
+        }
+    )  # fmt: skip
+    if outcome.failed or outcome.messages != outcome.expected:
+        progress(f"  PROBLEM on {server}: {outcome.problems[:3]}")
+    if number >= 0:
+        results.add(server, outcome.figures)
+
+
+def _source_state() -> str:
+    """The commit measured, and whether the work tree differed from it (read-only git)."""
+    git = ["git", "-C", str(HERE.parent)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        return "not a git checkout"
+    dirty = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True)
+    changed = len([line for line in dirty.stdout.splitlines() if not line[3:].startswith("bench")])
+    return f"commit {head.stdout.strip()}" + (
+        f" plus {changed} uncommitted changed files outside bench/" if changed else ""
+    )
+
+
+def _notes(profile: Profile, fd_limit: int) -> list[str]:
+    dovecot = subprocess.run(
+        [str(DOVECOT_BIN), "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    notes = [
+        f"- profile `{profile.name}`, {profile.runs} timed runs per scenario "
+        f"({profile.idle_runs} for (d)), servers alternating in each run; "
+        f"run on {time.strftime('%Y-%m-%d %H:%M')}",
+        f"- {os.cpu_count()} CPUs, load average at start {load}; Python "
+        f"{platform.python_version()}, Dovecot {dovecot}, popbridge {__version__}; "
+        f"fd limit {fd_limit}",
+        f"- popbridge source: {_source_state()}",
+        "- ratios are medians of per-run ratios (popbridge / reference in the same run)",
+    ]
+    return notes

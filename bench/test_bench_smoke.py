@@ -1,0 +1,68 @@
+"""The benchmark still works: ``python -m bench --smoke`` end to end, correctness only.
+
+The smoke profile runs every scenario on tiny mailboxes (20 x 2 KB, ...) once, through the same
+code as the real benchmark: Dovecot backend, Dovecot imapc, ``popbridge serve`` in its own
+process, the lean client and poplib. No timing is asserted, only that the table and its files
+were produced and every session of every server retrieved exactly the seeded messages.
+Run with ``.venv/bin/python -m pytest bench -q`` (CI does not collect bench/).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import main
+from bench.report import SERVERS
+from bench.scenarios import PROFILES
+from tests.support.dovecot import ensure_installed
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path, float]:
+    ensure_installed()
+    out = tmp_path_factory.mktemp("bench-smoke")
+    started = time.monotonic()
+    status = main(["--smoke", "--out", str(out)])
+    return status, out, time.monotonic() - started
+
+
+def test_smoke_run_succeeds_and_writes_every_output(smoke: tuple[int, Path, float]) -> None:
+    status, out, elapsed = smoke
+    assert status == 0
+    for name in ("results.md", "results.json", "results.png"):
+        assert (out / name).stat().st_size > 0
+    table = (out / "results.md").read_text()
+    assert "| scenario / figure (median) | direct | imapc | popbridge |" in table
+    assert "JMAP bulk: not available" in table
+    assert elapsed < 60  # generous: a correctness check, not a timing
+
+
+def test_every_session_retrieved_every_seeded_message(smoke: tuple[int, Path, float]) -> None:
+    _, out, _ = smoke
+    checks = json.loads((out / "results.json").read_text())["checks"]
+    profile = PROFILES["smoke"]
+    expected = {
+        "a": 2 * profile.bulk[0],  # lean client and poplib
+        "b": profile.many[0],  # UIDL lines
+        "c": 2,
+        "d": 0,
+        "e": profile.busy[0] * profile.busy[1],
+    }
+    seen = {(c["scenario"], c["server"]) for c in checks}
+    assert seen == {(key, server) for key in expected for server in SERVERS}
+    for check in checks:
+        assert check["failed"] == 0, check
+        assert check["messages"] == check["expected"] == expected[check["scenario"]], check
+
+
+def test_all_figures_present_for_all_servers(smoke: tuple[int, Path, float]) -> None:
+    _, out, _ = smoke
+    samples = json.loads((out / "results.json").read_text())["samples"]
+    for key in ("a.lean", "a.poplib", "b.lean", "c.retr", "d.mem", "e.p99"):
+        assert set(samples[key]) == set(SERVERS), key
+    assert samples["d.errors"] == {server: [0.0] for server in SERVERS}
+    assert "popbridge" in samples["c.rss_growth"]
