@@ -81,8 +81,9 @@ class Pop3Protocol(asyncio.Protocol):
 class BufferedOutput:
     """Collects reply bytes so pipelined answers leave in few writes, then drains."""
 
-    def __init__(self, protocol: Pop3Protocol) -> None:
+    def __init__(self, protocol: Pop3Protocol, *, write_timeout: float) -> None:
         self._protocol = protocol
+        self._write_timeout = write_timeout
         self._pending: list[bytes] = []
         self._size = 0
 
@@ -101,4 +102,7 @@ class BufferedOutput:
             transport.write(b"".join(self._pending))
         self._pending.clear()
         self._size = 0
-        await self._protocol.writable()
+        # A client that stops reading is as idle as one that stops writing (RFC 1939
+        # section 3): past the idle timeout, TimeoutError closes it without UPDATE.
+        async with asyncio.timeout(self._write_timeout):
+            await self._protocol.writable()

@@ -152,7 +152,7 @@ class Pop3Server:
     ) -> None:  # fmt: skip
         local = protocol.transport.get_extra_info("sockname") if protocol.transport else None
         slog.info("connected to %s", _peer(local))
-        out = BufferedOutput(protocol)
+        out = BufferedOutput(protocol, write_timeout=self._config.server.idle_timeout)
         implicit = listener.mode == "implicit"
         session = Session(
             protocol.engine, out, self._services, self._policy(listener),
