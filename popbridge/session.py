@@ -112,7 +112,10 @@ class Session:
             return
         reply = await self._answer(event)
         self._out.write(self.engine.send(reply))
-        if isinstance(event, c.Quit) or self._failures >= self._policy.max_auth_failures:
+        if isinstance(event, c.Quit):
+            raise SessionClosing
+        # after the final answer, not after an RFC 7628 error challenge that precedes it
+        if self._failures >= self._policy.max_auth_failures and not isinstance(reply, Continue):
             raise SessionClosing
 
     async def _answer(self, command: c.Command) -> Reply:

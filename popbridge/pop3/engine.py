@@ -226,7 +226,14 @@ class Pop3Engine:
         self._in_sasl = False
         if isinstance(command, c.Quit):
             self.state = State.CLOSED
-        elif ok and isinstance(command, c.Pass | c.Auth | c.SaslResponse):
+        elif ok and _logs_in(command):
             self.state = State.TRANSACTION
         elif ok and isinstance(command, c.Stls):
             self._tls_pending = True
+
+
+def _logs_in(command: c.Command) -> bool:
+    """Whether `+OK` to `command` means a login; `AUTH` alone only lists the mechanisms."""
+    if isinstance(command, c.Auth):
+        return command.mechanism is not None
+    return isinstance(command, c.Pass | c.SaslResponse)
