@@ -10,7 +10,6 @@ or `folders` (several folders merged into one maildrop) and the optional window
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import ssl
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from typing import Any
 from backends.imap import wire
 from backends.imap.folders import canonical, tag_of
 from popbridge.settings import TableReader
+from popbridge.tls import client_context, is_loopback
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def parse_settings(settings: Mapping[str, Any], *, source: str) -> ImapSettings:
         tls_context=None if tls == "none" else _tls_context(table, ca_file),
     )
     table.finish()
-    if tls == "none" and not _is_loopback(host):
+    if tls == "none" and not is_loopback(host):
         logger.warning(
             "%s: backend.tls = none sends IMAP passwords in clear to %s, which is not loopback",
             source,
@@ -134,24 +134,8 @@ def _window(table: TableReader, settings: Mapping[str, Any], key: str) -> int | 
 
 
 def _tls_context(table: TableReader, ca_file: Path | None) -> ssl.SSLContext:
-    """A verifying client context: system CAs plus `ca_file` (RFC 2595 2.4, RFC 6125)."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if ca_file is not None:
-        try:
-            context.load_verify_locations(cafile=str(ca_file))
-        except (ssl.SSLError, OSError) as exc:
-            raise table.error("ca_file", f"cannot load CA certificates: {exc}") from None
-    # create_default_context already sets both; stated so no later edit can drop them.
-    context.check_hostname = True
-    context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
+    """A verifying client context (RFC 2595 2.4): system CAs plus `ca_file`."""
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        return client_context(ca_file)
+    except ValueError as exc:
+        raise table.error("ca_file", str(exc)) from None

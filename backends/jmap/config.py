@@ -10,7 +10,6 @@ upstream is named either by `url` (its origin; the Session resource is then foun
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import ssl
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from popbridge.settings import TableReader
+from popbridge.tls import client_context, is_loopback
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def parse_settings(settings: Mapping[str, Any], *, source: str) -> JmapSettings:
     )
     table.finish()
     host = urlsplit(session_url).hostname or ""
-    if session_url.startswith("http:") and not _is_loopback(host):
+    if session_url.startswith("http:") and not is_loopback(host):
         logger.warning(
             "%s: backend URL is http://, so passwords and tokens go in clear to %s,"
             " which is not loopback",
@@ -106,24 +106,8 @@ def _session_url(table: TableReader) -> str:
 
 
 def _tls_context(table: TableReader, ca_file: Path | None) -> ssl.SSLContext:
-    """A verifying client context: system CAs plus `ca_file` (RFC 8620 8.2, RFC 6125)."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if ca_file is not None:
-        try:
-            context.load_verify_locations(cafile=str(ca_file))
-        except (ssl.SSLError, OSError) as exc:
-            raise table.error("ca_file", f"cannot load CA certificates: {exc}") from None
-    # create_default_context already sets both; stated so no later edit can drop them.
-    context.check_hostname = True
-    context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
+    """A verifying client context (RFC 8620 8.2): system CAs plus `ca_file`."""
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        return client_context(ca_file)
+    except ValueError as exc:
+        raise table.error("ca_file", str(exc)) from None

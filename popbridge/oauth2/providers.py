@@ -11,7 +11,6 @@ TLS is required for both).
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -19,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from popbridge.settings import TableReader
+from popbridge.tls import is_loopback
 
 PRESETS = ("google", "microsoft")
 
@@ -71,15 +71,6 @@ def preset_defaults(preset: str, tenant: str) -> dict[str, Any]:
     }
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _endpoint(reader: TableReader, key: str, default: str | None) -> str | None:
     value: str | None = reader.string(key, default)
     if value is None:
@@ -87,7 +78,7 @@ def _endpoint(reader: TableReader, key: str, default: str | None) -> str | None:
     parts = urlsplit(value)
     if parts.scheme == "https" and parts.hostname:
         return value
-    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+    if parts.scheme == "http" and parts.hostname and is_loopback(parts.hostname):
         return value
     raise reader.error(key, "must be an https:// URL (http:// only on loopback)")
 
