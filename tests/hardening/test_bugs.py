@@ -1,8 +1,8 @@
-"""Bugs the hardening work found, each proven by a test that fails until it is fixed.
+"""Bugs the hardening work found, each proven by a test that failed until it was fixed.
 
-They are also why `pop3_model.KNOWN_BUGS` and `fuzz.fuzz_parser.KNOWN_BUGS` skip the same
-cases: remove the entries there once these pass, so the stateful test and the fuzzer check the
-fixed behaviour too.
+Both are fixed; the tests stay as regressions. `pop3_model.KNOWN_BUGS` and
+`fuzz.harness.KNOWN_BUGS` are where a newly found bug is parked, with its failing test here,
+until it is fixed; both are empty now, so the stateful test and the fuzzer check everything.
 """
 
 from __future__ import annotations
