@@ -197,7 +197,7 @@ async def test_client_that_stops_reading_is_closed_by_the_idle_timer(
 ) -> None:
     backend.stores["alice"].add(b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 20000)  # 20 MB
     server: Pop3Server = await make_server(idle_timeout=1.0)  # type: ignore[misc]
-    reader, writer = await connect(server)
+    _, writer = await connect(server)
     writer.transport.pause_reading()  # never read: the server's writes back up
     writer.write(b"USER alice\r\nPASS secret\r\n" + b"RETR 4\r\n" * 5)
     for _ in range(100):
