@@ -112,19 +112,35 @@ class ImapMailbox:
         if size is not None and size <= self._chunk:
             yield await self._whole((folder.index, uid))
             return
-        offset = 0
-        while True:
-            # RFC 3501 6.4.5: BODY.PEEK[]<offset.length> never sets \Seen; a start past the
-            # end returns an empty string. A short piece is the end unless the listed size
-            # says more is due (then the next, empty, piece confirms it).
-            fetched = await self._fetch_one(uid, f"BODY.PEEK[]<{offset}.{self._chunk}>")
-            piece = self._section(fetched, uid, "", offset)
-            if not piece:
-                return
+        async for piece in self._pieces(uid, size):
             yield piece
-            offset += len(piece)
-            if len(piece) < self._chunk and (size is None or offset >= size):
-                return
+
+    async def _pieces(self, uid: int, size: int | None) -> AsyncIterator[bytes]:
+        """Partial fetches of `fetch_chunk` octets, the next one in flight while the caller
+        sends the current one: at most two pieces are held, and the upstream's time to
+        produce a piece overlaps the client's time to take the previous one."""
+        offset = 0
+        pending = asyncio.ensure_future(self._piece(uid, offset))
+        try:
+            while piece := await pending:
+                offset += len(piece)
+                # A short piece is the end unless the listed size says more is due (then
+                # the next, empty, piece confirms it).
+                if len(piece) < self._chunk and (size is None or offset >= size):
+                    yield piece
+                    return
+                pending = asyncio.ensure_future(self._piece(uid, offset))
+                yield piece
+        finally:
+            if not pending.done():  # the client went away in mid-message
+                pending.cancel()
+                await asyncio.wait([pending])
+
+    async def _piece(self, uid: int, offset: int) -> bytes:
+        # RFC 3501 6.4.5: BODY.PEEK[]<offset.length> never sets \Seen; a start past the
+        # end returns an empty string.
+        fetched = await self._fetch_one(uid, f"BODY.PEEK[]<{offset}.{self._chunk}>")
+        return self._section(fetched, uid, "", offset)
 
     async def _top(self, uid: int, lines: int) -> AsyncIterator[bytes]:
         """Header, then text in growing pieces until `lines` full lines arrived (I-10)."""
