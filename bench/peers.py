@@ -277,18 +277,24 @@ def start_popbridge(
     log_level: str = "INFO",
 ) -> Popbridge:
     """Run ``popbridge serve --config`` (optionally under cProfile, written at SIGTERM)."""
-    directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    config = directory / "popbridge.toml"
-    config.write_text(
-        _POPBRIDGE_CONFIG.substitute(
-            max_connections=2000,
-            log_level=log_level,
-            port=port,
-            up_host=backend.host,
-            up_port=backend.imap_port,
-        )
+    config = _POPBRIDGE_CONFIG.substitute(
+        max_connections=2000,
+        log_level=log_level,
+        port=port,
+        up_host=backend.host,
+        up_port=backend.imap_port,
     )
+    return launch_popbridge(directory, port, config, profile=profile)
+
+
+def launch_popbridge(
+    directory: Path, port: int, text: str, *, profile: Path | None = None
+) -> Popbridge:
+    """Write ``text`` as ``popbridge.toml`` in ``directory`` and serve it; waits for ``port``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "popbridge.toml"
+    config.write_text(text)
     serve = ["serve", "--config", str(config)]
     script = shutil.which("popbridge", path=str(Path(sys.executable).parent))
     command = [script, *serve] if script else [sys.executable, "-m", "popbridge.cli", *serve]

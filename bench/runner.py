@@ -11,7 +11,7 @@ three see the same machine noise. Nothing here measures; ``bench.scenarios`` doe
 from __future__ import annotations
 
 import contextlib
-import importlib
+import functools
 import os
 import platform
 import shutil
@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from bench import jmap
 from bench.peers import (
     HERE,
     Instance,
@@ -57,6 +58,7 @@ def sizes(profile: Profile) -> dict[str, str]:
         "c": f"{profile.huge / 2**20:g} MiB",
         "d": f"{profile.idle:,}",
         "e": f"{e_n} sessions x {e_msgs} x {e_size // 1000} KB",
+        "f": f"{a_n} x {a_size // 1000} KB",
     }
 
 
@@ -75,35 +77,52 @@ def run(options: Options) -> Results:
     work = Path(tempfile.mkdtemp(prefix="popbridge-bench-"))
     work.chmod(0o755)  # Dovecot's unprivileged processes must get in
     try:
-        with contextlib.ExitStack() as stack:
-            progress(f"profile {profile.name}: starting Dovecot backend, seeding mailboxes")
-            backend = start_backend(work / "backend", users(profile))
-            stack.callback(backend.stop)
-            seed(backend, profile)
-            imapc = start_imapc(work / "imapc", backend)
-            stack.callback(imapc.stop)
-            for scenario in SCENARIOS:
-                if scenario.key in options.only:
-                    _scenario(scenario, profile, (backend, imapc), work, results)
+        if options.only & set("abcde"):
+            _dovecot_scenarios(options, profile, work, results)
+        if "f" in options.only:
+            _jmap_scenario(profile, work, results)
     finally:
         if options.keep:
             progress(f"work dir kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    if "f" in options.only:
-        results.skipped["f"] = _jmap_status()
     return results
 
 
-def _jmap_status() -> str:
-    """(f) is a row saying why it did not run: there is no JMAP scenario until a backend is."""
+def _dovecot_scenarios(options: Options, profile: Profile, work: Path, results: Results) -> None:
+    """(a) to (e): one Dovecot backend and one imapc proxy for all of them."""
+    with contextlib.ExitStack() as stack:
+        progress(f"profile {profile.name}: starting Dovecot backend, seeding mailboxes")
+        backend = start_backend(work / "backend", users(profile))
+        stack.callback(backend.stop)
+        seed(backend, profile)
+        imapc = start_imapc(work / "imapc", backend)
+        stack.callback(imapc.stop)
+        for scenario in SCENARIOS:
+            if scenario.key in options.only:
+                _scenario(scenario, profile, (backend, imapc), work, results)
+
+
+def _jmap_scenario(profile: Profile, work: Path, results: Results) -> None:
+    """(f): Cyrus and a JMAP popbridge for this scenario only; raw pass and popbridge alternate."""
+    progress(f"(f) profile {profile.name}: starting Cyrus, seeding {profile.bulk[0]} messages")
+    cyrus, octets = jmap.start_cyrus_peer(profile)
     try:
-        usable = callable(getattr(importlib.import_module("backends.jmap"), "create", None))
-    except Exception:  # absent, or half-written by whoever is working on it
-        usable = False
-    if not usable:
-        return "JMAP bulk: not available: no JMAP backend yet"
-    return "JMAP bulk: not available: backends.jmap loads, but no JMAP peer/scenario here yet"
+        bridge = jmap.start_jmap_popbridge(work / "popbridge-f", cyrus)
+        try:
+            start_kb = bridge.status_kb()["VmRSS"]
+            sides = jmap.runs(cyrus, bridge, (profile.bulk[0], octets))
+            for number in range(-1, profile.runs):
+                label = "warm-up" if number < 0 else f"run {number + 1}/{profile.runs}"
+                for server, side in zip((jmap.RAW, jmap.BRIDGE), sides, strict=True):
+                    progress(f"(f) JMAP bulk (Cyrus): {label}, {server}")
+                    _record(results, "f", server, number, _guarded(side))
+            peak = bridge.status_kb()["VmHWM"]
+            results.memory["f"] = {"start": start_kb / 1024, "peak": peak / 1024}
+        finally:
+            bridge.stop()
+    finally:
+        cyrus.stop()
 
 
 def _scenario(
@@ -143,7 +162,7 @@ def _runs(
         for target in targets:
             progress(f"({scenario.key}) {scenario.title}: {label}, {target.name}")
             cpu = bridge.cpu_seconds()
-            outcome = _guarded(scenario.run, target, profile)
+            outcome = _guarded(functools.partial(scenario.run, target, profile))
             if target.bridge is not None:
                 peak = max(peak, bridge.status_kb()["VmHWM"])
                 outcome.figures[f"{scenario.key}.cpu"] = bridge.cpu_seconds() - cpu
@@ -151,9 +170,9 @@ def _runs(
     return peak
 
 
-def _guarded(action: Callable[[Target, Profile], Outcome], target: Target, p: Profile) -> Outcome:
+def _guarded(action: Callable[[], Outcome]) -> Outcome:
     try:
-        return action(target, p)
+        return action()
     except Exception as error:  # a failed run is reported, the benchmark goes on
         return Outcome(sessions=1, failed=1, problems=[f"{error.__class__.__name__}: {error}"])
 

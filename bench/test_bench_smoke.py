@@ -18,12 +18,14 @@ import pytest
 from bench.__main__ import main
 from bench.report import SERVERS
 from bench.scenarios import PROFILES
+from tests.support.cyrus import ensure_installed as ensure_cyrus
 from tests.support.dovecot import ensure_installed
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path, float]:
     ensure_installed()
+    ensure_cyrus()
     out = tmp_path_factory.mktemp("bench-smoke")
     started = time.monotonic()
     status = main(["--smoke", "--out", str(out)])
@@ -37,7 +39,8 @@ def test_smoke_run_succeeds_and_writes_every_output(smoke: tuple[int, Path, floa
         assert (out / name).stat().st_size > 0
     table = (out / "results.md").read_text()
     assert "| scenario / figure (median) | direct | imapc | popbridge |" in table
-    assert "JMAP bulk: not available" in table
+    assert "(f) JMAP bulk (Cyrus)" in table
+    assert "skipped" not in table
     assert elapsed < 60  # generous: a correctness check, not a timing
 
 
@@ -51,9 +54,11 @@ def test_every_session_retrieved_every_seeded_message(smoke: tuple[int, Path, fl
         "c": 2,
         "d": 0,
         "e": profile.busy[0] * profile.busy[1],
+        "f": profile.bulk[0],  # raw JMAP pass ("direct") and popbridge over JMAP
     }
     seen = {(c["scenario"], c["server"]) for c in checks}
-    assert seen == {(key, server) for key in expected for server in SERVERS}
+    wanted = {(key, server) for key in "abcde" for server in SERVERS}
+    assert seen == wanted | {("f", "direct"), ("f", "popbridge")}
     for check in checks:
         assert check["failed"] == 0, check
         assert check["messages"] == check["expected"] == expected[check["scenario"]], check
@@ -66,3 +71,5 @@ def test_all_figures_present_for_all_servers(smoke: tuple[int, Path, float]) -> 
         assert set(samples[key]) == set(SERVERS), key
     assert samples["d.errors"] == {server: [0.0] for server in SERVERS}
     assert "popbridge" in samples["c.rss_growth"]
+    assert set(samples["f.wall"]) == {"direct", "popbridge"}
+    assert set(samples["f.cpu"]) == {"popbridge"}
