@@ -105,6 +105,8 @@ async def test_stls_upgrade_changes_capabilities(
         before = client.capa()
         client.stls(context=client_context(pki))
         after = client.capa()
+        with pytest.raises(poplib.error_proto, match="command not permitted when TLS active"):
+            client._shortcmd("STLS")  # type: ignore[attr-defined]  # RFC 2595 section 4
         client.user("alice")
         client.pass_("secret")
         with pytest.raises(poplib.error_proto, match="not valid in this state"):
@@ -121,7 +123,7 @@ async def test_stls_upgrade_changes_capabilities(
     )
 
 
-async def raw_stls(server: Pop3Server, pki: TestPki, first: bytes) -> ssl.SSLSocket:
+def raw_stls(server: Pop3Server, pki: TestPki, first: bytes) -> ssl.SSLSocket:
     """Send `first` (which starts with STLS) in one write, then do the TLS handshake."""
     sock = socket.create_connection(server.addresses[0], timeout=5)
     stream = sock.makefile("rb")
@@ -140,7 +142,7 @@ async def test_plaintext_pipelined_after_stls_is_discarded(
     server: Pop3Server = await start(listener)  # type: ignore[misc]
 
     def attack() -> bytes:
-        tls = asyncio.run(raw_stls(server, pki, b"STLS\r\nUSER alice\r\n"))
+        tls = raw_stls(server, pki, b"STLS\r\nUSER alice\r\n")
         tls.sendall(b"PASS secret\r\n")
         return tls.makefile("rb").readline()
 
