@@ -55,6 +55,7 @@ class ListenerConfig:
 class ServerConfig:
     idle_timeout: float = MIN_IDLE_TIMEOUT
     max_connections: int = 1000
+    listen_backlog: int = 1024
     max_auth_failures: int = 3
     shutdown_grace: float = 30.0
     log_level: str = "INFO"
@@ -183,6 +184,7 @@ def _server(reader: TableReader) -> ServerConfig:
     config = ServerConfig(
         idle_timeout=reader.number("idle_timeout", MIN_IDLE_TIMEOUT, minimum=MIN_IDLE_TIMEOUT),
         max_connections=reader.integer("max_connections", 1000, minimum=1),
+        listen_backlog=reader.integer("listen_backlog", 1024, minimum=1, maximum=65535),
         max_auth_failures=reader.integer("max_auth_failures", 3, minimum=1),
         shutdown_grace=reader.number("shutdown_grace", 30.0),
         log_level=reader.choice("log_level", _LOG_LEVELS, "INFO"),

@@ -73,7 +73,12 @@ class Pop3Server:
             if certificates is not None:
                 self._certificates.append(certificates)
             factory = functools.partial(self._protocol, listener, certificates)
-            server = await loop.create_server(factory, listener.host, listener.port)
+            # asyncio's default backlog is 100: a burst of devices connecting at once
+            # (a shift starting, a cron minute) overflows it, and each dropped SYN costs
+            # the client a 1 s, then 3 s, retransmission before it is even greeted.
+            server = await loop.create_server(
+                factory, listener.host, listener.port, backlog=self._config.server.listen_backlog
+            )
             self._servers.append(server)
             log.info("listening: %s", listener.describe())
         if self._certificates and self._config.server.certificate_check_interval > 0:

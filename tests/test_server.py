@@ -140,6 +140,23 @@ async def test_connection_cap(make_server: Callable[..., object]) -> None:
     first.close()
 
 
+async def test_listening_socket_gets_the_configured_backlog(
+    make_server: Callable[..., object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kernel does not report a socket's backlog back; what listen() was given is seen
+    # on its way through asyncio.
+    loop = asyncio.get_running_loop()
+    create_server, backlogs = loop.create_server, []
+
+    async def recording(*args: object, **kwargs: object) -> asyncio.Server:
+        backlogs.append(kwargs.get("backlog"))
+        return await create_server(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "create_server", recording)
+    await make_server(listen_backlog=700)
+    assert backlogs == [700]
+
+
 async def test_dropped_connection_releases_lock_and_applies_nothing(
     make_server: Callable[..., object], backend: MemoryBackend
 ) -> None:
