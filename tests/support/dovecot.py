@@ -341,7 +341,7 @@ class Dovecot:
         return info | {"directory": str(self.directory), "owns_directory": self.owns_directory}
 
 
-def _render_config(directory: Path, pki: TestPki, ports: dict[str, int]) -> str:
+def _render_config(directory: Path, pki: TestPki, ports: dict[str, int], extra: str = "") -> str:
     if os.geteuid() == 0:
         # Dovecot refuses root for login processes and uid 0 for mail; the package made these.
         login, internal, group = "dovenull", "dovecot", "dovecot"
@@ -351,7 +351,7 @@ def _render_config(directory: Path, pki: TestPki, ports: dict[str, int]) -> str:
     uid, gid = _mail_owner()
     users = {"login_user": login, "internal_user": internal, "internal_group": group}
     files = {"dir": directory, "cert_file": pki.cert_file, "key_file": pki.key_file}
-    return _CONFIG.substitute(ports, **users, **files, mail_uid=uid, mail_gid=gid)
+    return _CONFIG.substitute(ports, **users, **files, mail_uid=uid, mail_gid=gid) + extra
 
 
 def _wait_ready(process: subprocess.Popen[bytes], ports: Sequence[int]) -> None:
@@ -382,14 +382,14 @@ def _launch(directory: Path, die_with_parent: bool) -> subprocess.Popen[bytes]:
         )
 
 
-def _try_start(directory: Path, pki: TestPki, die_with_parent: bool) -> Dovecot | None:
+def _try_start(directory: Path, pki: TestPki, die_with_parent: bool, extra: str) -> Dovecot | None:
     """One start on fresh free ports; None if another process took a port meanwhile."""
     ports: set[int] = set()
     while len(ports) < 4:
         ports.add(free_port())
     imap, imaps, pop3, pop3s = sorted(ports)
     named = {"imap_port": imap, "imaps_port": imaps, "pop3_port": pop3, "pop3s_port": pop3s}
-    (directory / "dovecot.conf").write_text(_render_config(directory, pki, named))
+    (directory / "dovecot.conf").write_text(_render_config(directory, pki, named, extra))
     process = _launch(directory, die_with_parent)
     try:
         _wait_ready(process, sorted(ports))
@@ -412,6 +412,7 @@ def start_dovecot(
     *,
     pki: TestPki | None = None,
     die_with_parent: bool = True,
+    extra_config: str = "",
 ) -> Dovecot:
     """Start Dovecot from a config rendered into ``directory``; returns once all four ports accept.
 
@@ -419,7 +420,8 @@ def start_dovecot(
     temp dirs are 0700, so when ``directory`` is not reachable the instance lives in a fresh
     world-searchable temp dir instead (``Dovecot.directory`` says where), which ``stop()``
     removes. ``die_with_parent`` SIGTERMs Dovecot when the starting thread dies (the CLI turns
-    it off so the daemon outlives it). A port lost to a race is retried with new ports.
+    it off so the daemon outlives it). ``extra_config`` is appended to the rendered config
+    (process limits, say). A port lost to a race is retried with new ports.
     """
     ensure_installed()
     directory.mkdir(parents=True, exist_ok=True)
@@ -433,7 +435,7 @@ def start_dovecot(
     (directory / "mail").mkdir(exist_ok=True)
     os.chown(directory / "mail", *_mail_owner())
     for _attempt in range(3):
-        dovecot = _try_start(directory, pki, die_with_parent)
+        dovecot = _try_start(directory, pki, die_with_parent, extra_config)
         if dovecot is not None:
             dovecot.users, dovecot.owns_directory = dict(users), owns
             return dovecot
