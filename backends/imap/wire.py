@@ -14,11 +14,13 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 
-from popbridge.errors import BackendFailure
-
-Part = bytes | bytearray
-Value = bytes | None | list["Value"]
+from backends.imap import tokens
+from backends.imap.tokens import Part as Part
+from backends.imap.tokens import ProtocolError as ProtocolError
+from backends.imap.tokens import Value as Value
+from backends.imap.tokens import printable as printable
 
 # RFC 4616 section 2: servers MUST accept 255 octets; more is allowed but we stay bounded.
 MAX_CREDENTIAL_OCTETS = 1024
@@ -28,24 +30,19 @@ _CONTROL = re.compile(r"[\x00\r\n]")
 # RFC 3501 section 9: ATOM-CHAR is any CHAR except atom-specials.
 _ATOM = re.compile(r"\A[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]+\Z")
 _IDENTITY = re.compile(r"\A([0-9]{1,10})\.([0-9]{1,10})\Z")
-_QUOTED = re.compile(rb'"((?:[^"\\]|\\.)*)"', re.DOTALL)
-# An atom, where a bracketed section spec (`BODY[HEADER.FIELDS (X)]<0>`) is one token.
-_ATOM_TOKEN = re.compile(rb'(?:[^ ()"\[\]]|\[[^\]]*\])+')
-_LITERAL_END = re.compile(rb"\{([0-9]+)\+?\}\Z")
 _FETCH_START = re.compile(rb"\A(?:\* )?[0-9]+ FETCH ", re.IGNORECASE)
-_LIST_START = re.compile(rb"\A(?:\* )?(?:LIST )?\(", re.IGNORECASE)
+_LIST_START = re.compile(rb"\A(?:\* )?(?:LIST )?(?=\()", re.IGNORECASE)
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY ([0-9]{1,10})\]", re.IGNORECASE)
 _CODE = re.compile(rb"\A\[([A-Za-z0-9.\-]+)")
 _CAPABILITY_CODE = re.compile(rb"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTHS = b"jan feb mar apr may jun jul aug sep oct nov dec".split()
+_MONTH_NUMBERS = {name: number for number, name in enumerate(_MONTHS, 1)}  # keys lower-case
 _INTERNALDATE = re.compile(
     rb" ?([0-9]{1,2})-([A-Za-z]{3})-([0-9]{4}) ([0-9]{2}):([0-9]{2}):([0-9]{2})"
-    rb" ([+-])([0-9]{2})([0-9]{2})"
+    rb" ([+-][0-9]{4})"
 )
-
-
-class ProtocolError(BackendFailure):
-    """The upstream sent something this backend cannot parse."""
+_FOLDED = re.compile(rb"\r?\n[ \t]+")
+_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(\S[^\r\n]*)", re.IGNORECASE | re.MULTILINE)
 
 
 # ---------------------------------------------------------------- what we send
@@ -262,12 +259,11 @@ class Fetched:
 def parse_fetches(data: Sequence[Part]) -> list[Fetched]:
     """Every FETCH response among `data`, in any item order; other lines are skipped."""
     result: list[Fetched] = []
-    for group in _groups(data, _FETCH_START):
-        first = group[0][2:] if group[0].startswith(b"* ") else group[0]
-        tokens = _tokens([first, *group[1:]])
-        if len(tokens) < 3 or not isinstance(tokens[2], list):
+    for group, skip in tokens.groups(data, _FETCH_START):
+        values = tokens.tokens(group, skip)  # what follows `[* ]N FETCH `
+        if not values or not isinstance(values[0], list):
             raise ProtocolError(f"malformed FETCH response {printable(group[0])}")
-        items = _pairs(tokens[2])
+        items = tokens.pairs(values[0])
         uid = items.get("UID")
         result.append(
             Fetched(int(uid) if isinstance(uid, bytes) and uid.isdigit() else None, items)
@@ -286,17 +282,12 @@ class Listed:
 def parse_list(data: Sequence[Part]) -> list[Listed]:
     """Every LIST response among `data` (RFC 3501 7.2.2, RFC 6154 attributes)."""
     result: list[Listed] = []
-    for group in _groups(data, _LIST_START):
-        first = group[0]
-        if first.upper().startswith(b"* "):
-            first = first[2:]
-        if first.upper().startswith(b"LIST "):
-            first = first[5:]
-        tokens = _tokens([first, *group[1:]])
-        if len(tokens) < 3 or not isinstance(tokens[0], list) or not isinstance(tokens[2], bytes):
+    for group, skip in tokens.groups(data, _LIST_START):
+        values = tokens.tokens(group, skip)  # from the attribute list on
+        if len(values) < 3 or not isinstance(values[0], list) or not isinstance(values[2], bytes):
             raise ProtocolError(f"malformed LIST response {printable(group[0])}")
-        names = {a.decode("ascii", "replace").upper() for a in tokens[0] if isinstance(a, bytes)}
-        result.append(Listed(frozenset(names), tokens[2]))
+        names = {a.decode("ascii", "replace").upper() for a in values[0] if isinstance(a, bytes)}
+        result.append(Listed(frozenset(names), values[2]))
     return result
 
 
@@ -307,126 +298,32 @@ def internal_date(value: Value) -> datetime | None:
     match = _INTERNALDATE.fullmatch(value)
     if match is None:
         return None
-    day, month_name, year, hour, minute, second, sign, off_h, off_m = match.groups()
-    if month_name.decode().title() not in _MONTHS:
+    day, month_name, year, hour, minute, second, offset = match.groups()
+    month = _MONTH_NUMBERS.get(month_name.lower())
+    if month is None:
         return None
-    offset = timedelta(hours=int(off_h), minutes=int(off_m))
     try:
         return datetime(
-            int(year), _MONTHS.index(month_name.decode().title()) + 1, int(day),
-            int(hour), int(minute), int(second),
-            tzinfo=timezone(-offset if sign == b"-" else offset),
-        )  # fmt: skip
+            int(year), month, int(day), int(hour), int(minute), int(second), tzinfo=_zone(offset)
+        )
     except ValueError:
         return None
+
+
+@lru_cache(maxsize=64)
+def _zone(offset: bytes) -> timezone:
+    """The zone of a `+hhmm` offset; cached since a mailbox's dates share a handful of them."""
+    delta = timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))
+    return timezone(-delta if offset.startswith(b"-") else delta)  # ValueError beyond 24h
 
 
 def message_id(header: bytes | None) -> str | None:
     """The Message-ID from a `HEADER.FIELDS (MESSAGE-ID)` block, unfolded; None if absent."""
     if not header:
         return None
-    unfolded = re.sub(rb"\r?\n[ \t]+", b" ", header)
-    match = re.search(rb"^message-id:[ \t]*(\S[^\r\n]*)", unfolded, re.IGNORECASE | re.MULTILINE)
+    if b"\n " in header or b"\n\t" in header:  # only a folded header needs the substitution
+        header = _FOLDED.sub(b" ", header)
+    match = _MESSAGE_ID.search(header)
     if match is None:
         return None
     return match.group(1).strip().decode("ascii", "replace")[:998] or None
-
-
-def printable(data: Part, limit: int = 200) -> str:
-    """Server text made safe for one log line: ASCII, no control characters, bounded."""
-    text = bytes(data[:limit]).decode("ascii", "replace")
-    return "".join(c if " " <= c <= "~" else "?" for c in text)
-
-
-# -------------------------------------------------------------- the tokenizer
-
-
-def _groups(data: Sequence[Part], start: re.Pattern[bytes]) -> Iterator[list[Part]]:
-    """Split aioimaplib's flat line list into responses; each begins with a `start` line."""
-    group: list[Part] = []
-    for part in data:
-        if isinstance(part, bytes) and start.match(part):
-            if group:
-                yield group
-            group = [part]
-        elif group:
-            group.append(part)
-    if group:
-        yield group
-
-
-def _tokens(parts: Sequence[Part]) -> list[Value]:
-    """Parse a response's parts into values: atoms and strings as bytes, NIL as None, lists."""
-    stack: list[list[Value]] = [[]]
-    index = 0
-    while index < len(parts):
-        part = parts[index]
-        index += 1
-        if not isinstance(part, bytes):
-            raise ProtocolError("literal without announcement")
-        literal = _scan(part, stack)
-        if literal is not None:
-            if index >= len(parts) or isinstance(parts[index], bytes):
-                raise ProtocolError("announced literal missing")
-            payload = parts[index]
-            if len(payload) != literal:
-                raise ProtocolError("literal of the wrong length")
-            stack[-1].append(bytes(payload))
-            index += 1
-    if len(stack) != 1:
-        raise ProtocolError("unbalanced parentheses")
-    return stack[0]
-
-
-def _scan(text: bytes, stack: list[list[Value]]) -> int | None:
-    """Tokenize one text part into `stack`; returns the size of a literal announced at its end."""
-    pos = 0
-    while pos < len(text):
-        char = text[pos : pos + 1]
-        if char == b" ":
-            pos += 1
-        elif char == b"(":
-            stack.append([])
-            pos += 1
-        elif char == b")":
-            if len(stack) == 1:
-                raise ProtocolError("unbalanced parentheses")
-            done = stack.pop()
-            stack[-1].append(done)
-            pos += 1
-        elif char == b'"':
-            match = _QUOTED.match(text, pos)
-            if match is None:
-                raise ProtocolError("unterminated quoted string")
-            stack[-1].append(re.sub(rb"\\(.)", rb"\1", match.group(1)))
-            pos = match.end()
-        elif char == b"{":
-            literal = _LITERAL_END.match(text, pos)
-            if literal is None:
-                raise ProtocolError("malformed literal")
-            return int(literal.group(1))
-        else:
-            pos = _atom(text, pos, stack[-1])
-    return None
-
-
-def _atom(text: bytes, pos: int, out: list[Value]) -> int:
-    """Read one atom at `pos`; a `[...]` section (spaces and parens allowed) stays inside it."""
-    match = _ATOM_TOKEN.match(text, pos)
-    if match is None:
-        raise ProtocolError(f"unexpected {printable(text[pos : pos + 20])!r}")
-    atom = match.group()
-    out.append(None if atom.upper() == b"NIL" else atom)
-    return match.end()
-
-
-def _pairs(values: list[Value]) -> dict[str, Value]:
-    """FETCH's `name value name value ...` list as a dict keyed by upper-cased name."""
-    if len(values) % 2:
-        raise ProtocolError("odd number of FETCH items")
-    items: dict[str, Value] = {}
-    for name, value in zip(values[::2], values[1::2], strict=True):
-        if not isinstance(name, bytes):
-            raise ProtocolError("FETCH item name is not an atom")
-        items[name.decode("ascii", "replace").upper()] = value
-    return items

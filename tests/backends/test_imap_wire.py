@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -114,6 +115,51 @@ def test_malformed_fetch_is_a_protocol_error(parts: list[wire.Part]) -> None:
         wire.parse_fetches(parts)
 
 
+def test_fetch_tokens_cover_every_token_kind() -> None:
+    parts: list[wire.Part] = [
+        b'* 4 FETCH (X-A nIl X-B "a\\\\b\\"c" X-C ("" NIL BODY[1.MIME]<0>) X-D [a b]c  X-E {2+}',
+        bytearray(b"(("),
+        b" UID 9 X-F a{3})  ",
+    ]
+    (fetched,) = wire.parse_fetches(parts)
+    assert fetched.uid == 9
+    assert fetched.items == {
+        "X-A": None,
+        "X-B": b'a\\b"c',
+        "X-C": [b"", None, b"BODY[1.MIME]<0>"],
+        "X-D": b"[a b]c",
+        "X-E": b"((",
+        "UID": b"9",
+        "X-F": b"a{3}",
+    }
+    assert type(fetched.items["X-E"]) is bytes
+
+
+@pytest.mark.parametrize(
+    ("parts", "message"),
+    [([b'1 FETCH (A "x\\"'], "unterminated quoted string"),
+     ([b"1 FETCH (A {2} )", bytearray(b"ab")], "malformed literal"),
+     ([b"1 FETCH (A {x}"], "malformed literal"),
+     # a size past 18 digits is refused, not handed to int() (which fails at 4,300 digits)
+     ([b"1 FETCH (A {" + b"9" * 5000 + b"}", bytearray(b"x")], "malformed literal"),
+     ([b"1 FETCH (A b]c)"], "unexpected ']c)'"),
+     ([b"1 FETCH (A BODY[x)"], "unexpected '[x)'"),
+     ([b"1 FETCH (A 1))"], "unbalanced parentheses"),
+     ([b"1 FETCH (A {1}", bytearray(b"x"), b")", b")"], "unbalanced parentheses"),
+     ([b"1 FETCH (A {1}", b"x)"], "announced literal missing"),
+     ([b"1 FETCH (A 1)", bytearray(b"x")], "literal without announcement"),
+     ([b"1 FETCH (A 1 B)"], "odd number of FETCH items"),
+     ([b"1 FETCH ((A) 1)"], "FETCH item name is not an atom"),
+     ([b"1 FETCH A"], "malformed FETCH response"),
+     ([b'1 FETCH ("' + b'\\"' * 20000], "unterminated quoted string"),  # linear, not quadratic
+     ([b"1 FETCH (A " + b"[" * 20000], "unexpected"),
+     ([b"1 FETCH (A " + b"{" * 20000], "malformed literal")],
+)  # fmt: skip
+def test_malformed_fetch_errors_name_the_fault(parts: list[wire.Part], message: str) -> None:
+    with pytest.raises(wire.ProtocolError, match=re.escape(message)):
+        wire.parse_fetches(parts)
+
+
 def test_list_parsing_reads_attributes_and_names() -> None:
     parts: list[wire.Part] = [
         b'(\\HasNoChildren \\Trash) "/" "Deleted Items"',
@@ -146,10 +192,15 @@ def test_internal_date_and_message_id() -> None:
         2024, 2, 1, 10, 0, tzinfo=timezone(timedelta(hours=1, minutes=30))
     )
     assert wire.internal_date(b"01-Feb-2024 10:00:00 -0000") == datetime(2024, 2, 1, 10, tzinfo=UTC)
+    assert wire.internal_date(b"09-dEC-2024 23:59:59 -0745") == datetime(
+        2024, 12, 9, 23, 59, 59, tzinfo=timezone(-timedelta(hours=7, minutes=45))
+    )
     bad_dates: list[wire.Value] = [b"31-Feb-2024 10:00:00 +0000", b"1-Foo-2024 10:00:00 +0000"]
-    bad_dates += [None, [b"x"]]
+    bad_dates += [None, [b"x"], b"01-Feb-2024 10:00:00 +2400", b"01-Feb-2024 10:00:00 +0000x"]
     for bad in bad_dates:
         assert wire.internal_date(bad) is None
     assert wire.message_id(b"Message-ID:\r\n <a@b>\r\n\r\n") == "<a@b>"
+    assert wire.message_id(b"message-id: <a@b> \r\n\r\n") == "<a@b>"
+    assert wire.message_id(b"X: y\nMessage-ID:\n\t<a@b>\n\t c\n") == "<a@b> c"
     assert wire.message_id(b"\r\n") is None
     assert wire.printable(b"a\x1b[31mb\xff") == "a?[31mb?"
