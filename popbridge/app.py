@@ -15,7 +15,7 @@ from popbridge.maildrop import Backend, load_backend
 from popbridge.sasl import ALL_MECHANISMS, PASSWORD_MECHANISMS
 from popbridge.session import Services
 from popbridge.store import MemoryStore, Store, open_store
-from popbridge.throttle import Throttle
+from popbridge.throttle import LoginGate, Throttle
 
 
 async def build_services(config: Config) -> tuple[Services, Store]:
@@ -33,6 +33,7 @@ async def build_services(config: Config) -> tuple[Services, Store]:
     services = Services(
         backend=backend, locks=store.locks, uidls=store.uidls, sizes=store.sizes,
         authenticator=authenticator, throttle=Throttle(config.server.throttle),
+        logins=LoginGate(config.server.max_logins_in_flight),
         sasl_mechanisms=PASSWORD_MECHANISMS if mapped else ALL_MECHANISMS,
     )  # fmt: skip
     return services, store

@@ -19,7 +19,7 @@ from typing import Any
 from popbridge.errors import ConfigError
 from popbridge.maildrop import Disposition, DispositionKind
 from popbridge.settings import TableReader
-from popbridge.throttle import ThrottlePolicy
+from popbridge.throttle import LOGINS_IN_FLIGHT, ThrottlePolicy
 from popbridge.tls import PROFILES, VERSIONS, TlsSettings
 
 MIN_IDLE_TIMEOUT = 600.0  # RFC 1939 section 3: an autologout timer of at least 10 minutes
@@ -56,6 +56,7 @@ class ServerConfig:
     idle_timeout: float = MIN_IDLE_TIMEOUT
     max_connections: int = 1000
     listen_backlog: int = 1024
+    max_logins_in_flight: int = LOGINS_IN_FLIGHT
     max_auth_failures: int = 3
     shutdown_grace: float = 30.0
     log_level: str = "INFO"
@@ -185,6 +186,9 @@ def _server(reader: TableReader) -> ServerConfig:
         idle_timeout=reader.number("idle_timeout", MIN_IDLE_TIMEOUT, minimum=MIN_IDLE_TIMEOUT),
         max_connections=reader.integer("max_connections", 1000, minimum=1),
         listen_backlog=reader.integer("listen_backlog", 1024, minimum=1, maximum=65535),
+        max_logins_in_flight=reader.integer(
+            "max_logins_in_flight", LOGINS_IN_FLIGHT, minimum=1, maximum=10_000
+        ),
         max_auth_failures=reader.integer("max_auth_failures", 3, minimum=1),
         shutdown_grace=reader.number("shutdown_grace", 30.0),
         log_level=reader.choice("log_level", _LOG_LEVELS, "INFO"),

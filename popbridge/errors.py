@@ -72,6 +72,13 @@ class MessageGone(BridgeError):
     wire_text = "message no longer available"
 
 
+class LoginsBusy(BridgeError):
+    """Every login slot stayed taken for as long as a login may wait for one."""
+
+    code = Code.SYS_TEMP
+    wire_text = "too many logins in progress, try again later"
+
+
 class LoginTooSoon(BridgeError):
     """A login within LOGIN-DELAY of the previous one (RFC 2449 section 8.1.1)."""
 

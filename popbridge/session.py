@@ -25,7 +25,7 @@ from popbridge.pop3.replies import Continue, Err, Ok, Reply
 from popbridge.retrieval import Output, SessionClosing, send_message
 from popbridge.sizes import MemorySizeCache, SizeCache
 from popbridge.snapshot import NoSuchMessage, Snapshot
-from popbridge.throttle import Throttle, ThrottlePolicy
+from popbridge.throttle import LoginGate, Throttle, ThrottlePolicy
 from popbridge.uidl import DerivedUidls, UidlMap
 
 __all__ = ["Output", "Services", "Session", "SessionClosing", "SessionPolicy"]
@@ -57,6 +57,7 @@ class Services:
     sizes: SizeCache = field(default_factory=MemorySizeCache)
     authenticator: Authenticator | None = None
     throttle: Throttle = field(default_factory=lambda: Throttle(ThrottlePolicy()))
+    logins: LoginGate = field(default_factory=LoginGate)
     sasl_mechanisms: tuple[str, ...] = sasl.ALL_MECHANISMS  # what the authenticator can use
 
     def __post_init__(self) -> None:
@@ -221,7 +222,8 @@ class Session:
             self._log.info("login of %r refused by throttling: %s", user, refusal.text)
             return Err(refusal.text, refusal.code)
         try:
-            account = await self._open(user, secret, mechanism)
+            async with self._services.logins.slot():
+                account = await self._open(user, secret, mechanism)
         except AuthFailed as error:
             self._failures += 1
             self._log.info("login failed for %r: %s", user, error)

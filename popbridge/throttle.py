@@ -7,19 +7,24 @@ window: further logins are refused *before* any upstream attempt, which also kee
 guessing device from locking the real account upstream. A user lockout is answered with
 `[AUTH]` (RFC 3206 section 5: the problem is with the credentials), an address lockout
 with `[SYS/TEMP]` (RFC 3206 section 4). `LOGIN-DELAY` (RFC 2449 section 6.5) optionally
-spaces successful logins per account. State is per process and bounded.
+spaces successful logins per account. `LoginGate` bounds the logins talking to the upstream
+at once. State is per process and bounded.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from popbridge.errors import Code
+from popbridge.errors import Code, LoginsBusy
 
 MAX_TRACKED = 100_000  # keys remembered at most; the oldest are forgotten first
+LOGINS_IN_FLIGHT = 8
+LOGIN_SLOT_WAIT = 30.0  # seconds a login waits for a slot before [SYS/TEMP]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,3 +133,35 @@ class Throttle:
             self._connections[address] = count
         else:
             self._connections.pop(address, None)
+
+
+class LoginGate:
+    """At most `limit` logins open upstream mailboxes at once; the others wait their turn.
+
+    A login is the costly step of a session: upstream connect and authentication, then a
+    listing parsed on the one event loop. A burst of them (devices polling on the same
+    minute) would otherwise take turns with every running download in each pass of the
+    loop, and the upstream would see the whole burst at once. A login that waits longer
+    than `wait` for a slot is answered `[SYS/TEMP]` (RFC 3206 section 4): try again later.
+    """
+
+    def __init__(self, limit: int = LOGINS_IN_FLIGHT, wait: float = LOGIN_SLOT_WAIT) -> None:
+        self.limit = limit
+        self._slots = asyncio.Semaphore(limit)
+        self._wait = wait
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one slot for the body of the `async with`; LoginsBusy if none came in time."""
+        if self._slots.locked():  # the deadline (a loop timer) only for a login that waits
+            try:
+                async with asyncio.timeout(self._wait):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise LoginsBusy(f"no login slot within {self._wait:g} s") from None
+        else:
+            await self._slots.acquire()
+        try:
+            yield
+        finally:
+            self._slots.release()

@@ -33,6 +33,7 @@ def test_minimal_config_gets_safe_defaults(tmp_path: Path) -> None:
     assert config.listeners[0].plaintext_auth is False
     assert config.server.idle_timeout == 600
     assert config.server.listen_backlog == 1024
+    assert config.server.max_logins_in_flight == 8
     assert config.maildrop.disposition.kind is DispositionKind.EXPUNGE
     assert config.maildrop.mark_seen_on_retr is False
     assert config.backend_type == "imap" and config.backend_settings["host"] == "imap.example.net"
@@ -63,6 +64,7 @@ def test_full_maildrop_section(tmp_path: Path) -> None:
         ('[maildrop]\nkeyword = "bad word"\n', "maildrop.keyword: must be"),
         ("[extras]\na = 1\n", "extras: unknown section"),
         ("[server]\nlisten_backlog = 0\n", "server.listen_backlog: must be"),
+        ("[server]\nmax_logins_in_flight = 0\n", "server.max_logins_in_flight: must be"),
     ],
 )
 def test_errors_name_file_and_key(tmp_path: Path, extra: str, message: str) -> None:

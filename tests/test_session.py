@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from popbridge.errors import BackendUnavailable
+from popbridge.errors import BackendUnavailable, LoginsBusy
 from popbridge.maildrop import Disposition, DispositionKind
-from popbridge.session import SessionPolicy
+from popbridge.session import Services, SessionPolicy
+from popbridge.throttle import LoginGate
 from tests.dialogue import assert_dialogue, exchange, make_session, quick_services
 from tests.memory_backend import MemoryBackend
 
@@ -145,6 +146,22 @@ async def test_backend_outage_is_sys_temp_and_not_auth(backend: MemoryBackend) -
         session, out, "C: USER alice", "S~ \\+OK.*", "C: PASS secret",
         f"S: -ERR [SYS/TEMP] {BackendUnavailable.wire_text}",
     )  # fmt: skip
+
+
+async def test_login_waits_for_a_slot_and_is_refused_temporarily_when_none_frees(
+    backend: MemoryBackend,
+) -> None:
+    gate = LoginGate(1, wait=0.05)
+    services = Services(backend=backend, throttle=quick_services(backend).throttle, logins=gate)
+    session, out = make_session(backend, services=services)
+    async with gate.slot():  # another login holds the only slot
+        await assert_dialogue(
+            session, out, "C: USER alice", "S~ \\+OK.*", "C: PASS secret",
+            f"S: -ERR [SYS/TEMP] {LoginsBusy.wire_text}",
+        )  # fmt: skip
+    assert backend.attempts == 0  # the upstream was never asked
+    # not a failed login: no delay, no strike, and the next try gets in
+    await assert_dialogue(session, out, *LOGIN, "C: STAT", "S: +OK 2 44")
 
 
 async def test_plaintext_refused_without_tls_unless_opted_in(backend: MemoryBackend) -> None:
