@@ -68,12 +68,12 @@ def raise_fd_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # In the child before exec: SIGTERM it if the benchmark dies (Linux PR_SET_PDEATHSIG).
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 
 
-def _wait_port(port: int, process: subprocess.Popen[bytes] | None, what: str) -> None:
+def wait_port(port: int, process: subprocess.Popen[bytes] | None, what: str) -> None:
     """Until ``port`` greets with +OK (POP3) or * OK (IMAP); fails if ``process`` exits."""
     deadline = time.monotonic() + START_TIMEOUT
     while True:
@@ -184,11 +184,11 @@ def start_imapc(directory: Path, backend: Dovecot) -> Instance:
         process = subprocess.Popen(
             [str(DOVECOT_BIN), "-F", "-c", str(directory / "dovecot.conf")],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )  # fmt: skip
     instance = Instance("imapc", directory, pop3, process)
     try:
-        _wait_port(pop3, process, "dovecot imapc")
+        wait_port(pop3, process, "dovecot imapc")
     except BaseException:
         instance.stop()
         raise
@@ -284,11 +284,11 @@ def launch_popbridge(
     with (directory / "popbridge.log").open("ab") as out:
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )  # fmt: skip
     bridge = Popbridge("popbridge", directory, port, process)
     try:
-        _wait_port(port, process, "popbridge")
+        wait_port(port, process, "popbridge")
     except BaseException:
         bridge.stop()
         raise

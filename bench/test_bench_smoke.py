@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import main
+from bench.floor import main as floor_main
 from bench.report import SERVERS
 from bench.scenarios import PROFILES
 from tests.support.cyrus import ensure_installed as ensure_cyrus
@@ -73,3 +74,13 @@ def test_all_figures_present_for_all_servers(smoke: tuple[int, Path, float]) -> 
     assert "popbridge" in samples["c.rss_growth"]
     assert set(samples["f.wall"]) == {"direct", "popbridge"}
     assert set(samples["f.cpu"]) == {"popbridge"}
+
+
+def test_floor_command_compares_direct_stub_and_popbridge(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ensure_installed()
+    # a session that retrieves less than STAT announced raises, so 0 means all arrived
+    assert floor_main(["--profile", "smoke", "--runs", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0] for row in rows[1:]] == ["| direct", "| stub", "| popbridge"]
