@@ -66,6 +66,10 @@ class Pop3Protocol(asyncio.Protocol):
         await self._readable.wait()
         self._readable.clear()
 
+    def can_write(self) -> bool:
+        """True when a write would not have to wait: flow control is open, the peer there."""
+        return self._writable.is_set() and not self.lost
+
     async def writable(self) -> None:
         await self._writable.wait()
         if self.lost:
@@ -102,6 +106,8 @@ class BufferedOutput:
             transport.write(b"".join(self._pending))
         self._pending.clear()
         self._size = 0
+        if self._protocol.can_write():
+            return  # the usual case: no deadline timer to arm and cancel for every reply
         # A client that stops reading is as idle as one that stops writing (RFC 1939
         # section 3): past the idle timeout, TimeoutError closes it without UPDATE.
         async with asyncio.timeout(self._write_timeout):

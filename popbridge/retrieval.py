@@ -10,7 +10,6 @@ connection, which the client sees as an incomplete response and which applies no
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Protocol
@@ -44,14 +43,20 @@ async def send_message(
     log: logging.LoggerAdapter[logging.Logger],
 ) -> int | None:
     """Answer RETR (`body_lines` None) or TOP; the octets sent, or None after `-ERR`."""
-    fetch = mailbox.fetch(entry.message.identity, body_lines=body_lines)
-    async with _closing(fetch) as chunks:
+    chunks = mailbox.fetch(entry.message.identity, body_lines=body_lines)
+    try:
         first = await _first_chunk(engine, out, chunks, log)
         if first is None:
             return None
         out.write(engine.send(Ok(f"{entry.size} octets")))
         encoder = BodyEncoder(body_lines=body_lines)
         await _stream(out, first, chunks, encoder, log)
+    finally:
+        # Close the backend's chunk stream even when TOP stops early or the client went
+        # away (a plain try/finally: this runs for every RETR).
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()
     return encoder.octets
 
 
@@ -93,14 +98,3 @@ async def _stream(
         log.warning("fetch failed after the status line, closing: %r", error)
         raise SessionClosing from error
     out.write(encoder.finish())
-
-
-@contextlib.asynccontextmanager
-async def _closing(chunks: AsyncIterator[bytes]) -> AsyncIterator[AsyncIterator[bytes]]:
-    """Close a backend's chunk stream even when TOP stops early or the client went away."""
-    try:
-        yield chunks
-    finally:
-        close = getattr(chunks, "aclose", None)
-        if close is not None:
-            await close()
