@@ -104,13 +104,17 @@ class ImapProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
     def data_received(self, data: bytes) -> None:
         # Bounded feeding (see _MAX_LINES_PER_FEED); also skips the base class's eager
         # `log.debug("Received : %s" % data)`, which formats every body chunk even when off.
-        while data:
+        # Pieces are cut by offset: slicing off "the rest" each time would copy a 256 KiB
+        # read once per message it holds.
+        start, size = 0, len(data)
+        while start < size:
             literal = self._literal_remaining()
             if literal:  # literal payload is consumed without recursion: feed it whole
-                piece, data = data[:literal], data[literal:]
+                end = min(start + literal, size)
             else:
-                piece, data = wire.first_lines(data, _MAX_LINES_PER_FEED)
-            self._feed(piece)
+                end = wire.lines_end(data, start, _MAX_LINES_PER_FEED)
+            self._feed(data[start:end])  # the whole of `data` is not copied
+            start = end
 
     def _literal_remaining(self) -> int:
         command = self.current_command

@@ -157,21 +157,21 @@ def login_arguments(user: str, password: str) -> tuple[str, str]:
 _LITERAL_ANNOUNCEMENT = re.compile(rb"\{[0-9]+\}\r\n")
 
 
-def first_lines(data: bytes, most: int) -> tuple[bytes, bytes]:
-    """`data` cut after its `most`-th LF, or after the first literal announcement.
+def lines_end(data: bytes, start: int, most: int) -> int:
+    """Where to cut `data[start:]`: after its `most`-th LF, or after a literal announcement.
 
-    (head, rest); no byte is lost or added. Cutting at `{N}CRLF` (RFC 3501 section 4.3)
-    lets the caller hand the literal over whole instead of scanning a message body for
-    line ends it does not need.
+    Cutting at `{N}CRLF` (RFC 3501 section 4.3) lets the caller hand the literal over whole
+    instead of scanning a message body for line ends it does not need. The caller slices by
+    offsets, so a received chunk holding many messages is never copied once per message.
     """
-    literal = _LITERAL_ANNOUNCEMENT.search(data)
+    literal = _LITERAL_ANNOUNCEMENT.search(data, start)
     limit = len(data) if literal is None else literal.end()
-    if data.count(b"\n", 0, limit) <= most:
-        return data[:limit], data[limit:]
-    end = 0
+    if data.count(b"\n", start, limit) <= most:
+        return limit
+    end = start
     for _ in range(most):
         end = data.index(b"\n", end) + 1
-    return data[:end], data[end:]
+    return end
 
 
 def response_code(text: bytes) -> str | None:

@@ -79,12 +79,22 @@ def test_sasl_responses() -> None:
     assert wire.login_arguments('a"b', "c\\d") == ('"a\\"b"', '"c\\\\d"')
 
 
-@given(st.binary(max_size=300), st.integers(min_value=1, max_value=5))
-def test_first_lines_keeps_every_byte(data: bytes, most: int) -> None:
-    head, rest = wire.first_lines(data, most)
-    assert head + rest == data
-    assert head.count(b"\n") <= most
-    assert not rest or head.endswith(b"\n")
+@given(st.binary(max_size=300), st.integers(min_value=1, max_value=5), st.data())
+def test_lines_end_cuts_after_a_line_or_literal_and_always_advances(
+    data: bytes, most: int, draw: st.DataObject
+) -> None:
+    start = draw.draw(st.integers(0, max(len(data) - 1, 0)))
+    end = wire.lines_end(data, start, most)
+    assert start < end <= len(data) or start == end == len(data) == 0
+    assert data[start:end].count(b"\n") <= most
+    assert end == len(data) or data[end - 1 : end] == b"\n"
+
+
+def test_lines_end_stops_after_a_literal_announcement() -> None:
+    data = b"x\r\n* 1 FETCH (BODY[] {5}\r\nab\ncd)\r\n"
+    assert data[: wire.lines_end(data, 0, 200)].endswith(b"{5}\r\n")
+    assert wire.lines_end(data, 3, 200) == wire.lines_end(data, 0, 200)
+    assert wire.lines_end(data, 0, 1) == 3
 
 
 def test_fetch_parsing_handles_literals_quoted_nil_and_order() -> None:
