@@ -3,7 +3,9 @@
 `Pop3Protocol` is an asyncio protocol that feeds received bytes straight into the engine
 (no stream reader in between, so nothing can hide plaintext across a STLS upgrade: RFC
 2595 section 4, the CVE-2011-0411 class), pauses reading while the engine holds more than
-a bounded backlog, and tracks write flow control. `BufferedOutput` gathers the replies to
+a bounded backlog, and tracks write flow control. It reads into a small buffer of its own:
+a plain protocol would get a fresh 256 KiB bytes object per read, allocated and shrunk
+(mmap, mremap, munmap) for every few-byte command. `BufferedOutput` gathers the replies to
 pipelined commands into few writes and waits when the client is not reading (conformance
 S-7). Both are plain objects the server's connection task drives.
 """
@@ -16,10 +18,11 @@ from typing import Final
 from popbridge.pop3.engine import Pop3Engine
 
 READ_BACKLOG: Final = 65536  # engine bytes before reading pauses (> the longest SASL line)
+READ_SIZE: Final = 4096  # one read; commands are lines of at most 255 octets (RFC 2449)
 FLUSH_THRESHOLD: Final = 65536
 
 
-class Pop3Protocol(asyncio.Protocol):
+class Pop3Protocol(asyncio.BufferedProtocol):
     """Feeds the engine; the connection task waits on `wait_readable` and `writable`."""
 
     def __init__(self, engine: Pop3Engine) -> None:
@@ -32,6 +35,7 @@ class Pop3Protocol(asyncio.Protocol):
         self._writable = asyncio.Event()
         self._writable.set()
         self._paused = False
+        self._read_buffer = memoryview(bytearray(READ_SIZE))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -39,7 +43,13 @@ class Pop3Protocol(asyncio.Protocol):
         if not self.connected.done():
             self.connected.set_result(None)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._read_buffer[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         self.engine.receive(data)
         self._readable.set()
         if self.engine.buffered > READ_BACKLOG and not self._paused and self.transport:

@@ -118,8 +118,8 @@ class Pop3Engine:
         """True after `+OK` to STLS until `tls_established` is called."""
         return self._tls_pending
 
-    def receive(self, data: bytes) -> None:
-        """Add bytes read from the client."""
+    def receive(self, data: bytes | bytearray | memoryview) -> None:
+        """Add bytes read from the client (copied: the caller may reuse its buffer)."""
         self._buffer += data
 
     def next_event(self) -> Event:
