@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import logging.handlers
+import queue
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from popbridge import __version__, cli_accounts
@@ -46,12 +49,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+@contextlib.contextmanager
+def logging_to_stderr(level: str) -> Iterator[None]:
+    """Log to stderr from a thread of its own, for as long as the `with` lasts.
+
+    Records are formatted on the event loop and queued; a listener thread writes them. A
+    slow or blocked stderr (a pipe to journald or a container runtime under backpressure)
+    then delays log lines, never every session's replies. Leaving the block writes out
+    everything queued. Like `logging.basicConfig`, it leaves a root logger that already has
+    handlers (an embedding application's, a test runner's) as it is.
+    """
+    root = logging.getLogger()
+    if root.handlers:
+        yield
+        return
+    output = logging.StreamHandler(sys.stderr)
+    output.setFormatter(logging.Formatter(LOG_FORMAT))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    handler = logging.handlers.QueueHandler(records)
+    root.setLevel(level)
+    root.addHandler(handler)
+    listener = logging.handlers.QueueListener(records, output)
+    listener.start()
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        listener.stop()
 
 
 async def serve(config: Config) -> None:
@@ -105,13 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"popbridge: {error}", file=sys.stderr)
         return 2
-    setup_logging(config.server.log_level)
     try:
-        if args.command == "accounts":
-            return asyncio.run(cli_accounts.run(args, config))
-        if args.command == "check":
-            return asyncio.run(check(config))
-        asyncio.run(serve(config))
+        with logging_to_stderr(config.server.log_level):
+            if args.command == "accounts":
+                return asyncio.run(cli_accounts.run(args, config))
+            if args.command == "check":
+                return asyncio.run(check(config))
+            asyncio.run(serve(config))
     except ConfigError as error:
         print(f"popbridge: {error}", file=sys.stderr)
         return 2

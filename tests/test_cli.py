@@ -3,6 +3,8 @@ the installed console script, including SIGTERM without applying pending deletio
 
 from __future__ import annotations
 
+import logging
+import logging.handlers
 import os
 import signal
 import socket
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from popbridge import cli
 from popbridge.cli import main
 from tests.support.dovecot import Dovecot, free_port
 
@@ -120,3 +123,17 @@ def test_serve_then_sigterm_applies_no_pending_deletion(mailbox: Dovecot, tmp_pa
     log = process.stderr.read().decode() if process.stderr else ""
     assert sorted(mailbox.uids("alice")) == [2, 3]  # the QUIT-less DELE 2 was not applied
     assert "secret" not in log and "server stopping, closing without UPDATE" in log
+
+
+def test_logging_goes_through_a_queue_and_is_written_out_by_the_end(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # as in the daemon: nothing configured yet
+    monkeypatch.setattr(root, "level", root.level)  # restored after the test
+    with cli.logging_to_stderr("INFO"):
+        (handler,) = root.handlers
+        assert isinstance(handler, logging.handlers.QueueHandler)  # the loop never writes
+        logging.getLogger("popbridge.test").info("queued line %d", 7)
+    assert root.handlers == []
+    assert "INFO popbridge.test queued line 7" in capsys.readouterr().err
