@@ -134,9 +134,10 @@ def pairs(values: list[Value]) -> dict[str, Value]:
     if len(values) % 2:
         raise ProtocolError("odd number of FETCH items")
     items: dict[str, Value] = {}
-    pairs = iter(values)
-    for name in pairs:
+    remaining = iter(values)
+    for name in remaining:
         if not isinstance(name, bytes):
             raise ProtocolError("FETCH item name is not an atom")
-        items[name.decode("ascii", "replace").upper()] = next(pairs)  # even length: never empty
+        # the length is even, so a value always follows its name
+        items[name.decode("ascii", "replace").upper()] = next(remaining)
     return items
