@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import pickle
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,11 +26,10 @@ from pathlib import Path
 from bench.clients import LeanClient, Tally
 from bench.peers import (
     Instance,
-    die_with_parent,
+    launch,
     raise_fd_limit,
     start_backend,
     start_popbridge,
-    wait_port,
 )
 from bench.scenarios import PASSWORD, PROFILES
 from tests.support.dovecot import free_port
@@ -91,9 +89,7 @@ def start_stub(directory: Path, replies: dict[bytes, bytes]) -> Instance:
     (directory / "replies.pickle").write_bytes(pickle.dumps(replies))
     port = free_port()
     command = [sys.executable, "-m", "bench.floor", "--serve", str(port), str(directory)]
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
-    wait_port(port, process, "stub")
-    return Instance("stub", directory, port, process)
+    return launch(Instance, "stub", directory, port, command, directory / "stub.log")
 
 
 def session(port: int) -> float:

@@ -27,6 +27,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from tests.support.dovecot import DOVECOT_BIN, Dovecot, free_port, start_dovecot
 
@@ -148,6 +149,28 @@ class Instance:
         _stop(self.process)
 
 
+_Started = TypeVar("_Started", bound=Instance)
+
+
+def launch(
+    kind: type[_Started], name: str, directory: Path, port: int, command: list[str], log: Path
+) -> _Started:
+    """Start ``command`` (output appended to ``log``) and wait until ``port`` greets;
+    the process is stopped again if it never does."""
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )  # fmt: skip
+    instance = kind(name, directory, port, process)
+    try:
+        wait_port(port, process, name)
+    except BaseException:
+        instance.stop()
+        raise
+    return instance
+
+
 def _identities() -> dict[str, object]:
     """Who Dovecot's processes run as: as root, dovenull/dovecot and mail as nobody."""
     if os.geteuid() == 0:
@@ -180,19 +203,8 @@ def start_imapc(directory: Path, backend: Dovecot) -> Instance:
         process_limit=PROCESS_LIMIT, client_limit=CLIENT_LIMIT,
     )  # fmt: skip
     (directory / "dovecot.conf").write_text(text)
-    with (directory / "dovecot.out").open("ab") as out:
-        process = subprocess.Popen(
-            [str(DOVECOT_BIN), "-F", "-c", str(directory / "dovecot.conf")],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
-        )  # fmt: skip
-    instance = Instance("imapc", directory, pop3, process)
-    try:
-        wait_port(pop3, process, "dovecot imapc")
-    except BaseException:
-        instance.stop()
-        raise
-    return instance
+    command = [str(DOVECOT_BIN), "-F", "-c", str(directory / "dovecot.conf")]
+    return launch(Instance, "imapc", directory, pop3, command, directory / "dovecot.out")
 
 
 # ----------------------------------------------------------------- popbridge
@@ -281,18 +293,7 @@ def launch_popbridge(
     if profile is not None:
         command = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "popbridge.cli"]
         command += serve
-    with (directory / "popbridge.log").open("ab") as out:
-        process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
-        )  # fmt: skip
-    bridge = Popbridge("popbridge", directory, port, process)
-    try:
-        wait_port(port, process, "popbridge")
-    except BaseException:
-        bridge.stop()
-        raise
-    return bridge
+    return launch(Popbridge, "popbridge", directory, port, command, directory / "popbridge.log")
 
 
 # ----------------------------------------------------------------- memory of process trees
