@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from popbridge.errors import BridgeError, MessageGone
+from popbridge.lookahead import Lookahead
 from popbridge.maildrop import Mailbox
 from popbridge.pop3.engine import Pop3Engine
 from popbridge.pop3.replies import Err, Ok
@@ -37,12 +38,32 @@ class SessionClosing(Exception):
 async def send_message(
     engine: Pop3Engine,
     out: Output,
+    lookahead: Lookahead,
+    entry: Entry,
+    body_lines: int | None,
+    log: logging.LoggerAdapter[logging.Logger],
+) -> int | None:
+    """Answer RETR (`body_lines` None) or TOP; the octets sent, or None after `-ERR`.
+
+    A RETR whose answer `lookahead` prepared is written at once; anything else waits for
+    the preparation to end (the mailbox serves one call at a time) and streams.
+    """
+    prepared = await lookahead.take(entry.message.identity)
+    if prepared is not None and body_lines is None:
+        out.write(engine.send(Ok(f"{entry.size} octets")))
+        out.write(prepared.wire)
+        return prepared.octets
+    return await _stream_message(engine, out, lookahead.mailbox, entry, body_lines, log)
+
+
+async def _stream_message(
+    engine: Pop3Engine,
+    out: Output,
     mailbox: Mailbox,
     entry: Entry,
     body_lines: int | None,
     log: logging.LoggerAdapter[logging.Logger],
 ) -> int | None:
-    """Answer RETR (`body_lines` None) or TOP; the octets sent, or None after `-ERR`."""
     chunks = mailbox.fetch(entry.message.identity, body_lines=body_lines)
     try:
         first = await _first_chunk(engine, out, chunks, log)

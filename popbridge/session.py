@@ -11,6 +11,7 @@ timeout, a shutdown, goes through `abort`, which applies nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from popbridge import sasl
 from popbridge.auth import Authenticator, PassthroughAuthenticator
 from popbridge.errors import AuthFailed, BridgeError, Code, LoginTooSoon, MailboxInUse
 from popbridge.locks import Lease, LocalLocks, MaildropLocks
+from popbridge.lookahead import Lookahead
 from popbridge.maildrop import Backend, Disposition, DispositionKind, Mailbox
 from popbridge.pop3 import commands as c
 from popbridge.pop3.engine import Pop3Engine, Rejected
@@ -85,6 +87,7 @@ class Session:
         self._account = ""
         self._failures = 0
         self._mailbox: Mailbox | None = None
+        self._lookahead: Lookahead | None = None
         self._lease: Lease | None = None
         self._snapshot: Snapshot | None = None
         self._retrieved: set[str] = set()
@@ -250,6 +253,7 @@ class Session:
             if lease is None:
                 raise MailboxInUse(login.account)
             self._mailbox, self._lease = mailbox, lease
+            self._lookahead = Lookahead(mailbox)
             listing = await mailbox.list(hidden_keyword=self._policy.disposition.hides_keyword)
             listing = await self._services.sizes.correct(login.account, listing)
             uidls = await self._services.uidls.assign(login.account, listing)
@@ -298,12 +302,17 @@ class Session:
         except NoSuchMessage as missing:
             self._out.write(self.engine.send(Err(str(missing))))
             return
-        assert self._mailbox is not None
+        assert self._lookahead is not None
         lines = command.lines if isinstance(command, c.Top) else None
-        octets = await send_message(self.engine, self._out, self._mailbox, entry, lines, self._log)
+        octets = await send_message(
+            self.engine, self._out, self._lookahead, entry, lines, self._log
+        )
         if octets is None or lines is not None:
             return
         self._retrieved.add(entry.message.identity)
+        with contextlib.suppress(NoSuchMessage):  # the client reads in order: prepare the next
+            following = self._require_snapshot().get(entry.number + 1)
+            self._lookahead.start(following.message.identity, following.size)
         if octets != entry.size:
             # Later sessions list the size sent now (conformance I-8): content is immutable.
             self._log.warning(
@@ -316,6 +325,7 @@ class Session:
         if self._snapshot is None or self._mailbox is None:
             return Ok("bye")
         try:
+            await self._settle()
             failed = await self._update(self._mailbox, self._snapshot)
         finally:
             await self.abort()
@@ -351,6 +361,12 @@ class Session:
         except BridgeError as error:
             self._log.warning("marking retrieved messages seen failed: %r", error)
 
+    async def _settle(self) -> None:
+        """Let a RETR answer in preparation finish: the mailbox serves one call at a time."""
+        lookahead, self._lookahead = self._lookahead, None
+        if lookahead is not None:
+            await lookahead.settle()
+
     async def abort(self) -> None:
         """End the session without UPDATE: release the lock and the mailbox, apply nothing."""
         mailbox, self._mailbox = self._mailbox, None
@@ -361,4 +377,10 @@ class Session:
                 await lease.release()
         finally:
             if mailbox is not None:
-                await mailbox.close()
+                await self._close(mailbox)
+
+    async def _close(self, mailbox: Mailbox) -> None:
+        try:
+            await self._settle()
+        finally:
+            await mailbox.close()

@@ -17,24 +17,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
+from popbridge.lookahead import Budget as Budget  # the same accounting as the core's
+
 Key = tuple[int, int]  # (folder index, UID)
 
 MAX_MESSAGES: Final = 32
 MAX_BYTES: Final = 1 << 20
 PROCESS_BYTES: Final = 64 << 20
-
-
-class Budget:
-    """Bytes held ahead by all sessions of this process."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-
-    def available(self) -> int:
-        return max(self.limit - self.used, 0)
-
-
 PROCESS_BUDGET = Budget(PROCESS_BYTES)
 
 

@@ -142,13 +142,14 @@ async def test_mark_seen_on_retr_when_configured(
 
     def session() -> None:
         client = pop(server)
-        client.retr(2)
-        client.top(3, 0)
+        client.retr(1)
+        client.retr(2)  # answered ahead of time, after RETR 1
+        client.top(4, 0)  # 3 was prepared after RETR 2 but never asked for
         client.quit()
 
     await in_thread(session)
     seen = sorted(uid for uid, flags in mailbox.uids("alice").items() if "\\Seen" in flags)
-    assert seen == [2]
+    assert seen == [1, 2]
 
 
 @pytest.mark.parametrize(
