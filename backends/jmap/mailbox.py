@@ -7,12 +7,15 @@ section 6.2), streamed in pieces of at most `fetch_chunk` octets. JMAP has no pa
 download, so TOP stops reading once the header and enough body lines arrived, and hands on
 only those (dropping that connection; the next request opens another).
 Downloading never sets `$seen`. A blob outlives its Email (Cyrus serves it after a destroy),
-so each fetch first asks Email/get whether the Email is still in the Mailbox.
+so a fetch first asks Email/get whether the Email is still in the Mailbox; it asks about the
+Emails listed after it in the same request, and a later fetch of one found there downloads at
+once (a client reading in order costs one download per message, as IMAP's read-ahead does).
 Dispositions at QUIT are delegated to `backends.jmap.dispose`.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from collections.abc import AsyncIterator, Collection
@@ -28,6 +31,8 @@ logger = logging.getLogger(__name__)
 TOP_PIECE = 64 * 1024  # TOP reads in smaller pieces: it usually needs only the first one
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _MAX_ID = 255  # RFC 8620 section 1.2: an Id is 1 to 255 octets
+LOCATE_AHEAD = 32  # Emails per Email/get when locating blobs, within maxObjectsInGet
+_Ids = list[str]  # `list` is a method name in JmapMailbox
 
 
 class JmapMailbox:
@@ -39,6 +44,8 @@ class JmapMailbox:
         self._chunk = fetch_chunk
         self._page_size = page_size
         self._closed = False
+        self._following: dict[str, str] = {}  # Email id -> the id listed after it
+        self._located: dict[str, str] = {}  # Email id -> blobId, found in the Mailbox ahead
 
     async def list(self, *, hidden_keyword: str | None = None) -> list[RemoteMessage]:
         """Every Email in the Mailbox, oldest first; `hidden_keyword` ones left out (J-5)."""
@@ -46,6 +53,9 @@ class JmapMailbox:
         condition = query_filter(self._mailbox_id, keyword)
         by_id = "id" in self._api.session.sort_options
         listed = await list_emails(self._api, condition, self._page_size, by_id=by_id)
+        ids = [entry.id for entry in listed]
+        self._following = dict(itertools.pairwise(ids))
+        self._located.clear()
         return [_remote(entry) for entry in listed]
 
     async def fetch(self, identity: str, *, body_lines: int | None = None) -> AsyncIterator[bytes]:
@@ -68,21 +78,45 @@ class JmapMailbox:
                 return  # leaving the stream early drops its connection
 
     async def _locate(self, identity: str) -> str:
-        """The Email's blobId if it is still in the Mailbox (RFC 8621 section 4.2)."""
+        """The Email's blobId if it is still in the Mailbox (RFC 8621 section 4.2): found by
+        an earlier Email/get, or by one that also looks up the Emails listed after it."""
+        blob_id = self._located.pop(identity, None)
+        if blob_id is not None:
+            return blob_id
+        found = await self._blob_ids(self._ahead(identity))
+        blob_id = found.pop(identity, None)
+        self._located = found  # replaced, not merged: at most LOCATE_AHEAD are kept
+        if blob_id is None:
+            raise MessageGone(f"Email {identity!r} is no longer in the mailbox")
+        return blob_id
+
+    def _ahead(self, identity: str) -> _Ids:
+        """`identity` and the ids listed after it, as many as one Email/get may carry."""
+        batch = [identity]
+        limit = min(LOCATE_AHEAD, self._api.session.limits.max_objects_in_get)
+        following = self._following.get(identity)
+        while following is not None and len(batch) < limit:
+            batch.append(following)
+            following = self._following.get(following)
+        return batch
+
+    async def _blob_ids(self, ids: _Ids) -> dict[str, str]:
+        """The blobId of each of `ids` that is an Email in this Mailbox."""
         arguments = {
             "accountId": self._api.account_id,
-            "ids": [identity],
+            "ids": ids,
             "properties": ["blobId", "mailboxIds"],
         }
         (response,) = await self._api.call(("Email/get", arguments))
+        found: dict[str, str] = {}
         for entry in response.get("list") or []:
-            if not isinstance(entry, dict) or entry.get("id") != identity:
+            if not isinstance(entry, dict) or entry.get("id") not in ids:
                 continue
             mailboxes, blob_id = entry.get("mailboxIds"), entry.get("blobId")
             in_mailbox = isinstance(mailboxes, dict) and mailboxes.get(self._mailbox_id)
             if in_mailbox and isinstance(blob_id, str) and blob_id:
-                return blob_id
-        raise MessageGone(f"Email {identity!r} is no longer in the mailbox")
+                found[str(entry["id"])] = blob_id
+        return found
 
     async def dispose(self, identities: Collection[str], how: Disposition) -> DisposeResult:
         """Apply `how` at QUIT; see `backends.jmap.dispose`."""
