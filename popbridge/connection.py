@@ -13,6 +13,7 @@ S-7). Both are plain objects the server's connection task drives.
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Final
 
 from popbridge.pop3.engine import Pop3Engine
@@ -36,6 +37,9 @@ class Pop3Protocol(asyncio.BufferedProtocol):
         self._writable.set()
         self._paused = False
         self._read_buffer = memoryview(bytearray(READ_SIZE))
+        self._deadline = math.inf  # while waiting for a command: when the client is idle
+        self._timer: asyncio.TimerHandle | None = None
+        self._timed_out = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -65,6 +69,9 @@ class Pop3Protocol(asyncio.BufferedProtocol):
         self.lost = True
         self._readable.set()
         self._writable.set()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -72,9 +79,42 @@ class Pop3Protocol(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         self._writable.set()
 
-    async def wait_readable(self) -> None:
-        await self._readable.wait()
+    async def wait_readable(self, deadline: float = math.inf) -> None:
+        """Wait for bytes from the client; TimeoutError once the loop's clock passes `deadline`.
+
+        One timer per connection, moved only when it fires before the deadline: arming and
+        cancelling one around every command cost more than the rest of a short command.
+        """
+        if not self._readable.is_set():
+            loop = asyncio.get_running_loop()
+            if deadline <= loop.time():
+                raise TimeoutError
+            self._deadline = deadline
+            if self._timer is None or self._timer.when() > deadline:
+                self._arm(loop, deadline)
+            try:
+                await self._readable.wait()
+            finally:
+                self._deadline = math.inf
         self._readable.clear()
+        if self._timed_out:
+            self._timed_out = False
+            raise TimeoutError
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(when, self._deadline_reached, loop)
+
+    def _deadline_reached(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        if self._deadline == math.inf:
+            return  # no one waits: the next wait arms a timer again
+        if loop.time() < self._deadline:  # a command came in since: wait for the new deadline
+            self._arm(loop, self._deadline)
+            return
+        self._timed_out = True
+        self._readable.set()
 
     def can_write(self) -> bool:
         """True when a write would not have to wait: flow control is open, the peer there."""

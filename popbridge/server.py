@@ -20,7 +20,6 @@ import itertools
 import logging
 import secrets
 import ssl
-import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -194,11 +193,12 @@ class Pop3Server:
     ) -> None:  # fmt: skip
         engine = protocol.engine
         idle_timeout = self._config.server.idle_timeout
-        last_command = time.monotonic()
+        clock = asyncio.get_running_loop().time
+        last_command = clock()
         while True:
             event = engine.next_event()
             if not isinstance(event, NeedData):
-                last_command = time.monotonic()  # RFC 1939 section 3: any command resets it
+                last_command = clock()  # RFC 1939 section 3: any command resets it
                 await session.handle(event)
                 await out.drain()
                 continue
@@ -210,8 +210,7 @@ class Pop3Server:
             if protocol.eof or protocol.lost:
                 return  # a command without its CRLF is never executed (conformance P-4.2)
             protocol.resume_reading()
-            async with asyncio.timeout(max(last_command + idle_timeout - time.monotonic(), 0)):
-                await protocol.wait_readable()
+            await protocol.wait_readable(last_command + idle_timeout)
 
     async def _handshake(
         self, protocol: Pop3Protocol, listener: ListenerConfig, certs: CertificateSet | None,
