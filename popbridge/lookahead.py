@@ -24,7 +24,7 @@ from typing import Final
 from popbridge.maildrop import Mailbox
 from popbridge.pop3.wire import BodyEncoder
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # Larger messages gain little: their transfer time dwarfs one round trip, and they stream.
 MAX_OCTETS: Final = 64 << 10
@@ -59,9 +59,11 @@ class Lookahead:
     """At most one answer in preparation or ready for one session's mailbox."""
 
     def __init__(
-        self, mailbox: Mailbox, *, max_octets: int = MAX_OCTETS, budget: Budget = PROCESS_BUDGET
-    ) -> None:
+        self, mailbox: Mailbox, *, max_octets: int = MAX_OCTETS, budget: Budget = PROCESS_BUDGET,
+        log: logging.LoggerAdapter[logging.Logger] | None = None,
+    ) -> None:  # fmt: skip
         self.mailbox = mailbox
+        self._log = log or logging.LoggerAdapter(logger)
         self._max_octets = max_octets
         self._budget = budget
         self._task: asyncio.Task[Prepared | None] | None = None
@@ -95,7 +97,7 @@ class Lookahead:
         try:
             return await self._encode(identity, size)
         except Exception as error:  # the RETR fetches again and reports it to the client
-            log.debug("preparing %r failed: %r", identity, error)
+            self._log.debug("preparing %r ahead failed: %r", identity, error)
             return None
 
     async def _encode(self, identity: str, size: int) -> Prepared | None:

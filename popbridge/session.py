@@ -253,7 +253,7 @@ class Session:
             if lease is None:
                 raise MailboxInUse(login.account)
             self._mailbox, self._lease = mailbox, lease
-            self._lookahead = Lookahead(mailbox)
+            self._lookahead = Lookahead(mailbox, log=self._log)
             listing = await mailbox.list(hidden_keyword=self._policy.disposition.hides_keyword)
             listing = await self._services.sizes.correct(login.account, listing)
             uidls = await self._services.uidls.assign(login.account, listing)

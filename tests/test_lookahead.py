@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from popbridge.lookahead import Budget, Lookahead
 from popbridge.maildrop import Credentials, DisposeResult, Disposition, RemoteMessage
 from popbridge.pop3.wire import BodyEncoder
-from tests.dialogue import assert_dialogue, exchange, make_session
+from tests.dialogue import LOG, assert_dialogue, exchange, make_session
 from tests.memory_backend import MemoryBackend, MemoryMailbox
 
 MSG1 = b"Subject: a\r\n\r\nhi\r\n"  # 18 octets
@@ -122,13 +123,17 @@ async def test_a_dele_in_between_still_refuses_the_prepared_message(
     )  # fmt: skip
 
 
-async def test_a_message_gone_while_prepared_is_refused_at_retr(backend: WatchedBackend) -> None:
+async def test_a_message_gone_while_prepared_is_refused_at_retr(
+    backend: WatchedBackend, caplog: pytest.LogCaptureFixture
+) -> None:
     store = backend.stores["alice"]
     session, out = make_session(backend)
     await exchange(session, out, b"USER alice\r\nPASS secret\r\n")
     store.messages = [m for m in store.messages if m.identity != "m2"]  # expunged upstream
-    await exchange(session, out, b"RETR 1\r\n")
-    await settle()
+    with caplog.at_level(logging.DEBUG, logger=LOG.logger.name):
+        await exchange(session, out, b"RETR 1\r\n")
+        await settle()
+    assert "preparing 'm2' ahead failed: MessageGone" in caplog.text  # on the session's log
     await assert_dialogue(session, out, "C: RETR 2", "S: -ERR message no longer available")
 
 
