@@ -17,6 +17,7 @@ import pytest
 
 from bench.__main__ import main
 from bench.floor import main as floor_main
+from bench.logins import main as logins_main
 from bench.report import SERVERS
 from bench.scenarios import PROFILES
 from tests.support.cyrus import ensure_installed as ensure_cyrus
@@ -76,11 +77,27 @@ def test_all_figures_present_for_all_servers(smoke: tuple[int, Path, float]) -> 
     assert set(samples["f.cpu"]) == {"popbridge"}
 
 
+def table_rows(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """The rows of the Markdown table a command printed, without its header."""
+    return [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
+
+
 def test_floor_command_compares_direct_stub_and_popbridge(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     ensure_installed()
     # a session that retrieves less than STAT announced raises, so 0 means all arrived
     assert floor_main(["--profile", "smoke", "--runs", "1"]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
-    assert [row.split(" | ")[0] for row in rows[1:]] == ["| direct", "| stub", "| popbridge"]
+    names = [row.split(" | ")[0] for row in table_rows(capsys)]
+    assert names == ["| direct", "| stub", "| popbridge"]
+
+
+def test_logins_command_compares_the_storm_with_the_imap_floor(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ensure_installed()
+    # a refused login raises, so 0 means every session of every server logged in
+    assert logins_main(["--profile", "smoke", "--runs", "1"]) == 0
+    rows = table_rows(capsys)
+    assert [row.split(" | ")[0] for row in rows] == ["| imap", "| direct", "| imapc", "| popbridge"]
+    assert rows[0].endswith("| 1.00 |")  # the floor against itself
