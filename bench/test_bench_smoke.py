@@ -4,7 +4,7 @@ The smoke profile runs every scenario on tiny mailboxes (20 x 2 KB, ...) once, t
 code as the real benchmark: Dovecot backend, Dovecot imapc, ``popbridge serve`` in its own
 process, the lean client and poplib. No timing is asserted, only that the table and its files
 were produced and every session of every server retrieved exactly the seeded messages.
-Run with ``.venv/bin/python -m pytest bench -q`` (CI does not collect bench/).
+The test suite collects bench/ too; ``.venv/bin/python -m pytest bench -q`` runs these alone.
 """
 
 from __future__ import annotations
