@@ -3,15 +3,18 @@ the installed console script, including SIGTERM without applying pending deletio
 
 from __future__ import annotations
 
+import io
 import logging
 import logging.handlers
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -137,3 +140,30 @@ def test_logging_goes_through_a_queue_and_is_written_out_by_the_end(
         logging.getLogger("popbridge.test").info("queued line %d", 7)
     assert root.handlers == []
     assert "INFO popbridge.test queued line 7" in capsys.readouterr().err
+
+
+def test_a_burst_of_records_is_written_in_one_batch() -> None:
+    class Stream(io.StringIO):
+        writes = 0
+
+        def write(self, text: str) -> int:
+            self.writes += 1
+            return super().write(text)
+
+    stream = Stream()
+    records: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    writer = cli._LogWriter(records, stream)
+    writer.start()
+    handler = logging.handlers.QueueHandler(records)
+    logger = logging.getLogger("popbridge.burst")
+    for number in range(50):  # well within the pause the first record starts
+        handler.handle(
+            logger.makeRecord(logger.name, logging.INFO, "x", 1, "line %d", (number,), None)
+        )
+    writer.stop()
+    lines = stream.getvalue().splitlines()
+    assert [line.split(" INFO popbridge.burst ")[1] for line in lines] == [
+        f"line {number}" for number in range(50)
+    ]
+    assert stream.writes == 1
+    assert not writer.is_alive()
