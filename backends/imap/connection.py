@@ -64,6 +64,11 @@ class Connection:
         return self.settings.peer
 
     @property
+    def commands_sent(self) -> int:
+        """Commands written so far: lets a caller wait until one it started is on the wire."""
+        return self._protocol.commands_sent
+
+    @property
     def tls_version(self) -> str | None:
         """The negotiated TLS version, or None on a cleartext connection."""
         ssl_object = self._transport.get_extra_info("ssl_object")

@@ -30,6 +30,8 @@ LIST_BATCH = 500
 # What a listing asks per message: the size, and hints that let the core recognise a
 # message if UIDVALIDITY ever changes (conformance I-6).
 _LIST_ITEMS = "(UID RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"
+# Loop turns a piece's FETCH may take to reach the wire (the fetch task, then the command's).
+_SEND_TURNS = 4
 # First guess of text octets per TOP line; doubled until enough lines have arrived.
 _TOP_OCTETS_PER_LINE = 128
 _TOP_MINIMUM = 4096
@@ -120,7 +122,7 @@ class ImapMailbox:
         sends the current one: at most two pieces are held, and the upstream's time to
         produce a piece overlaps the client's time to take the previous one."""
         offset = 0
-        pending = asyncio.ensure_future(self._piece(uid, offset))
+        pending = await self._request(uid, offset)
         try:
             while piece := await pending:
                 offset += len(piece)
@@ -129,12 +131,24 @@ class ImapMailbox:
                 if len(piece) < self._chunk and (size is None or offset >= size):
                     yield piece
                     return
-                pending = asyncio.ensure_future(self._piece(uid, offset))
+                pending = await self._request(uid, offset)
                 yield piece
         finally:
             if not pending.done():  # the client went away in mid-message
                 pending.cancel()
                 await asyncio.wait([pending])
+
+    async def _request(self, uid: int, offset: int) -> asyncio.Future[bytes]:
+        """Start fetching a piece; return once its command is on the wire, so the server
+        produces it while the caller encodes and sends the piece before. (Started and left,
+        the command went out only when the caller next waited: after all that work.)"""
+        sent = self._connection.commands_sent
+        pending = asyncio.ensure_future(self._piece(uid, offset))
+        for _ in range(_SEND_TURNS):
+            if self._connection.commands_sent != sent or pending.done():
+                break
+            await asyncio.sleep(0)  # the task, then the one it starts to write the command
+        return pending
 
     async def _piece(self, uid: int, offset: int) -> bytes:
         # RFC 3501 6.4.5: BODY.PEEK[]<offset.length> never sets \Seen; a start past the

@@ -106,6 +106,7 @@ class ImapProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
         super().__init__(loop, on_lost)
         self.greeting: asyncio.Future[bytes] = loop.create_future()
         self.sasl_response: str | None = None
+        self.commands_sent = 0
 
     def data_received(self, data: bytes) -> None:
         # Bounded feeding (see _MAX_LINES_PER_FEED); also skips the base class's eager
@@ -168,6 +169,7 @@ class ImapProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
     def send(self, line: str, scrub: str | None = None) -> None:
         # The base class logs the line (credentials included) before writing it.
         self.transport.write(line.encode("utf-8") + b"\r\n")
+        self.commands_sent += 1
 
     def _handle_line(self, line: bytes, current_cmd: Any) -> Any:
         if self.state == aioimaplib.CONNECTED:

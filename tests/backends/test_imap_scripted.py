@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from backends.imap import ImapBackend, create, wire
+from backends.imap.protocol import ImapProtocol
 from popbridge.errors import (
     AuthFailed,
     BackendFailure,
@@ -320,6 +321,39 @@ async def test_partial_fetches_continue_when_the_server_returns_less_than_asked(
         pieces = await read_all(mailbox, entry.identity)
         assert pieces == [body[:1000], body[1000:2000], body[2000:]]
         await mailbox.close()
+
+
+async def test_the_next_piece_is_asked_for_before_this_one_is_handed_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    body = bytes(range(48, 58)) * 300  # 3,000 octets in pieces of 1,024
+    events: list[str] = []
+    send = ImapProtocol.send
+
+    def recording_send(self: ImapProtocol, line: str, scrub: str | None = None) -> None:
+        if "BODY.PEEK[]<" in line:
+            events.append("asked " + line.split("<")[1].split(".")[0])
+        send(self, line, scrub)
+
+    def fetch(_server: FakeImap, tag: str, args: str) -> bytes:
+        if "RFC822.SIZE" in args:
+            return f"* 1 FETCH (UID 5 RFC822.SIZE {len(body)})\r\n{tag} OK\r\n".encode()
+        offset = int(args.split("<")[1].split(".")[0])
+        piece = body[offset : offset + 1024]
+        head = f"* 1 FETCH (UID 5 BODY[]<{offset}> {{{len(piece)}}}\r\n".encode()
+        return head + piece + f")\r\n{tag} OK\r\n".encode()
+
+    monkeypatch.setattr(ImapProtocol, "send", recording_send)
+    replies = {"UID FETCH": fetch, "UID SEARCH": reply("* SEARCH 5", "{tag} OK")}
+    async with FakeImap(replies=replies) as server:
+        mailbox = await opened(server, fetch_chunk=1024)
+        (entry,) = await mailbox.list()
+        async for piece in mailbox.fetch(entry.identity):
+            events.append(f"handed {len(piece)}")  # the caller would encode and send it now
+        await mailbox.close()
+    # the server works on the next piece while the caller handles this one
+    assert events == ["asked 0", "asked 1024", "handed 1024", "asked 2048", "handed 1024",
+                      "handed 952"]  # fmt: skip
 
 
 async def test_malformed_fetch_reply_is_backend_failure() -> None:
