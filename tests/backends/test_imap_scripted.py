@@ -28,7 +28,7 @@ from popbridge.errors import (
 )
 from popbridge.maildrop import Backend, Credentials, Disposition, DispositionKind, Mailbox
 from tests.backends.contract import read_all
-from tests.backends.fake_imap import FakeImap, never, reply
+from tests.backends.fake_imap import FakeImap, Handler, never, reply
 
 ALICE = Credentials("alice", "pw")
 EXPUNGE = Disposition(DispositionKind.EXPUNGE)
@@ -303,18 +303,23 @@ async def test_quoted_body_form_is_read_exactly() -> None:
         await mailbox.close()
 
 
-async def test_partial_fetches_continue_when_the_server_returns_less_than_asked() -> None:
-    body = bytes(range(48, 58)) * 300  # 3,000 octets, listed as such; the server caps at 1,000
+def partial_fetches(body: bytes, most: int) -> dict[str, Handler]:
+    """A server with one message, UID 5, that answers a partial FETCH with `most` octets."""
 
     def fetch(_server: FakeImap, tag: str, args: str) -> bytes:
         if "RFC822.SIZE" in args:
             return f"* 1 FETCH (UID 5 RFC822.SIZE {len(body)})\r\n{tag} OK\r\n".encode()
         offset = int(args.split("<")[1].split(".")[0])
-        piece = body[offset : offset + 1000]
+        piece = body[offset : offset + most]
         head = f"* 1 FETCH (UID 5 BODY[]<{offset}> {{{len(piece)}}}\r\n".encode()
         return head + piece + f")\r\n{tag} OK\r\n".encode()
 
-    replies = {"UID FETCH": fetch, "UID SEARCH": reply("* SEARCH 5", "{tag} OK")}
+    return {"UID FETCH": fetch, "UID SEARCH": reply("* SEARCH 5", "{tag} OK")}
+
+
+async def test_partial_fetches_continue_when_the_server_returns_less_than_asked() -> None:
+    body = bytes(range(48, 58)) * 300  # 3,000 octets, listed as such; the server caps at 1,000
+    replies = partial_fetches(body, 1000)
     async with FakeImap(replies=replies) as server:
         mailbox = await opened(server, fetch_chunk=2048)
         (entry,) = await mailbox.list()
@@ -335,17 +340,8 @@ async def test_the_next_piece_is_asked_for_before_this_one_is_handed_over(
             events.append("asked " + line.split("<")[1].split(".")[0])
         send(self, line, scrub)
 
-    def fetch(_server: FakeImap, tag: str, args: str) -> bytes:
-        if "RFC822.SIZE" in args:
-            return f"* 1 FETCH (UID 5 RFC822.SIZE {len(body)})\r\n{tag} OK\r\n".encode()
-        offset = int(args.split("<")[1].split(".")[0])
-        piece = body[offset : offset + 1024]
-        head = f"* 1 FETCH (UID 5 BODY[]<{offset}> {{{len(piece)}}}\r\n".encode()
-        return head + piece + f")\r\n{tag} OK\r\n".encode()
-
     monkeypatch.setattr(ImapProtocol, "send", recording_send)
-    replies = {"UID FETCH": fetch, "UID SEARCH": reply("* SEARCH 5", "{tag} OK")}
-    async with FakeImap(replies=replies) as server:
+    async with FakeImap(replies=partial_fetches(body, 1024)) as server:
         mailbox = await opened(server, fetch_chunk=1024)
         (entry,) = await mailbox.list()
         async for piece in mailbox.fetch(entry.identity):
