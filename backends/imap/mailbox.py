@@ -27,9 +27,6 @@ logger = logging.getLogger(__name__)
 # UIDs per UID FETCH while listing: bounds each reply (aioimaplib keeps whole replies in
 # memory and parses them recursively).
 LIST_BATCH = 500
-# What a listing asks per message: the size, and hints that let the core recognise a
-# message if UIDVALIDITY ever changes (conformance I-6).
-_LIST_ITEMS = "(UID RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"
 # Loop turns a piece's FETCH may take to reach the wire (the fetch task, then the command's).
 _SEND_TURNS = 4
 # First guess of text octets per TOP line; doubled until enough lines have arrived.
@@ -76,7 +73,9 @@ class ImapMailbox:
         found = await self._connection.run("SEARCH", *criteria, uid=True)
         messages: dict[int, Listed] = {}
         for batch in wire.batches(self._window.trim(wire.search_uids(found.data)), LIST_BATCH):
-            reply = await self._connection.run("FETCH", wire.uid_set(batch), _LIST_ITEMS, uid=True)
+            reply = await self._connection.run(
+                "FETCH", wire.uid_set(batch), wire.LISTING_ITEMS, uid=True
+            )
             wanted = set(batch)
             for fetched in wire.parse_fetches(reply.data):
                 uid, size = fetched.uid, fetched.number("RFC822.SIZE")

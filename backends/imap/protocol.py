@@ -90,6 +90,18 @@ class _FetchCommand(aioimaplib.FetchCommand):  # type: ignore[misc]
     def wait_data(self) -> bool:
         return self._depth != 0
 
+    def take_whole(self, line: bytes, literal: bytearray) -> bool:
+        """Append a complete `n FETCH (... {size}` + literal + `)` response as the three
+        `append_to_resp` calls for its parts would; False, appending nothing, unless its line
+        opens exactly one parenthesis more than it closes (else `)` would not complete it)."""
+        if line.count(b"(") - line.count(b")") != 1:
+            return False
+        self._resp_lines += (line, literal, _FETCH_END[:1])
+        self._resp_result = "Pending"
+        self._depth = 0
+        self._reset_timer()
+        return True
+
 
 class ImapProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
     """aioimaplib's protocol with its wire-level quirks fixed; the parsing is unchanged."""
@@ -132,8 +144,10 @@ class ImapProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
         pending FETCH in the parts aioimaplib would make of it; returns where it ended, or
         `start` when aioimaplib must read what is there. One match and two slices instead of
         aioimaplib's per-line recursion and exceptions: a third of a listing's cost."""
-        command = self.pending_async_commands.get("FETCH")
-        if command is None or self.pending_sync_command is not None or self.incomplete_line:
+        command = self.pending_async_commands.get("FETCH")  # STORE's is a plain Command
+        if not isinstance(command, _FetchCommand) or self.pending_sync_command is not None:
+            return start
+        if self.incomplete_line:
             return start
         if self.current_command is not None:  # within a response aioimaplib is reading
             return start
@@ -144,9 +158,9 @@ class ImapProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
         end = begin + int(match[2])
         if data[end : end + len(_FETCH_END)] != _FETCH_END:  # incomplete, or more items follow
             return start
-        command.append_to_resp(match[1])  # as `_untagged_response` would: without "* "
-        command.append_to_resp(bytearray(memoryview(data)[begin:end]))  # literals: bytearray
-        command.append_to_resp(_FETCH_END[:1])
+        # the line as `_untagged_response` passes it on (without "* "); literals are bytearray
+        if not command.take_whole(match[1], bytearray(memoryview(data)[begin:end])):
+            return start
         return end + len(_FETCH_END)
 
     def _literal_remaining(self) -> int:

@@ -23,6 +23,7 @@ SHAPES = (
         % (n, n, len(body), body)
     ),
     lambda n, body: b"* %d FETCH (UID %d FLAGS (\\Seen))\r\n" % (n, n),
+    lambda n, body: b"* %d FETCH (UID %d X (Y {%d}\r\n%s)\r\n)\r\n" % (n, n, len(body), body),
     lambda n, body: b"* %d EXISTS\r\n" % n,
 )
 BODIES = st.binary(max_size=300).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"\r\n"))

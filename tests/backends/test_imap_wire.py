@@ -214,3 +214,50 @@ def test_internal_date_and_message_id() -> None:
     assert wire.message_id(b"X: y\nMessage-ID:\n\t<a@b>\n\t c\n") == "<a@b> c"
     assert wire.message_id(b"\r\n") is None
     assert wire.printable(b"a\x1b[31mb\xff") == "a?[31mb?"
+
+
+LISTING_LINE = (
+    "* {n} FETCH (UID {uid} RFC822.SIZE {size} INTERNALDATE {date} "
+    "BODY[HEADER.FIELDS (MESSAGE-ID)] {{{length}}}"
+)
+
+
+@given(
+    n=st.integers(1, 10**6),
+    uid=st.integers(0, 2**32),
+    size=st.integers(0, 10**12),
+    date=st.sampled_from(['"01-Jan-2024 00:00:00 +0000"', '"7-Feb-1999 23:59:59 -0130"',
+                          '"a \\"quoted\\" date"', '""', "NIL"]),
+    header=st.binary(max_size=120),
+    lower=st.booleans(),
+    cut=st.sampled_from([None, 0, 1]),
+)  # fmt: skip
+def test_the_listing_shortcut_reads_what_the_tokenizer_reads(
+    n: int, uid: int, size: int, date: str, header: bytes, lower: bool, cut: int | None
+) -> None:
+    line = LISTING_LINE.format(n=n, uid=uid, size=size, date=date, length=len(header)).encode()
+    if lower:
+        line = line.lower()
+    literal = bytearray(header if cut is None else header[cut:] + b"!")  # maybe a wrong length
+    group: list[wire.Part] = [line, literal, b")"]
+    fast = wire.listing_entry(group)
+    try:
+        slow: wire.Fetched | None = wire.fetched_items(group, len(line.split(b"(")[0]))
+    except wire.ProtocolError:
+        slow = None
+    if date != "NIL" and "\\" not in date and len(literal) == len(header):
+        assert slow is not None and fast == slow  # same UID, same items under the same names
+    else:
+        assert fast is None  # left to the tokenizer, which reads or refuses it as before
+    if slow is not None:
+        assert wire.parse_fetches(group) == [slow]
+
+
+def test_the_listing_shortcut_leaves_other_shapes_to_the_tokenizer() -> None:
+    line = b'* 1 FETCH (RFC822.SIZE 5 UID 9 INTERNALDATE "x" BODY[HEADER.FIELDS (MESSAGE-ID)] {2}'
+    group: list[wire.Part] = [line, bytearray(b"ab"), b")"]
+    assert wire.listing_entry(group) is None
+    (fetched,) = wire.parse_fetches(group)
+    assert fetched.uid == 9 and fetched.items["BODY[HEADER.FIELDS (MESSAGE-ID)]"] == b"ab"
+    assert wire.listing_entry([line, b"ab", b")"]) is None  # a text line, not a literal
+    assert wire.listing_entry([line, bytearray(b"ab")]) is None
