@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass
 from typing import Final
 
-from popbridge.maildrop import Mailbox
+from popbridge.maildrop import Mailbox, close_chunks
 from popbridge.pop3.wire import BodyEncoder
 
 logger = logging.getLogger(__name__)
@@ -110,8 +110,6 @@ class Lookahead:
                 if encoder.octets > 2 * size + 4096:  # the listed size was wrong: stream it
                     return None
         finally:
-            close = getattr(chunks, "aclose", None)
-            if close is not None:
-                await close()
+            await close_chunks(chunks)
         pieces.append(encoder.finish())
         return Prepared(identity, b"".join(pieces), encoder.octets)

@@ -115,6 +115,15 @@ class Mailbox(Protocol):
         ...
 
 
+async def close_chunks(chunks: AsyncIterator[bytes]) -> None:
+    """Close what `Mailbox.fetch` returned, also when it was not read to the end (TOP, a
+    client gone): an async generator's cleanup (a partial fetch in flight, an HTTP
+    connection) runs now, not whenever it is collected."""
+    close = getattr(chunks, "aclose", None)
+    if close is not None:
+        await close()
+
+
 class Backend(Protocol):
     """A configured upstream that opens mailboxes."""
 

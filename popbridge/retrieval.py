@@ -16,7 +16,7 @@ from typing import Protocol
 
 from popbridge.errors import BridgeError, MessageGone
 from popbridge.lookahead import Lookahead
-from popbridge.maildrop import Mailbox
+from popbridge.maildrop import Mailbox, close_chunks
 from popbridge.pop3.engine import Pop3Engine
 from popbridge.pop3.replies import Err, Ok
 from popbridge.pop3.wire import BodyEncoder
@@ -73,11 +73,7 @@ async def _stream_message(
         encoder = BodyEncoder(body_lines=body_lines)
         await _stream(out, first, chunks, encoder, log)
     finally:
-        # Close the backend's chunk stream even when TOP stops early or the client went
-        # away (a plain try/finally: this runs for every RETR).
-        close = getattr(chunks, "aclose", None)
-        if close is not None:
-            await close()
+        await close_chunks(chunks)  # a plain try/finally: this runs for every RETR
     return encoder.octets
 
 

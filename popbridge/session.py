@@ -380,6 +380,7 @@ class Session:
                 await self._close(mailbox)
 
     async def _close(self, mailbox: Mailbox) -> None:
+        """Close `mailbox` once a RETR answer in preparation is done with it."""
         try:
             await self._settle()
         finally:

@@ -11,7 +11,13 @@ from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 import pytest
 
 from popbridge.lookahead import Budget, Lookahead
-from popbridge.maildrop import Credentials, DisposeResult, Disposition, RemoteMessage
+from popbridge.maildrop import (
+    Credentials,
+    DisposeResult,
+    Disposition,
+    RemoteMessage,
+    close_chunks,
+)
 from popbridge.pop3.wire import BodyEncoder
 from tests.dialogue import LOG, assert_dialogue, exchange, make_session
 from tests.memory_backend import MemoryBackend, MemoryMailbox
@@ -210,3 +216,28 @@ async def test_the_budget_bounds_what_sessions_hold_together() -> None:
     first.start("m2", 26)
     assert await first.take("m1") is None  # another message was prepared: dropped
     assert shared.used == 0
+
+
+async def test_close_chunks_runs_a_generators_cleanup_and_accepts_plain_iterators() -> None:
+    cleaned: list[str] = []
+
+    async def pieces() -> AsyncIterator[bytes]:
+        try:
+            yield b"a"
+            yield b"b"
+        finally:
+            cleaned.append("closed")
+
+    chunks = pieces()
+    assert await anext(chunks) == b"a"  # left after the first piece, as TOP does
+    await close_chunks(chunks)
+    assert cleaned == ["closed"]
+
+    class Plain:  # an async iterator without aclose: nothing to close, no error
+        def __aiter__(self) -> Plain:
+            return self
+
+        async def __anext__(self) -> bytes:
+            raise StopAsyncIteration
+
+    await close_chunks(Plain())
