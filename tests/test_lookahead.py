@@ -36,10 +36,13 @@ class Watched:
         self.inner = inner
         self.calls: list[str] = []
         self.busy: str | None = None
+        self.overlaps: list[str] = []  # also those a preparation's error handling swallowed
 
     @contextlib.contextmanager
     def _alone(self, call: str) -> Iterator[None]:
-        assert self.busy is None, f"{call} while {self.busy} runs"
+        if self.busy is not None:
+            self.overlaps.append(f"{call} while {self.busy} runs")
+        assert self.busy is None, self.overlaps[-1]
         self.busy = call
         self.calls.append(call)
         try:
@@ -77,10 +80,11 @@ class WatchedBackend(MemoryBackend):
 
 
 @pytest.fixture
-def backend() -> WatchedBackend:
+def backend() -> Iterator[WatchedBackend]:
     backend = WatchedBackend()
     backend.user("alice", "secret", MSG1, MSG2, MSG3)  # chunks of 7 octets: many awaits
-    return backend
+    yield backend
+    assert [o for mailbox in backend.watched for o in mailbox.overlaps] == []
 
 
 async def settle() -> None:
