@@ -1,18 +1,20 @@
 """The IMAP `Backend`: opens a mailbox for a user, and probes the server for `check`.
 
 This module owns the session setup order (connect, TLS, login, EXAMINE of the first
-maildrop folder; conformance I-1, I-2) and the connectivity report. Every step goes through
+maildrop folder; conformance I-1, I-2), the login again that a mailbox asks for when the
+server closed its connection (I-17), and the connectivity report. Every step goes through
 `Connection`, so each has its own deadline; if a step fails, the connection is dropped
 before the error leaves.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from backends.imap import wire
 from backends.imap.config import ImapSettings
-from backends.imap.connection import connect
+from backends.imap.connection import Connection, connect
 from backends.imap.folders import Folders, Window
 from backends.imap.mailbox import ImapMailbox
 from popbridge.errors import AuthFailed
@@ -32,17 +34,27 @@ class ImapBackend:
     async def open(self, credentials: Credentials) -> ImapMailbox:
         """Log in and EXAMINE the folder; raises AuthFailed, BackendUnavailable/Failure."""
         _screen(credentials)
-        connection = await connect(self.settings)
+        connection = await self._logged_in(credentials)
         folders = Folders(self.settings.maildrop_folders)
         try:
-            await connection.login(credentials)
             first = next(iter(folders))
             first.uidvalidity = (await connection.select(read_only=True)).uidvalidity
         except BaseException:
             connection.abort()
             raise
         window = Window(self.settings.window_newest, self.settings.window_days)
-        return ImapMailbox(connection, folders, window)
+        again = functools.partial(self._logged_in, credentials)
+        return ImapMailbox(connection, folders, window, reconnect=again)
+
+    async def _logged_in(self, credentials: Credentials) -> Connection:
+        """A new connection, logged in as `credentials`; nothing is left open on failure."""
+        connection = await connect(self.settings)
+        try:
+            await connection.login(credentials)
+        except BaseException:
+            connection.abort()
+            raise
+        return connection
 
     async def check(self) -> list[str]:
         """Connect (and STARTTLS), read CAPABILITY, log out; never logs in."""

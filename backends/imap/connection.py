@@ -64,6 +64,11 @@ class Connection:
         return self.settings.peer
 
     @property
+    def usable(self) -> bool:
+        """False once dead (a timeout, a loss, a cancellation) or closed by the server."""
+        return self._dead is None and not self._lost.done()
+
+    @property
     def commands_sent(self) -> int:
         """Commands written so far: lets a caller wait until one it started is on the wire."""
         return self._protocol.commands_sent

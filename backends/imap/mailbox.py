@@ -5,21 +5,22 @@ folder is EXAMINEd, messages are named `"<UIDVALIDITY>.<UID>"` (qualified by a f
 when several folders are merged, see `backends.imap.folders`), only UID commands are used,
 and bodies are read with `BODY.PEEK` so no `\\Seen` flag is set. Large messages are streamed
 in partial fetches of `fetch_chunk` octets and TOP reads only the header and a growing prefix
-of the text. Dispositions at QUIT are delegated to `backends.imap.dispose`.
+of the text. A connection the server closed is replaced before the next command (I-17).
+Dispositions at QUIT are delegated to `backends.imap.dispose`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 
 from backends.imap import dispose, wire
 from backends.imap.connection import Connection, Selected
 from backends.imap.folders import Folder, Folders, Listed, Window
 from backends.imap.protocol import Reply
 from backends.imap.readahead import ReadAhead
-from popbridge.errors import BackendFailure, BackendUnavailable, MessageGone
+from popbridge.errors import AuthFailed, BackendFailure, BackendUnavailable, MessageGone
 from popbridge.maildrop import DisposeResult, Disposition, RemoteMessage
 
 logger = logging.getLogger(__name__)
@@ -41,8 +42,12 @@ _Planned = list[tuple[int, int]]
 class ImapMailbox:
     """EXAMINEd folders on one connection; identities are `"[<tag>/]<uidvalidity>.<uid>"`."""
 
-    def __init__(self, connection: Connection, folders: Folders, window: Window) -> None:
+    def __init__(
+        self, connection: Connection, folders: Folders, window: Window, *,
+        reconnect: Callable[[], Awaitable[Connection]] | None = None,
+    ) -> None:  # fmt: skip
         self._connection = connection
+        self._reconnect = reconnect
         self._folders = folders
         self._window = window
         self._chunk = connection.settings.fetch_chunk
@@ -104,6 +109,7 @@ class ImapMailbox:
             yield held
             return
         await self._settle()
+        await self._reconnected()
         folder, uid = await self._enter(identity)
         if body_lines is not None:
             async for piece in self._top(uid, body_lines):
@@ -192,6 +198,22 @@ class ImapMailbox:
                 self._refill = asyncio.create_task(self._fetch_ahead(planned))
         return body
 
+    async def _reconnected(self) -> None:
+        """Replace a connection the server closed (conformance I-17: RFC 3501 section 5.4
+        allows logging out after 30 idle minutes, and a POP3 client may think longer) or that
+        a failed command left unusable, before the next command; nothing was sent on it.
+        The snapshot stays: `_enter` and dispose EXAMINE/SELECT again and compare UIDVALIDITY
+        (I-7), so a UID can never name another message."""
+        if self._connection.usable or self._reconnect is None:
+            return
+        old = self._connection
+        old.abort()
+        try:
+            self._connection = await self._reconnect()
+        except AuthFailed as error:  # an expired token, a changed password: not this RETR's
+            raise BackendUnavailable(f"{old.peer}: logging in again failed: {error}") from None
+        logger.info("%s: reconnected: the previous connection was closed", old.peer)
+
     async def _settle(self) -> None:
         """Let a background read-ahead finish before the connection is used otherwise."""
         if self._refill is not None:
@@ -277,6 +299,7 @@ class ImapMailbox:
     async def dispose(self, identities: Collection[str], how: Disposition) -> DisposeResult:
         """Apply `how` at QUIT, folder by folder; see `backends.imap.dispose`."""
         await self._settle()
+        await self._reconnected()
         return await dispose.dispose(self._connection, self._folders, identities, how)
 
     async def close(self) -> None:
