@@ -91,6 +91,7 @@ class Session:
         self._lease: Lease | None = None
         self._snapshot: Snapshot | None = None
         self._retrieved: set[str] = set()
+        self._last_retr: int | None = None  # the number of the last message RETR sent
 
     @property
     def plaintext_allowed(self) -> bool:
@@ -310,9 +311,12 @@ class Session:
         if octets is None or lines is not None:
             return
         self._retrieved.add(entry.message.identity)
-        with contextlib.suppress(NoSuchMessage):  # the client reads in order: prepare the next
+        in_order = self._last_retr in (None, entry.number - 1)  # not a repeated or random RETR
+        self._last_retr = entry.number
+        with contextlib.suppress(NoSuchMessage):
             following = self._require_snapshot().get(entry.number + 1)
-            self._lookahead.start(following.message.identity, following.size)
+            if in_order:  # the client reads in order: prepare the next
+                self._lookahead.start(following.message.identity, following.size)
         if octets != entry.size:
             # Later sessions list the size sent now (conformance I-8): content is immutable.
             self._log.warning(

@@ -154,11 +154,22 @@ async def test_top_and_other_orders_fetch_again(backend: WatchedBackend) -> None
     assert reply.startswith(b"+OK 26 octets\r\nSubject: b\r\n\r\n.\r\n+OK 86 octets\r\n")
     assert reply.endswith(b"+OK 18 octets\r\nSubject: a\r\n\r\nhi\r\n.\r\n")
     await settle()
-    # m2 prepared after RETR 1 and dropped for TOP; m3 and m1 fetched when asked; after
-    # RETR 3 there is no next message, after RETR 1 m2 is prepared again
-    assert backend.watched[0].calls[1:] == [
-        "fetch m1", "fetch m2", "fetch m2", "fetch m3", "fetch m1", "fetch m2",
-    ]  # fmt: skip
+    # m2 prepared after RETR 1 and dropped for TOP; m3 and m1 fetched when asked; RETR 3 and
+    # then RETR 1 do not follow the RETR before them, so nothing is prepared after them
+    assert backend.watched[0].calls[1:] == ["fetch m1", "fetch m2", "fetch m2", "fetch m3",
+                                            "fetch m1"]  # fmt: skip
+
+
+async def test_a_repeated_retr_prepares_nothing_more(backend: WatchedBackend) -> None:
+    session, out = make_session(backend)
+    await exchange(session, out, b"USER alice\r\nPASS secret\r\n")
+    reply, _ = await exchange(session, out, b"RETR 1\r\n" * 4 + b"RETR 2\r\nRETR 3\r\n")
+    assert reply.count(b"+OK 18 octets\r\n") == 4 and reply.endswith(b"x" * 70 + b"\r\n.\r\n")
+    await settle()
+    # m2 prepared once, after the first RETR 1 (and dropped by the second); RETR 2 then
+    # fetches m2 and, as it follows RETR 1, prepares m3, which RETR 3 takes
+    assert backend.watched[0].calls[1:] == ["fetch m1", "fetch m2", "fetch m1", "fetch m1",
+                                            "fetch m1", "fetch m2", "fetch m3"]  # fmt: skip
 
 
 async def test_a_dropped_connection_waits_for_the_preparation(backend: WatchedBackend) -> None:
