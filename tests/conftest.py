@@ -12,9 +12,9 @@ import pytest
 from popbridge.config import Config, ListenerConfig, MaildropConfig, ServerConfig
 from popbridge.maildrop import load_backend
 from popbridge.server import Pop3Server
-from popbridge.session import Services
-from popbridge.throttle import Throttle, ThrottlePolicy
+from popbridge.throttle import ThrottlePolicy
 from tests.support.dovecot import Dovecot, ensure_installed, start_dovecot
+from tests.support.servers import Servers
 
 NO_DELAY = ThrottlePolicy(base_delay=0)
 USERS = {"alice": "secret", "bob": "hunter2", "carol": "c4rol pw"}
@@ -48,7 +48,7 @@ def imap_settings(dovecot: Dovecot, **overrides: Any) -> dict[str, Any]:
 @pytest.fixture
 async def bridge(dovecot: Dovecot) -> AsyncIterator[StartBridge]:
     """Start bridges on free ports; all are stopped when the test ends."""
-    started: list[Pop3Server] = []
+    started = Servers()
 
     async def start(
         *,
@@ -66,13 +66,7 @@ async def bridge(dovecot: Dovecot) -> AsyncIterator[StartBridge]:
             server=server or ServerConfig(throttle=NO_DELAY),
             maildrop=maildrop or MaildropConfig(),
         )  # fmt: skip
-        backend_ = load_backend("imap", settings, source="test")
-        services = Services(backend=backend_, throttle=Throttle(config.server.throttle))
-        instance = Pop3Server(config, services)
-        await instance.start()
-        started.append(instance)
-        return instance
+        return await started.start(config, load_backend("imap", settings, source="test"))
 
     yield start
-    for instance in started:
-        await instance.stop()
+    await started.stop()

@@ -13,8 +13,9 @@ from popbridge.config import Config, ListenerConfig, ServerConfig
 from popbridge.pop3.wire import normalise, normalised_size
 from popbridge.server import Pop3Server
 from popbridge.session import Services
-from popbridge.throttle import Throttle, ThrottlePolicy
+from popbridge.throttle import ThrottlePolicy
 from tests.memory_backend import MemoryBackend
+from tests.support.servers import Servers
 
 MESSAGES = [
     b"Subject: one\r\n\r\nbody\r\n",
@@ -35,7 +36,7 @@ def backend() -> MemoryBackend:
 
 @pytest.fixture
 async def make_server(backend: MemoryBackend) -> AsyncIterator[Callable[..., object]]:
-    servers: list[Pop3Server] = []
+    servers = Servers()
 
     async def start(**server_options: object) -> Pop3Server:
         options: dict[str, object] = {"throttle": ThrottlePolicy(base_delay=0), **server_options}
@@ -45,15 +46,10 @@ async def make_server(backend: MemoryBackend) -> AsyncIterator[Callable[..., obj
             listeners=(ListenerConfig(host="127.0.0.1", port=0, plaintext_auth=True),),
             server=ServerConfig(**options),  # type: ignore[arg-type]
         )
-        services = Services(backend=backend, throttle=Throttle(config.server.throttle))
-        server = Pop3Server(config, services)
-        await server.start()
-        servers.append(server)
-        return server
+        return await servers.start(config, backend)
 
     yield start
-    for server in servers:
-        await server.stop()
+    await servers.stop()
 
 
 async def connect(server: Pop3Server) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

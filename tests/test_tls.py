@@ -18,10 +18,10 @@ import pytest
 from popbridge.cli import main
 from popbridge.config import Config, ListenerConfig, ServerConfig
 from popbridge.server import Pop3Server
-from popbridge.session import Services
-from popbridge.throttle import Throttle, ThrottlePolicy
+from popbridge.throttle import ThrottlePolicy
 from popbridge.tls import TlsSettings, build_context
 from tests.memory_backend import MemoryBackend
+from tests.support.servers import Servers
 from tests.support.tlsca import TestPki, make_test_pki
 
 MESSAGE = b"Subject: tls\r\n\r\nover TLS\r\n"
@@ -34,7 +34,7 @@ def pki(tmp_path: Path) -> TestPki:
 
 @pytest.fixture
 async def start(pki: TestPki) -> AsyncIterator[Callable[..., object]]:
-    servers: list[Pop3Server] = []
+    servers = Servers()
 
     async def start(*listeners: ListenerConfig, **server: object) -> Pop3Server:
         backend = MemoryBackend()
@@ -43,16 +43,10 @@ async def start(pki: TestPki) -> AsyncIterator[Callable[..., object]]:
         config = Config(
             source="t", backend_type="memory", listeners=listeners, server=ServerConfig(**options)
         )  # type: ignore[arg-type]
-        instance = Pop3Server(
-            config, Services(backend=backend, throttle=Throttle(config.server.throttle))
-        )
-        await instance.start()
-        servers.append(instance)
-        return instance
+        return await servers.start(config, backend)
 
     yield start
-    for instance in servers:
-        await instance.stop()
+    await servers.stop()
 
 
 def tls_listener(pki: TestPki, mode: str = "plain", **options: object) -> ListenerConfig:

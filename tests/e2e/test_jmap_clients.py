@@ -19,12 +19,12 @@ import pytest
 from popbridge.config import Config, ListenerConfig, MaildropConfig, ServerConfig
 from popbridge.maildrop import Disposition, DispositionKind, load_backend
 from popbridge.server import Pop3Server
-from popbridge.session import Services
-from popbridge.throttle import Throttle, ThrottlePolicy
+from popbridge.throttle import ThrottlePolicy
 from tests.support import clients
 from tests.support.clients import Pop3Target, strip_client_additions
 from tests.support.cyrus import Cyrus, start_cyrus
 from tests.support.dovecot import generate_message, wire_form
+from tests.support.servers import Servers
 
 pytestmark = [pytest.mark.clients, pytest.mark.cyrus]
 
@@ -61,7 +61,7 @@ def expected(cyrus: Cyrus) -> list[bytes]:
 @pytest.fixture
 async def bridge(cyrus: Cyrus) -> AsyncIterator[StartBridge]:
     """Start bridges on free ports in front of Cyrus' JMAP; all stop when the test ends."""
-    started: list[Pop3Server] = []
+    started = Servers()
 
     async def start(*, maildrop: MaildropConfig | None = None, **backend: Any) -> Pop3Server:
         settings = {"type": "jmap", "url": cyrus.http_url, "timeout": 10, **backend}
@@ -73,16 +73,10 @@ async def bridge(cyrus: Cyrus) -> AsyncIterator[StartBridge]:
             server=ServerConfig(throttle=NO_DELAY),
             maildrop=maildrop or MaildropConfig(),
         )
-        backend_ = load_backend("jmap", settings, source="test")
-        services = Services(backend=backend_, throttle=Throttle(config.server.throttle))
-        instance = Pop3Server(config, services)
-        await instance.start()
-        started.append(instance)
-        return instance
+        return await started.start(config, load_backend("jmap", settings, source="test"))
 
     yield start
-    for instance in started:
-        await instance.stop()
+    await started.stop()
 
 
 def target(server: Pop3Server) -> Pop3Target:

@@ -20,13 +20,13 @@ import pytest
 from popbridge.config import Config, ListenerConfig, ServerConfig
 from popbridge.pop3.wire import normalised_size
 from popbridge.server import Pop3Server
-from popbridge.session import Services
-from popbridge.throttle import Throttle, ThrottlePolicy
+from popbridge.throttle import ThrottlePolicy
 from tests.conftest import StartBridge
 from tests.hardening.pop3client import Pop3Client, logged_in
 from tests.hardening.processes import BridgeProcess, memory_usage
 from tests.memory_backend import MemoryBackend
 from tests.support.dovecot import Dovecot, free_port, generate_message, start_dovecot, wire_form
+from tests.support.servers import Servers
 
 CONNECTIONS = 1000
 MESSAGE = b"Subject: hi\r\n\r\nhello\r\n"
@@ -38,7 +38,7 @@ Start = Callable[..., Awaitable[Pop3Server]]
 @pytest.fixture
 async def start() -> AsyncIterator[Start]:
     """Start in-process bridges over a given in-memory backend; all stop at the end."""
-    servers: list[Pop3Server] = []
+    servers = Servers()
 
     async def start(backend: MemoryBackend, **server: Any) -> Pop3Server:
         server.setdefault("throttle", ThrottlePolicy(base_delay=0))
@@ -48,15 +48,10 @@ async def start() -> AsyncIterator[Start]:
             listeners=(ListenerConfig(host="127.0.0.1", port=0, plaintext_auth=True),),
             server=ServerConfig(**server),
         )
-        services = Services(backend=backend, throttle=Throttle(config.server.throttle))
-        instance = Pop3Server(config, services)
-        await instance.start()
-        servers.append(instance)
-        return instance
+        return await servers.start(config, backend)
 
     yield start
-    for instance in servers:
-        await instance.stop()
+    await servers.stop()
 
 
 @pytest.fixture
