@@ -1,1 +1,1 @@
-"""Backends: one module per upstream kind, each implementing popbridge.maildrop.Backend."""
+"""Backends: one module per upstream kind, each implementing popbridge.contract.Backend."""

@@ -32,7 +32,7 @@ from bench.peers import (
     start_popbridge,
 )
 from bench.scenarios import PASSWORD, PROFILES
-from tests.support.dovecot import free_port
+from devkit.dovecot import free_port
 
 USER = "bulk"
 

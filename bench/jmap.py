@@ -1,6 +1,6 @@
 """Scenario (f), JMAP bulk: popbridge's JMAP backend against a raw JMAP download pass.
 
-This module owns the (f) side of the benchmark: a real Cyrus (``tests.support.cyrus``: IMAP and
+This module owns the (f) side of the benchmark: a real Cyrus (``devkit.cyrus``: IMAP and
 JMAP on free loopback ports in a temp dir, seeded over IMAP, stopped by PID) with one user
 holding the (a) mailbox, a fresh ``popbridge serve`` whose backend is ``type = "jmap"`` on
 Cyrus' plain HTTP port, and the reference: one Python aiohttp session that reads the JMAP
@@ -28,8 +28,8 @@ from backends.jmap.sockets import quickack_socket
 from bench.clients import LeanClient, Tally
 from bench.peers import Popbridge, launch_popbridge
 from bench.scenarios import PASSWORD, Outcome, Profile
-from tests.support.cyrus import Cyrus, start_cyrus
-from tests.support.dovecot import free_port
+from devkit.cyrus import Cyrus, start_cyrus
+from devkit.dovecot import free_port
 
 USER = "bulk"
 USING = ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail"]

@@ -25,7 +25,7 @@ from pathlib import Path
 from bench.clients import AsyncClient
 from bench.peers import raise_fd_limit, start_backend, start_imapc, start_popbridge
 from bench.scenarios import PASSWORD, PROFILES, session_user, source_address
-from tests.support.dovecot import generate_message
+from devkit.dovecot import generate_message
 
 Login = Callable[[int, int], Awaitable[float]]
 # What popbridge's IMAP backend sends at PASS (backends/imap: login, EXAMINE, listing).

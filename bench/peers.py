@@ -6,7 +6,7 @@ backend over IMAP (imapc storage, rendered from ``bench/dovecot-imapc.conf``), a
 run as ``popbridge serve --config FILE`` in its own process with the backend's plain IMAP port
 as its upstream. It also reads what the memory figures need: a process's ``VmRSS``/``VmHWM``
 (with the peak reset through ``clear_refs``) and the summed PSS of a Dovecot process tree.
-The backend comes from ``tests.support.dovecot``, with settings for 1,000 concurrent sessions
+The backend comes from ``devkit.dovecot``, with settings for 1,000 concurrent sessions
 appended to its config.
 """
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from tests.support.dovecot import DOVECOT_BIN, Dovecot, free_port, start_dovecot
+from devkit.dovecot import DOVECOT_BIN, Dovecot, free_port, start_dovecot
 
 HERE = Path(__file__).resolve().parent
 IMAPC_TEMPLATE = HERE / "dovecot-imapc.conf"

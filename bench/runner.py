@@ -35,8 +35,8 @@ from bench.peers import (
 )
 from bench.report import Results
 from bench.scenarios import PROFILES, SCENARIOS, Outcome, Profile, Scenario, Target, seed, users
+from devkit.dovecot import DOVECOT_BIN, Dovecot
 from popbridge import __version__
-from tests.support.dovecot import DOVECOT_BIN, Dovecot
 
 NO_WARMUP = frozenset({"d"})
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from bench.clients import CONNECT, AsyncClient, LeanClient, Tally, listing_count, poplib_session
 from bench.peers import Popbridge, tree_pss_kb
-from tests.support.dovecot import Dovecot, generate_message
+from devkit.dovecot import Dovecot, generate_message
 
 PASSWORD = "bench-secret"
 OPEN_CONCURRENCY = 25  # logins in flight while (d) builds up its idle sessions

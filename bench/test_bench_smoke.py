@@ -20,8 +20,8 @@ from bench.floor import main as floor_main
 from bench.logins import main as logins_main
 from bench.report import SERVERS
 from bench.scenarios import PROFILES
-from tests.support.cyrus import ensure_installed as ensure_cyrus
-from tests.support.dovecot import ensure_installed
+from devkit.cyrus import ensure_installed as ensure_cyrus
+from devkit.dovecot import ensure_installed
 
 
 @pytest.fixture(scope="module")

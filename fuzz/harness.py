@@ -22,14 +22,20 @@ import re
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
-from popbridge import sasl
+from devkit.dialogue import LOG, Capture
+from devkit.memory_backend import MemoryBackend
 from popbridge.errors import BridgeError
+from popbridge.frontend.throttle import Throttle, ThrottlePolicy
 from popbridge.pop3 import commands as c
+from popbridge.pop3 import sasl
 from popbridge.pop3.engine import MAX_AUTH_LINE, Event, NeedData, Pop3Engine, State
-from popbridge.session import PLAINTEXT_REFUSED, Services, Session, SessionClosing, SessionPolicy
-from popbridge.throttle import Throttle, ThrottlePolicy
-from tests.dialogue import LOG, Capture
-from tests.memory_backend import MemoryBackend
+from popbridge.session.session import (
+    PLAINTEXT_REFUSED,
+    Services,
+    Session,
+    SessionClosing,
+    SessionPolicy,
+)
 
 MAX_LINE = 512  # octets including CRLF, RFC 2449 section 4
 ERROR_CLASSES: list[type[BridgeError]] = [BridgeError, *BridgeError.__subclasses__()]

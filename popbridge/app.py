@@ -8,14 +8,14 @@ both go through it, so what `check` validates is what `serve` runs.
 from __future__ import annotations
 
 from popbridge.accounts import BackendDefaults, MappedAuthenticator, parse_accounts
-from popbridge.auth import Authenticator, PassthroughAuthenticator
+from popbridge.accounts.passthrough import Authenticator, PassthroughAuthenticator
 from popbridge.config import Config
+from popbridge.contract import Backend, load_backend
 from popbridge.errors import ConfigError
-from popbridge.maildrop import Backend, load_backend
-from popbridge.sasl import ALL_MECHANISMS, PASSWORD_MECHANISMS
-from popbridge.session import Services
+from popbridge.frontend.throttle import LoginGate, Throttle
+from popbridge.pop3.sasl import ALL_MECHANISMS, PASSWORD_MECHANISMS
+from popbridge.session.session import Services
 from popbridge.store import MemoryStore, Store, open_store
-from popbridge.throttle import LoginGate, Throttle
 
 
 async def build_services(config: Config) -> tuple[Services, Store]:

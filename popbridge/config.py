@@ -16,11 +16,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from popbridge.contract import Disposition, DispositionKind
 from popbridge.errors import ConfigError
-from popbridge.maildrop import Disposition, DispositionKind
-from popbridge.settings import TableReader
-from popbridge.throttle import LOGINS_IN_FLIGHT, ThrottlePolicy
-from popbridge.tls import PROFILES, VERSIONS, TlsSettings
+from popbridge.frontend.throttle import LOGINS_IN_FLIGHT, ThrottlePolicy
+from popbridge.frontend.tls import PROFILES, VERSIONS, TlsSettings
+from popbridge.upstream.settings import TableReader
 
 MIN_IDLE_TIMEOUT = 600.0  # RFC 1939 section 3: an autologout timer of at least 10 minutes
 _DISPOSITIONS = tuple(kind.value for kind in DispositionKind)

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
+from devkit.dovecot import Dovecot, ensure_installed, start_dovecot
+from devkit.servers import Servers
 from popbridge.config import Config, ListenerConfig, MaildropConfig, ServerConfig
-from popbridge.maildrop import load_backend
-from popbridge.server import Pop3Server
-from popbridge.throttle import ThrottlePolicy
-from tests.support.dovecot import Dovecot, ensure_installed, start_dovecot
-from tests.support.servers import Servers
+from popbridge.contract import load_backend
+from popbridge.frontend.server import Pop3Server
+from popbridge.frontend.throttle import ThrottlePolicy
 
 NO_DELAY = ThrottlePolicy(base_delay=0)
 USERS = {"alice": "secret", "bob": "hunter2", "carol": "c4rol pw"}

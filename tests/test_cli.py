@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from popbridge import cli
-from popbridge.cli import main
-from tests.support.dovecot import Dovecot, free_port
+from devkit.dovecot import Dovecot, free_port
+from popbridge.cli import commands as cli
+from popbridge.cli.commands import main
 
 pytestmark = pytest.mark.dovecot
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from popbridge.config import load_config
+from popbridge.contract import DispositionKind
 from popbridge.errors import ConfigError
-from popbridge.maildrop import DispositionKind
-from popbridge.settings import TableReader
+from popbridge.upstream.settings import TableReader
 
 MINIMAL = """
 [[listeners]]

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from popbridge.connection import READ_SIZE, Pop3Protocol
+from popbridge.frontend.connection import READ_SIZE, Pop3Protocol
 from popbridge.pop3 import commands as c
 from popbridge.pop3.engine import Pop3Engine
 

@@ -10,17 +10,18 @@ from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 
 import pytest
 
-from popbridge.lookahead import Budget, Lookahead
-from popbridge.maildrop import (
+from devkit.dialogue import LOG, assert_dialogue, exchange, make_session
+from devkit.memory_backend import MemoryBackend, MemoryMailbox
+from popbridge.contract import (
     Credentials,
     DisposeResult,
     Disposition,
+    ListingMemory,
     RemoteMessage,
     close_chunks,
 )
 from popbridge.pop3.wire import BodyEncoder
-from tests.dialogue import LOG, assert_dialogue, exchange, make_session
-from tests.memory_backend import MemoryBackend, MemoryMailbox
+from popbridge.session.lookahead import Budget, Lookahead
 
 MSG1 = b"Subject: a\r\n\r\nhi\r\n"  # 18 octets
 MSG2 = b"Subject: b\n\n.dot\nlast"  # LF only, no final newline: 26 octets on the wire
@@ -50,7 +51,9 @@ class Watched:
         finally:
             self.busy = None
 
-    async def list(self, *, hidden_keyword: str | None = None) -> Sequence[RemoteMessage]:
+    async def list(
+        self, *, hidden_keyword: str | None = None, memory: ListingMemory | None = None
+    ) -> Sequence[RemoteMessage]:
         with self._alone("list"):
             return await self.inner.list(hidden_keyword=hidden_keyword)
 

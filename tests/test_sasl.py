@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from popbridge import sasl
+from popbridge.pop3 import sasl
 
 
 def b64(data: bytes) -> str:

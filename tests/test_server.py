@@ -9,13 +9,13 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from devkit.memory_backend import MemoryBackend
+from devkit.servers import Servers
 from popbridge.config import Config, ListenerConfig, ServerConfig
+from popbridge.frontend.server import Pop3Server
+from popbridge.frontend.throttle import ThrottlePolicy
 from popbridge.pop3.wire import normalise, normalised_size
-from popbridge.server import Pop3Server
-from popbridge.session import Services
-from popbridge.throttle import ThrottlePolicy
-from tests.memory_backend import MemoryBackend
-from tests.support.servers import Servers
+from popbridge.session.session import Services
 
 MESSAGES = [
     b"Subject: one\r\n\r\nbody\r\n",

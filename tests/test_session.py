@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
+from devkit.dialogue import assert_dialogue, exchange, make_session, quick_services
+from devkit.memory_backend import MemoryBackend
+from popbridge.contract import Disposition, DispositionKind
 from popbridge.errors import BackendUnavailable, LoginsBusy
-from popbridge.maildrop import Disposition, DispositionKind
-from popbridge.session import Services, SessionPolicy
-from popbridge.throttle import LoginGate
-from tests.dialogue import assert_dialogue, exchange, make_session, quick_services
-from tests.memory_backend import MemoryBackend
+from popbridge.frontend.throttle import LoginGate
+from popbridge.session.session import Services, SessionPolicy
 
 MSG1 = b"Subject: a\r\n\r\nhi\r\n"  # 18 octets
 MSG2 = b"Subject: b\n\n.dot\nlast"  # LF only, no final newline: 26 octets on the wire

@@ -6,10 +6,10 @@ import base64
 
 import pytest
 
-from popbridge.session import Services, SessionPolicy
-from popbridge.throttle import Throttle, ThrottlePolicy
-from tests.dialogue import assert_dialogue, exchange, make_session
-from tests.memory_backend import MemoryBackend
+from devkit.dialogue import assert_dialogue, exchange, make_session
+from devkit.memory_backend import MemoryBackend
+from popbridge.frontend.throttle import Throttle, ThrottlePolicy
+from popbridge.session.session import Services, SessionPolicy
 
 OK_LOGIN = "S: +OK maildrop has 1 messages (18 octets)"
 AUTH_FAILED = "S: -ERR [AUTH] authentication failed"

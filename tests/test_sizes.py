@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from popbridge.maildrop import RemoteMessage
-from popbridge.sizes import MemorySizeCache
+from popbridge.contract import RemoteMessage
+from popbridge.store.sizes import MemorySizeCache
 
 
 async def test_corrections_apply_to_the_same_account_only() -> None:

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from popbridge import throttle as t
 from popbridge.errors import Code, LoginsBusy
+from popbridge.frontend import throttle as t
 
 
 class Clock:

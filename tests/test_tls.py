@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from popbridge.cli import main
+from devkit.memory_backend import MemoryBackend
+from devkit.servers import Servers
+from devkit.tlsca import TestPki, make_test_pki
+from popbridge.cli.commands import main
 from popbridge.config import Config, ListenerConfig, ServerConfig
-from popbridge.server import Pop3Server
-from popbridge.throttle import ThrottlePolicy
-from popbridge.tls import TlsSettings, build_context
-from tests.memory_backend import MemoryBackend
-from tests.support.servers import Servers
-from tests.support.tlsca import TestPki, make_test_pki
+from popbridge.frontend.server import Pop3Server
+from popbridge.frontend.throttle import ThrottlePolicy
+from popbridge.frontend.tls import TlsSettings, build_context
 
 MESSAGE = b"Subject: tls\r\n\r\nover TLS\r\n"
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from backends.imap.backend import ImapBackend
 from backends.imap.config import ImapSettings, parse_settings
-from popbridge.maildrop import Backend
+from popbridge.contract import Backend
 
 __all__ = ["ImapBackend", "ImapSettings", "create"]
 

@@ -17,8 +17,8 @@ from backends.imap.config import ImapSettings
 from backends.imap.connection import Connection, connect
 from backends.imap.folders import Folders, Window
 from backends.imap.mailbox import ImapMailbox
+from popbridge.contract import Credentials
 from popbridge.errors import AuthFailed
-from popbridge.maildrop import Credentials
 
 logger = logging.getLogger(__name__)
 

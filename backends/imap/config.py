@@ -19,8 +19,8 @@ from typing import Any
 
 from backends.imap import wire
 from backends.imap.folders import canonical, tag_of
-from popbridge.settings import TableReader
-from popbridge.tls import client_context, is_loopback
+from popbridge.upstream.settings import TableReader
+from popbridge.upstream.tls import client_context, is_loopback
 
 logger = logging.getLogger(__name__)
 

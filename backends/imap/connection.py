@@ -22,13 +22,13 @@ from typing import Any
 from backends.imap import wire
 from backends.imap.config import ImapSettings
 from backends.imap.protocol import ImapProtocol, LibraryError, Reply
+from popbridge.contract import Credentials
 from popbridge.errors import (
     AuthFailed,
     BackendFailure,
     BackendUnavailable,
     BridgeError,
 )
-from popbridge.maildrop import Credentials
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from backends.imap import wire
 from backends.imap.connection import Connection
 from backends.imap.folders import Folder, Folders
+from popbridge.contract import DisposeResult, Disposition, DispositionKind
 from popbridge.errors import BackendFailure, BackendUnavailable
-from popbridge.maildrop import DisposeResult, Disposition, DispositionKind
 
 logger = logging.getLogger(__name__)
 

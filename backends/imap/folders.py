@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from backends.imap import wire
-from popbridge.maildrop import RemoteMessage
+from popbridge.contract import RemoteMessage
 
 TAG_LENGTH = 8
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")

@@ -20,8 +20,8 @@ from backends.imap.connection import Connection, Selected
 from backends.imap.folders import Folder, Folders, Listed, Window
 from backends.imap.protocol import Reply
 from backends.imap.readahead import ReadAhead
+from popbridge.contract import DisposeResult, Disposition, ListingMemory, RemoteMessage
 from popbridge.errors import AuthFailed, BackendFailure, BackendUnavailable, MessageGone
-from popbridge.maildrop import DisposeResult, Disposition, RemoteMessage
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,9 @@ class ImapMailbox:
         self._refill: asyncio.Task[dict[int, bytes]] | None = None
         self._closed = False
 
-    async def list(self, *, hidden_keyword: str | None = None) -> list[RemoteMessage]:
+    async def list(
+        self, *, hidden_keyword: str | None = None, memory: ListingMemory | None = None
+    ) -> list[RemoteMessage]:
         """Visible messages, oldest first (RFC 3501 2.3.1.2), \\Deleted excluded (I-3)."""
         await self._settle()
         criteria = ["NOT", "DELETED"]

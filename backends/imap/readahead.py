@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-from popbridge.lookahead import Budget as Budget  # the same accounting as the core's
+from popbridge.upstream.budget import Budget as Budget  # the same accounting as the core's
 
 Key = tuple[int, int]  # (folder index, UID)
 

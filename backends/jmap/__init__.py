@@ -17,7 +17,7 @@ from typing import Any
 
 from backends.jmap.backend import JmapBackend
 from backends.jmap.config import JmapSettings, parse_settings
-from popbridge.maildrop import Backend
+from popbridge.contract import Backend
 
 __all__ = ["JmapBackend", "JmapSettings", "create"]
 

@@ -20,8 +20,8 @@ from backends.jmap.config import JmapSettings
 from backends.jmap.discovery import discover, get_following, parse_session
 from backends.jmap.mailbox import JmapMailbox
 from backends.jmap.transport import Transport, tls_version
+from popbridge.contract import Credentials
 from popbridge.errors import AuthFailed, BackendFailure, BridgeError
-from popbridge.maildrop import Credentials
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from popbridge.settings import TableReader
-from popbridge.tls import client_context, is_loopback
+from popbridge.upstream.settings import TableReader
+from popbridge.upstream.tls import client_context, is_loopback
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from typing import Any
 from backends.jmap import folders
 from backends.jmap.api import Api
 from backends.jmap.listing import is_keyword
+from popbridge.contract import DisposeResult, Disposition, DispositionKind
 from popbridge.errors import BackendFailure, BackendUnavailable
-from popbridge.maildrop import DisposeResult, Disposition, DispositionKind
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from collections.abc import AsyncIterator, Collection
 from backends.jmap import dispose
 from backends.jmap.api import Api
 from backends.jmap.listing import Listed, list_emails, query_filter
+from popbridge.contract import DisposeResult, Disposition, ListingMemory, RemoteMessage
 from popbridge.errors import MessageGone
-from popbridge.maildrop import DisposeResult, Disposition, RemoteMessage
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,9 @@ class JmapMailbox:
         self._following: dict[str, str] = {}  # Email id -> the id listed after it
         self._located: dict[str, str] = {}  # Email id -> blobId, found in the Mailbox ahead
 
-    async def list(self, *, hidden_keyword: str | None = None) -> list[RemoteMessage]:
+    async def list(
+        self, *, hidden_keyword: str | None = None, memory: ListingMemory | None = None
+    ) -> list[RemoteMessage]:
         """Every Email in the Mailbox, oldest first; `hidden_keyword` ones left out (J-5)."""
         keyword = hidden_keyword.lower() if hidden_keyword is not None else None
         condition = query_filter(self._mailbox_id, keyword)

@@ -24,13 +24,13 @@ from popbridge.accounts.manage import (
     settings_key,
     store_secret,
 )
+from popbridge.accounts.passthrough import Login
+from popbridge.accounts.passwords import PasswordHasher
 from popbridge.accounts.records import AccountRecord, BadRecord, canonical_name, open_secret
 from popbridge.accounts.settings import AccountsSettings
-from popbridge.auth import Login
+from popbridge.contract import Backend, Credentials, Mailbox, load_backend
 from popbridge.errors import AuthFailed, BackendFailure
-from popbridge.maildrop import Backend, Credentials, Mailbox, load_backend
 from popbridge.oauth2.tokens import AccessTokens
-from popbridge.passwords import PasswordHasher
 from popbridge.store import AccountRecords
 
 logger = logging.getLogger(__name__)

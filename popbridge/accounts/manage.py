@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from popbridge.accounts.crypto import Keyring
+from popbridge.accounts.passwords import PasswordHasher
 from popbridge.accounts.records import (
     AccountRecord,
     BadRecord,
@@ -24,9 +25,8 @@ from popbridge.accounts.records import (
     seal_record,
 )
 from popbridge.accounts.settings import AccountsSettings
+from popbridge.contract import Backend, load_backend
 from popbridge.errors import ConfigError
-from popbridge.maildrop import Backend, load_backend
-from popbridge.passwords import PasswordHasher
 from popbridge.store import AccountRecords
 
 BackendLoader = Callable[..., Backend]  # load_backend(name, settings, *, source=...)

@@ -2,7 +2,7 @@
 
 This module owns the record format behind `Store.accounts` (opaque bytes by local user name):
 a canonical JSON object with a format version `v`, the canonical local `name`, the local
-password hash (`popbridge.passwords`), the `upstream` mapping (user, mechanism, backend
+password hash (`popbridge.accounts.passwords`), the `upstream` mapping (user, mechanism, backend
 overrides, OAuth2 provider) and `secret`, the upstream password or OAuth2 refresh token sealed
 by the key ring with every other field as associated data. Reading a record never needs the
 key (`accounts list` works without it); only opening the secret does.
@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from popbridge.accounts.crypto import Keyring
-from popbridge.passwords import check_hash
+from popbridge.accounts.passwords import check_hash
 
 VERSION = 1
 MECHANISMS = ("password", "oauth2")

@@ -20,7 +20,7 @@ from typing import Any
 from popbridge.accounts.crypto import BadKey, Keyring
 from popbridge.errors import ConfigError
 from popbridge.oauth2.providers import Provider, parse_provider
-from popbridge.settings import TableReader
+from popbridge.upstream.settings import TableReader
 
 logger = logging.getLogger(__name__)
 

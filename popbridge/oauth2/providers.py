@@ -17,8 +17,8 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from popbridge.settings import TableReader
-from popbridge.tls import is_loopback
+from popbridge.upstream.settings import TableReader
+from popbridge.upstream.tls import is_loopback
 
 PRESETS = ("google", "microsoft")
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from popbridge.errors import BridgeError, Code, ConfigError
-from popbridge.locks import LocalLocks, MaildropLocks
-from popbridge.settings import TableReader
-from popbridge.sizes import MemorySizeCache, SizeCache
-from popbridge.uidl import DerivedUidls, UidlMap
+from popbridge.store.locks import LocalLocks, MaildropLocks
+from popbridge.store.sizes import MemorySizeCache, SizeCache
+from popbridge.store.uidl import DerivedUidls, UidlMap
+from popbridge.upstream.settings import TableReader
 
 STORE_TYPES = ("sqlite", "postgres", "memory")
 DEFAULT_SQLITE_PATH = "popbridge-state.sqlite3"

@@ -22,8 +22,8 @@ from typing import Any, Final
 
 import asyncpg
 
-from popbridge.locks import Lease
 from popbridge.store import StoreUnavailable
+from popbridge.store.locks import Lease
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
+from popbridge.contract import RemoteMessage
 from popbridge.errors import ConfigError
-from popbridge.maildrop import RemoteMessage
 from popbridge.store import uidmap
 from popbridge.store.migrations import SCHEMA_VERSION_POSTGRES, SchemaTooNew, pending
 from popbridge.store.pglocks import FAILURES, KEEPALIVE, PostgresLocks, guarded, lock_id

@@ -22,10 +22,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
+from popbridge.contract import RemoteMessage
 from popbridge.errors import ConfigError
-from popbridge.locks import Lease
-from popbridge.maildrop import RemoteMessage
 from popbridge.store import StoreUnavailable, uidmap
+from popbridge.store.locks import Lease
 from popbridge.store.migrations import SCHEMA_VERSION_SQLITE, SchemaTooNew, pending
 
 logger = logging.getLogger(__name__)

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Final
 
+from popbridge.contract import RemoteMessage
 from popbridge.errors import BackendFailure
-from popbridge.maildrop import RemoteMessage
-from popbridge.uidl import is_valid_uidl, uidl_for
+from popbridge.store.uidl import is_valid_uidl, uidl_for
 
 # A vanished message's row is forgotten after this long; until then it can be re-matched.
 RETENTION: Final = 180 * 86400

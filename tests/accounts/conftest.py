@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from devkit.oauth_provider import FakeOAuthProvider
 from popbridge.accounts import Keyring, generate_key
+from popbridge.accounts.passwords import PasswordHasher, ScryptParams
 from popbridge.oauth2 import Provider
-from popbridge.passwords import PasswordHasher, ScryptParams
-from tests.support.oauth_provider import FakeOAuthProvider
 
 # The tests' own scrypt cost: the real one (32 MiB, ~0.3 s) would dominate the run time.
 FAST = ScryptParams(n=2**4, r=8, p=1)

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from devkit.memory_backend import MemoryBackend
+from devkit.oauth_provider import FakeOAuthProvider
 from popbridge.accounts import (
     AccountAdmin,
     AccountsSettings,
@@ -19,27 +21,28 @@ from popbridge.accounts import (
     Upstream,
     generate_key,
 )
+from popbridge.accounts.passwords import PasswordHasher
 from popbridge.accounts.records import AccountRecord, open_secret
-from popbridge.errors import AuthFailed, BackendFailure, MessageGone
-from popbridge.maildrop import (
+from popbridge.contract import (
     Backend,
     Credentials,
     DisposeResult,
     Disposition,
+    ListingMemory,
     Mailbox,
     RemoteMessage,
 )
-from popbridge.passwords import PasswordHasher
+from popbridge.errors import AuthFailed, BackendFailure, MessageGone
 from popbridge.store import MemoryAccountRecords
 from tests.accounts.conftest import provider_for
-from tests.memory_backend import MemoryBackend
-from tests.support.oauth_provider import FakeOAuthProvider
 
 DEFAULTS = BackendDefaults("memory", {"type": "memory", "host": "default", "port": 1}, "t.toml")
 
 
 class EmptyMailbox:
-    async def list(self, *, hidden_keyword: str | None = None) -> Sequence[RemoteMessage]:
+    async def list(
+        self, *, hidden_keyword: str | None = None, memory: ListingMemory | None = None
+    ) -> Sequence[RemoteMessage]:
         return []
 
     async def fetch(self, identity: str, *, body_lines: int | None = None) -> AsyncIterator[bytes]:

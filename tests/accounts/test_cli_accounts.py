@@ -10,14 +10,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from popbridge import cli_accounts
+from devkit.oauth_provider import FakeOAuthProvider
+from devkit.tlsca import make_test_pki
 from popbridge.accounts import AccountRecord, Keyring, generate_key, parse_accounts
+from popbridge.accounts.passwords import PasswordHasher
 from popbridge.accounts.records import open_secret
+from popbridge.cli import accounts as cli_accounts
 from popbridge.config import Config, load_config
-from popbridge.passwords import PasswordHasher
 from popbridge.store import MemoryAccountRecords, open_store
-from tests.support.oauth_provider import FakeOAuthProvider
-from tests.support.tlsca import make_test_pki
 
 
 def parser() -> argparse.ArgumentParser:
@@ -171,7 +171,7 @@ async def test_prompts_with_confirmation(
         prompts.append(prompt)
         return next(answers)
 
-    monkeypatch.setattr("popbridge.cli_accounts.getpass.getpass", getpass)
+    monkeypatch.setattr("popbridge.cli.accounts.getpass.getpass", getpass)
     monkeypatch.setenv("PB_SECRET", "from-env")
     assert await cli(config, "add", "printer", "--upstream-user", "alice") == 0
     assert prompts[0] == "Local POP3 password for printer: "

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from devkit.dovecot import Dovecot
+from devkit.dovecot_oauth import start_oauth_dovecot
+from devkit.oauth_provider import FakeOAuthProvider
 from popbridge.accounts import (
     AccountAdmin,
     AccountsSettings,
@@ -21,18 +24,15 @@ from popbridge.accounts import (
     MappedAuthenticator,
     Upstream,
 )
+from popbridge.accounts.passwords import PasswordHasher
 from popbridge.config import Config, ListenerConfig, ServerConfig
-from popbridge.maildrop import load_backend
+from popbridge.contract import load_backend
+from popbridge.frontend.server import Pop3Server
+from popbridge.frontend.throttle import Throttle, ThrottlePolicy
 from popbridge.oauth2 import AccessTokens
-from popbridge.passwords import PasswordHasher
-from popbridge.server import Pop3Server
-from popbridge.session import Services
+from popbridge.session.session import Services
 from popbridge.store import MemoryAccountRecords
-from popbridge.throttle import Throttle, ThrottlePolicy
 from tests.accounts.conftest import provider_for
-from tests.support.dovecot import Dovecot
-from tests.support.dovecot_oauth import start_oauth_dovecot
-from tests.support.oauth_provider import FakeOAuthProvider
 
 pytestmark = pytest.mark.dovecot
 
@@ -259,7 +259,7 @@ async def test_cli_add_check_logs_in_upstream(
 ) -> None:
     import argparse
 
-    from popbridge import cli_accounts
+    from popbridge.cli import accounts as cli_accounts
     from popbridge.config import parse_config
 
     top = argparse.ArgumentParser()

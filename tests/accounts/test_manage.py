@@ -17,10 +17,10 @@ from popbridge.accounts import (
     generate_key,
 )
 from popbridge.accounts.manage import backend_table
+from popbridge.accounts.passwords import PasswordHasher
 from popbridge.app import build_services
 from popbridge.config import parse_config
 from popbridge.errors import ConfigError
-from popbridge.passwords import PasswordHasher
 from popbridge.store import MemoryAccountRecords
 
 DEFAULTS = BackendDefaults("imap", {"type": "imap", "host": "127.0.0.1", "tls": "none"}, "t")

@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
+from devkit.dovecot import free_port
+from devkit.oauth_provider import FakeOAuthProvider
 from popbridge.errors import AuthFailed, BackendFailure, BackendUnavailable
 from popbridge.oauth2 import OAuthError, RefreshRevoked
 from popbridge.oauth2.client import device_authorization, token_request
 from popbridge.oauth2.tokens import refresh
 from tests.accounts.conftest import provider_for
 from tests.accounts.odd_server import answering
-from tests.support.dovecot import free_port
-from tests.support.oauth_provider import FakeOAuthProvider
 
 
 async def test_refresh_returns_a_bearer_token(fake: FakeOAuthProvider) -> None:

@@ -10,12 +10,12 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
+from devkit.oauth_provider import FakeOAuthProvider
 from popbridge.errors import BackendUnavailable
 from popbridge.oauth2 import FlowFailed, Grant, browser_flow, device_flow
 from popbridge.oauth2.flows import authorization_url, pkce_pair, s256
 from tests.accounts.conftest import provider_for
 from tests.accounts.odd_server import answering
-from tests.support.oauth_provider import FakeOAuthProvider
 
 
 def test_s256_matches_rfc_7636_appendix_b() -> None:

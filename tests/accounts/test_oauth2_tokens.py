@@ -8,10 +8,10 @@ import logging
 
 import pytest
 
+from devkit.oauth_provider import FakeOAuthProvider
 from popbridge.errors import BackendUnavailable
 from popbridge.oauth2 import AccessTokens, RefreshRevoked
 from tests.accounts.conftest import provider_for
-from tests.support.oauth_provider import FakeOAuthProvider
 
 
 class Clock:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from popbridge import passwords
-from popbridge.passwords import DEFAULT_PARAMS, PasswordHasher, ScryptParams, hash_password
+from popbridge.accounts import passwords
+from popbridge.accounts.passwords import DEFAULT_PARAMS, PasswordHasher, ScryptParams, hash_password
 from tests.accounts.conftest import FAST
 
 
@@ -76,7 +76,7 @@ def test_comparison_is_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
         compared.append((a, b))
         return a == b
 
-    monkeypatch.setattr("popbridge.passwords.hmac.compare_digest", spy)
+    monkeypatch.setattr("popbridge.accounts.passwords.hmac.compare_digest", spy)
     stored = hash_password("pw", FAST)
     assert passwords.verify_password("pw", stored, FAST)
     assert not passwords.verify_password("pw", None, FAST)

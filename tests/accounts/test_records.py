@@ -9,8 +9,8 @@ import pytest
 
 from popbridge.accounts import Keyring, Unsealable, Upstream, canonical_name, generate_key
 from popbridge.accounts.crypto import BadKey, key_id
+from popbridge.accounts.passwords import hash_password
 from popbridge.accounts.records import AccountRecord, BadRecord, open_secret, seal_record
-from popbridge.passwords import hash_password
 from tests.accounts.conftest import FAST
 
 UPSTREAM = Upstream("alice@example.org", backend={"host": "imap.example.org", "port": 993})

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 from popbridge.accounts import MappedAuthenticator, generate_key, parse_accounts
+from popbridge.accounts.passthrough import PassthroughAuthenticator
 from popbridge.app import build_authenticator
-from popbridge.auth import PassthroughAuthenticator
 from popbridge.config import load_config, parse_config
+from popbridge.contract import load_backend
 from popbridge.errors import ConfigError
-from popbridge.maildrop import load_backend
 from popbridge.store import MemoryStore
 
 

@@ -17,8 +17,7 @@ from typing import Any, Literal, Protocol
 
 import pytest
 
-from popbridge.errors import AuthFailed, BackendUnavailable, MessageGone
-from popbridge.maildrop import (
+from popbridge.contract import (
     Backend,
     Credentials,
     Disposition,
@@ -26,6 +25,7 @@ from popbridge.maildrop import (
     Mailbox,
     RemoteMessage,
 )
+from popbridge.errors import AuthFailed, BackendUnavailable, MessageGone
 
 Where = Literal["maildrop", "trash", "move"]
 HIDDEN = "popbridge-done"

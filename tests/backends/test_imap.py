@@ -3,7 +3,7 @@
 This module owns the IMAP harness for the contract suite (`tests.backends.contract`) and the
 tests only an IMAP upstream has: TLS (implicit, STARTTLS, wrong CA), login injection, another
 client's `\\Deleted` mail, what goes on the wire (through a recording proxy), and UIDVALIDITY.
-The session-wide Dovecot comes from `tests/conftest.py` (`tests/support/dovecot.py`).
+The session-wide Dovecot comes from `tests/conftest.py` (`devkit/dovecot.py`).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 
 from backends.imap import create
+from devkit.dovecot import Dovecot, free_port
+from devkit.fake_imap import RecordingProxy
+from devkit.tlsca import make_test_pki
+from popbridge.contract import Backend, Credentials, Disposition, DispositionKind
 from popbridge.errors import AuthFailed, BackendFailure, BackendUnavailable, MessageGone
-from popbridge.maildrop import Backend, Credentials, Disposition, DispositionKind
 from tests.backends.contract import BackendContract, Stored, Where, by_subject, message, read_all
-from tests.backends.fake_imap import RecordingProxy
-from tests.support.dovecot import Dovecot, free_port
-from tests.support.tlsca import make_test_pki
 
 pytestmark = pytest.mark.dovecot
 

@@ -19,10 +19,10 @@ import pytest
 
 from backends.imap import create
 from backends.imap.folders import tag_of
+from devkit.dovecot import Dovecot
+from popbridge.contract import Credentials, Disposition, DispositionKind, Mailbox, RemoteMessage
 from popbridge.errors import ConfigError, MessageGone
-from popbridge.maildrop import Credentials, Disposition, DispositionKind, Mailbox, RemoteMessage
 from tests.backends.contract import message, read_all, subject_of
-from tests.support.dovecot import Dovecot
 
 pytestmark = pytest.mark.dovecot
 

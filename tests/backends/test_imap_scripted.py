@@ -19,6 +19,8 @@ import pytest
 
 from backends.imap import ImapBackend, create, wire
 from backends.imap.protocol import ImapProtocol
+from devkit.fake_imap import FakeImap, Handler, never, reply
+from popbridge.contract import Backend, Credentials, Disposition, DispositionKind, Mailbox
 from popbridge.errors import (
     AuthFailed,
     BackendFailure,
@@ -26,9 +28,7 @@ from popbridge.errors import (
     ConfigError,
     MessageGone,
 )
-from popbridge.maildrop import Backend, Credentials, Disposition, DispositionKind, Mailbox
 from tests.backends.contract import read_all
-from tests.backends.fake_imap import FakeImap, Handler, never, reply
 
 ALICE = Credentials("alice", "pw")
 EXPUNGE = Disposition(DispositionKind.EXPUNGE)

@@ -5,7 +5,7 @@ against Cyrus' JMAP over plain HTTP and over verified HTTPS, and the tests only 
 upstream has against the real server: paging with a small page, the bridge's own order for
 equal receivedAt, the configured Mailbox, the TLS checks, the delayed-ACK fix, and what
 reading leaves upstream. What Cyrus will not do on demand (long ids, 429, clamped limits,
-per-item errors, silence) is tested against `tests.backends.fake_jmap` at the end.
+per-item errors, silence) is tested against `devkit.fake_jmap` at the end.
 """
 
 from __future__ import annotations
@@ -21,7 +21,13 @@ from backends.jmap import JmapBackend, create
 from backends.jmap import sockets as jmap_sockets
 from backends.jmap.discovery import expand
 from backends.jmap.dispose import pointer
+from devkit import fake_jmap
+from devkit.cyrus import Cyrus, start_cyrus
+from devkit.dovecot import free_port
+from devkit.fake_jmap import FakeEmail, FakeJmap
+from devkit.tlsca import make_test_pki
 from popbridge.config import parse_config
+from popbridge.contract import Backend, Credentials, Disposition, DispositionKind, load_backend
 from popbridge.errors import (
     AuthFailed,
     BackendFailure,
@@ -29,14 +35,8 @@ from popbridge.errors import (
     ConfigError,
     MessageGone,
 )
-from popbridge.maildrop import Backend, Credentials, Disposition, DispositionKind, load_backend
-from popbridge.uidl import is_valid_uidl, uidl_for
-from tests.backends import fake_jmap
+from popbridge.store.uidl import is_valid_uidl, uidl_for
 from tests.backends.contract import BackendContract, Stored, Where, by_subject, message, read_all
-from tests.backends.fake_jmap import FakeEmail, FakeJmap
-from tests.support.cyrus import Cyrus, start_cyrus
-from tests.support.dovecot import free_port
-from tests.support.tlsca import make_test_pki
 
 USERS = {"carol": "c4rol pw", "dave": "d4ve pw"}
 FOLDERS: dict[Where, str] = {"maildrop": "INBOX", "trash": "Trash", "move": "Archive"}

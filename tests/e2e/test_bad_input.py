@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from popbridge.server import Pop3Server
+from devkit.dovecot import Dovecot
+from popbridge.frontend.server import Pop3Server
 from tests.conftest import StartBridge
-from tests.support.dovecot import Dovecot
 
 pytestmark = pytest.mark.dovecot
 

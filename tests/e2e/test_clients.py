@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from popbridge.server import Pop3Server
+from devkit import clients
+from devkit.clients import Pop3Target, strip_client_additions
+from devkit.dovecot import Dovecot, wire_form
+from popbridge.frontend.server import Pop3Server
 from tests.conftest import StartBridge
-from tests.support import clients
-from tests.support.clients import Pop3Target, strip_client_additions
-from tests.support.dovecot import Dovecot, wire_form
 
 pytestmark = [pytest.mark.dovecot, pytest.mark.clients]
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.dovecot import Dovecot, free_port
-from tests.support.postgres import (
+from devkit.dovecot import Dovecot, free_port
+from devkit.postgres import (
     Postgres,
     create_database,
     drop_database,

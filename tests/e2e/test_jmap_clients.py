@@ -3,7 +3,7 @@ mpop and getmail6 each retrieve every message byte for byte, and their deletions
 JMAP side (seen over IMAP) only through QUIT.
 
 This module owns the JMAP counterpart of `tests/e2e/test_clients.py`: one Cyrus for the
-module (`tests.support.cyrus`), and bridges started in-process with the JMAP backend found
+module (`devkit.cyrus`), and bridges started in-process with the JMAP backend found
 through the backend registry, exactly as `popbridge serve` finds it.
 """
 
@@ -16,15 +16,15 @@ from typing import Any
 
 import pytest
 
+from devkit import clients
+from devkit.clients import Pop3Target, strip_client_additions
+from devkit.cyrus import Cyrus, start_cyrus
+from devkit.dovecot import generate_message, wire_form
+from devkit.servers import Servers
 from popbridge.config import Config, ListenerConfig, MaildropConfig, ServerConfig
-from popbridge.maildrop import Disposition, DispositionKind, load_backend
-from popbridge.server import Pop3Server
-from popbridge.throttle import ThrottlePolicy
-from tests.support import clients
-from tests.support.clients import Pop3Target, strip_client_additions
-from tests.support.cyrus import Cyrus, start_cyrus
-from tests.support.dovecot import generate_message, wire_form
-from tests.support.servers import Servers
+from popbridge.contract import Disposition, DispositionKind, load_backend
+from popbridge.frontend.server import Pop3Server
+from popbridge.frontend.throttle import ThrottlePolicy
 
 pytestmark = [pytest.mark.clients, pytest.mark.cyrus]
 

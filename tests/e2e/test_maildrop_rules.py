@@ -13,11 +13,11 @@ import re
 
 import pytest
 
+from devkit.dovecot import Dovecot
 from popbridge.config import MaildropConfig
-from popbridge.maildrop import Disposition, DispositionKind
-from popbridge.server import Pop3Server
+from popbridge.contract import Disposition, DispositionKind
+from popbridge.frontend.server import Pop3Server
 from tests.conftest import StartBridge
-from tests.support.dovecot import Dovecot
 
 pytestmark = pytest.mark.dovecot
 
@@ -256,7 +256,7 @@ async def test_wrong_password_and_unreachable_upstream_are_told_apart(
     good = await bridge()
     with pytest.raises(poplib.error_proto, match=r"^b'-ERR \[AUTH\]"):
         await in_thread(pop, good, "alice", "not-it")
-    from tests.support.dovecot import free_port
+    from devkit.dovecot import free_port
 
     down = await bridge(port=free_port())
     with pytest.raises(poplib.error_proto, match=r"^b'-ERR \[SYS/TEMP\]"):

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from devkit import clients
+from devkit.clients import Pop3Target, strip_client_additions
+from devkit.dovecot import Dovecot
+from devkit.tlsca import TestPki, make_test_pki
 from popbridge.config import ListenerConfig
-from popbridge.server import Pop3Server
-from popbridge.tls import TlsSettings
+from popbridge.frontend.server import Pop3Server
+from popbridge.frontend.tls import TlsSettings
 from tests.conftest import StartBridge
-from tests.support import clients
-from tests.support.clients import Pop3Target, strip_client_additions
-from tests.support.dovecot import Dovecot
-from tests.support.tlsca import TestPki, make_test_pki
 
 pytestmark = [pytest.mark.dovecot, pytest.mark.clients]
 

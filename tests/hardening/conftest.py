@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from devkit.dovecot import Dovecot
+from devkit.faultproxy import FaultProxy
 from tests.conftest import StartBridge
 from tests.hardening.upstream import FETCH_CHUNK, seed
-from tests.support.dovecot import Dovecot
-from tests.support.faultproxy import FaultProxy
 
 UPSTREAM_TIMEOUT = 2.0  # the backend `timeout`: how long an injected stall can hold a reply
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 
-from tests.support.dovecot import generate_message, wire_form
+from devkit.dovecot import generate_message, wire_form
 
 SIZES = [len(wire_form(generate_message(i, 500))) for i in (1, 2, 3)]
 NOT_IN_STATE = b"-ERR command not valid in this state"

@@ -13,11 +13,11 @@ import asyncio
 import logging
 import signal
 
+from devkit.memory_backend import MemoryBackend
 from popbridge.config import Config, ListenerConfig, ServerConfig
-from popbridge.server import Pop3Server
-from popbridge.session import Services
-from popbridge.throttle import Throttle, ThrottlePolicy
-from tests.memory_backend import MemoryBackend
+from popbridge.frontend.server import Pop3Server
+from popbridge.frontend.throttle import Throttle, ThrottlePolicy
+from popbridge.session.session import Services
 
 
 def message(size: int) -> bytes:

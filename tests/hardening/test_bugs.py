@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import base64
 
-from tests.dialogue import assert_dialogue, exchange, make_session
-from tests.memory_backend import MemoryBackend
+from devkit.dialogue import assert_dialogue, exchange, make_session
+from devkit.memory_backend import MemoryBackend
 
 AUTH_FAILED = b"-ERR [AUTH] authentication failed\r\n"
 

@@ -19,6 +19,16 @@ from pathlib import Path
 
 import pytest
 
+from devkit.dovecot import (
+    Dovecot,
+    _launch,
+    _wait_ready,
+    free_port,
+    generate_message,
+    start_dovecot,
+    wire_form,
+)
+from devkit.faultproxy import Action, Direction, Fault, FaultProxy, Trigger
 from tests.conftest import StartBridge
 from tests.hardening.conftest import UPSTREAM_TIMEOUT
 from tests.hardening.pop3client import Pop3Client, logged_in
@@ -31,16 +41,6 @@ from tests.hardening.upstream import (
     flags,
     seed,
 )
-from tests.support.dovecot import (
-    Dovecot,
-    _launch,
-    _wait_ready,
-    free_port,
-    generate_message,
-    start_dovecot,
-    wire_form,
-)
-from tests.support.faultproxy import Action, Direction, Fault, FaultProxy, Trigger
 
 pytestmark = pytest.mark.dovecot
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 
+from devkit.memory_backend import MemoryMailbox
 from fuzz import harness
 from fuzz.fuzz_parser import plain
 from popbridge.pop3.replies import Err, Ok
-from popbridge.session import Session
-from tests.memory_backend import MemoryMailbox
+from popbridge.session.session import Session
 
 LOGGED_IN = b"\x05\xff"  # preamble USER/PASS, plaintext allowed, whole stream at once
 

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from devkit.dovecot import Dovecot
+from devkit.faultproxy import Direction, FaultProxy
 from popbridge.config import ListenerConfig
-from popbridge.tls import TlsSettings
+from popbridge.frontend.tls import TlsSettings
 from tests.conftest import StartBridge
 from tests.e2e.test_bad_input import upstream_state
 from tests.hardening.hostile_cases import (
@@ -30,8 +32,6 @@ from tests.hardening.hostile_cases import (
     b64,
 )
 from tests.hardening.pop3client import Pop3Client
-from tests.support.dovecot import Dovecot
-from tests.support.faultproxy import Direction, FaultProxy
 
 pytestmark = pytest.mark.dovecot
 

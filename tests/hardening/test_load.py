@@ -17,16 +17,16 @@ from typing import Any
 
 import pytest
 
+from devkit.dovecot import Dovecot, free_port, generate_message, start_dovecot, wire_form
+from devkit.memory_backend import MemoryBackend
+from devkit.servers import Servers
 from popbridge.config import Config, ListenerConfig, ServerConfig
+from popbridge.frontend.server import Pop3Server
+from popbridge.frontend.throttle import ThrottlePolicy
 from popbridge.pop3.wire import normalised_size
-from popbridge.server import Pop3Server
-from popbridge.throttle import ThrottlePolicy
 from tests.conftest import StartBridge
 from tests.hardening.pop3client import Pop3Client, logged_in
 from tests.hardening.processes import BridgeProcess, memory_usage
-from tests.memory_backend import MemoryBackend
-from tests.support.dovecot import Dovecot, free_port, generate_message, start_dovecot, wire_form
-from tests.support.servers import Servers
 
 CONNECTIONS = 1000
 MESSAGE = b"Subject: hi\r\n\r\nhello\r\n"

@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, assume, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from devkit.dialogue import exchange, make_session, quick_services
+from devkit.memory_backend import MemoryBackend
 from popbridge.pop3 import commands as c
-from tests.dialogue import exchange, make_session, quick_services
 from tests.hardening.pop3_model import CRLF, KnownBug, Line, Model, Stored, b64
-from tests.memory_backend import MemoryBackend
 
 NAMES = ["alice", "Alice", "bob", "j\u00f6rg"]
 PASSWORDS = ["secret", "wrong", "secret ", "se cret"]

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import re
 
+from devkit.dovecot import Dovecot, generate_message
 from tests.hardening.pop3client import logged_in
-from tests.support.dovecot import Dovecot, generate_message
 
 Flags = dict[int, set[str]]
 BIG = 100_000  # message 1: several partial fetches with fetch_chunk = 16384

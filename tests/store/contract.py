@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from popbridge.maildrop import RemoteMessage
+from popbridge.contract import RemoteMessage
 from popbridge.store import Store
+from popbridge.store.uidl import uidl_for
 from popbridge.store.uidmap import RETENTION
-from popbridge.uidl import uidl_for
 
 ACCOUNT = "alice@example.org"
 UIDL = re.compile(r"[\x21-\x7e]{1,70}")

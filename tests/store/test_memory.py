@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from popbridge.maildrop import RemoteMessage
+from popbridge.contract import RemoteMessage
 from popbridge.store import MemoryStore
 
 

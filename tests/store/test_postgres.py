@@ -18,19 +18,19 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from popbridge.errors import ConfigError
-from popbridge.store import Store, StoreUnavailable, open_store
-from popbridge.store.pglocks import PostgresLocks
-from popbridge.store.postgres import PostgresStore, open_postgres_store, redact
-from tests.store.contract import ACCOUNT, Clock, StoreContract, eventually_acquire, mail
-from tests.support.dovecot import free_port
-from tests.support.postgres import (
+from devkit.dovecot import free_port
+from devkit.postgres import (
     Postgres,
     create_database,
     drop_database,
     postgres,  # noqa: F401  (the session fixture)
     terminate_backend,
 )
+from popbridge.errors import ConfigError
+from popbridge.store import Store, StoreUnavailable, open_store
+from popbridge.store.pglocks import PostgresLocks
+from popbridge.store.postgres import PostgresStore, open_postgres_store, redact
+from tests.store.contract import ACCOUNT, Clock, StoreContract, eventually_acquire, mail
 
 
 class PostgresHarness:

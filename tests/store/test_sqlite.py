@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from popbridge.contract import RemoteMessage
 from popbridge.errors import ConfigError
-from popbridge.maildrop import RemoteMessage
 from popbridge.store import MemoryStore, Store, StoreUnavailable, open_store
 from popbridge.store import sqlite as sqlite_store
 from popbridge.store.sqlite import SqliteStore, open_sqlite_store
@@ -135,7 +135,7 @@ SECOND_PROCESS = textwrap.dedent(
     """
     import asyncio, sys
     from pathlib import Path
-    from popbridge.maildrop import RemoteMessage
+    from popbridge.contract import RemoteMessage
     from popbridge.store.sqlite import open_sqlite_store
 
     async def main():

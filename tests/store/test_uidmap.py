@@ -17,10 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from popbridge.contract import RemoteMessage
 from popbridge.errors import BackendFailure
-from popbridge.maildrop import RemoteMessage
 from popbridge.store import uidmap
-from popbridge.uidl import is_valid_uidl
+from popbridge.store.uidl import is_valid_uidl
 
 BASE = datetime(2024, 1, 1, tzinfo=UTC)
 

@@ -15,20 +15,21 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
-from popbridge import sasl
-from popbridge.auth import Authenticator, PassthroughAuthenticator
+from popbridge.accounts.passthrough import Authenticator, PassthroughAuthenticator
+from popbridge.contract import Backend, Disposition, DispositionKind, Mailbox
 from popbridge.errors import AuthFailed, BridgeError, Code, LoginTooSoon, MailboxInUse
-from popbridge.locks import Lease, LocalLocks, MaildropLocks
-from popbridge.lookahead import Lookahead
-from popbridge.maildrop import Backend, Disposition, DispositionKind, Mailbox
+from popbridge.frontend.throttle import LoginGate, Throttle, ThrottlePolicy
 from popbridge.pop3 import commands as c
+from popbridge.pop3 import sasl
 from popbridge.pop3.engine import Pop3Engine, Rejected
 from popbridge.pop3.replies import Continue, Err, Ok, Reply
-from popbridge.retrieval import Output, SessionClosing, send_message
-from popbridge.sizes import MemorySizeCache, SizeCache
-from popbridge.snapshot import NoSuchMessage, Snapshot
-from popbridge.throttle import LoginGate, Throttle, ThrottlePolicy
-from popbridge.uidl import DerivedUidls, UidlMap
+from popbridge.session.lookahead import Lookahead
+from popbridge.session.retrieval import Output, SessionClosing, send_message
+from popbridge.session.snapshot import NoSuchMessage, Snapshot
+from popbridge.store.listings import ListingMemories, MemoryListings
+from popbridge.store.locks import Lease, LocalLocks, MaildropLocks
+from popbridge.store.sizes import MemorySizeCache, SizeCache
+from popbridge.store.uidl import DerivedUidls, UidlMap
 
 __all__ = ["Output", "Services", "Session", "SessionClosing", "SessionPolicy"]
 
@@ -57,6 +58,7 @@ class Services:
     locks: MaildropLocks = field(default_factory=LocalLocks)
     uidls: UidlMap = field(default_factory=DerivedUidls)
     sizes: SizeCache = field(default_factory=MemorySizeCache)
+    listings: ListingMemories = field(default_factory=MemoryListings)
     authenticator: Authenticator | None = None
     throttle: Throttle = field(default_factory=lambda: Throttle(ThrottlePolicy()))
     logins: LoginGate = field(default_factory=LoginGate)
@@ -255,7 +257,10 @@ class Session:
                 raise MailboxInUse(login.account)
             self._mailbox, self._lease = mailbox, lease
             self._lookahead = Lookahead(mailbox, log=self._log)
-            listing = await mailbox.list(hidden_keyword=self._policy.disposition.hides_keyword)
+            listing = await mailbox.list(
+                hidden_keyword=self._policy.disposition.hides_keyword,
+                memory=self._services.listings.for_account(login.account),
+            )
             listing = await self._services.sizes.correct(login.account, listing)
             uidls = await self._services.uidls.assign(login.account, listing)
             self._account = login.account

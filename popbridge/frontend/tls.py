@@ -81,35 +81,6 @@ def build_context(settings: TlsSettings) -> ssl.SSLContext:
     return context
 
 
-def client_context(ca_file: Path | None = None) -> ssl.SSLContext:
-    """A verifying client context for upstreams: system CAs plus `ca_file`, TLS 1.2+.
-
-    Certificate chain and host name are always checked (RFC 6125); raises `ValueError`
-    when `ca_file` cannot be loaded.
-    """
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if ca_file is not None:
-        try:
-            context.load_verify_locations(cafile=str(ca_file))
-        except (ssl.SSLError, OSError) as error:
-            raise ValueError(f"cannot load CA certificates: {error}") from None
-    # create_default_context already sets both; stated so no later edit can drop them.
-    context.check_hostname = True
-    context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` names this machine (where cleartext upstreams are acceptable)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _fingerprint(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int], ...]:
     """What changes when a file is rewritten or a Kubernetes secret symlink is swapped."""
     result = []

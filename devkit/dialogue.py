@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import re
 
+from devkit.memory_backend import MemoryBackend
+from popbridge.frontend.throttle import Throttle, ThrottlePolicy
 from popbridge.pop3.engine import NeedData, Pop3Engine
-from popbridge.session import Services, Session, SessionClosing, SessionPolicy
-from popbridge.throttle import Throttle, ThrottlePolicy
-from tests.memory_backend import MemoryBackend
+from popbridge.session.session import Services, Session, SessionClosing, SessionPolicy
 
 NO_DELAY = ThrottlePolicy(base_delay=0)
 
@@ -24,7 +24,7 @@ def quick_services(backend: MemoryBackend) -> Services:
     return Services(backend=backend, throttle=Throttle(NO_DELAY))
 
 
-LOG = logging.LoggerAdapter(logging.getLogger("tests.dialogue"), {})
+LOG = logging.LoggerAdapter(logging.getLogger("devkit.dialogue"), {})
 
 
 class Capture:

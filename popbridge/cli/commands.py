@@ -24,12 +24,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from popbridge import __version__, cli_accounts
+from popbridge import __version__
 from popbridge.app import build_services
+from popbridge.cli import accounts as cli_accounts
 from popbridge.config import Config, load_config
 from popbridge.errors import BridgeError, ConfigError
-from popbridge.server import Pop3Server
-from popbridge.tls import build_context, make_self_signed
+from popbridge.frontend.server import Pop3Server
+from popbridge.frontend.tls import build_context, make_self_signed
 
 log = logging.getLogger("popbridge")
 
@@ -193,7 +194,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"popbridge: {error}", file=sys.stderr)
         return 2
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence
 from typing import Final, Protocol
 
-from popbridge.maildrop import RemoteMessage
+from popbridge.contract import RemoteMessage
 
 _UIDL_SAFE: Final = re.compile(r"[\x21-\x7e]{1,70}")
 _HASHED_PREFIX: Final = "~"

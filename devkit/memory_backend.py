@@ -11,14 +11,15 @@ import asyncio
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 
-from popbridge.errors import AuthFailed, BackendUnavailable, MessageGone
-from popbridge.maildrop import (
+from popbridge.contract import (
     Credentials,
     DisposeResult,
     Disposition,
     DispositionKind,
+    ListingMemory,
     RemoteMessage,
 )
+from popbridge.errors import AuthFailed, BackendUnavailable, MessageGone
 from popbridge.pop3.wire import normalised_size
 
 
@@ -30,7 +31,7 @@ class StoredMessage:
 
 
 @dataclass
-class MemoryStore:
+class MemoryUpstream:
     """The upstream mailbox of one user, plus what was done to it."""
 
     password: str
@@ -50,11 +51,13 @@ class MemoryStore:
 
 
 class MemoryMailbox:
-    def __init__(self, store: MemoryStore) -> None:
+    def __init__(self, store: MemoryUpstream) -> None:
         self.store = store
         self.closed = False
 
-    async def list(self, *, hidden_keyword: str | None = None) -> Sequence[RemoteMessage]:
+    async def list(
+        self, *, hidden_keyword: str | None = None, memory: ListingMemory | None = None
+    ) -> Sequence[RemoteMessage]:
         return [
             RemoteMessage(
                 m.identity, self.store.misreported.get(m.identity, normalised_size(m.data))
@@ -96,14 +99,14 @@ class MemoryBackend:
     """Users and their stores; `open` checks the password like an IMAP LOGIN would."""
 
     def __init__(self) -> None:
-        self.stores: dict[str, MemoryStore] = {}
+        self.stores: dict[str, MemoryUpstream] = {}
         self.opened: list[MemoryMailbox] = []
         self.unavailable = False
         self.logins: list[str] = []  # the mechanism of every accepted login
         self.attempts = 0
 
-    def user(self, name: str, password: str, *messages: bytes) -> MemoryStore:
-        store = MemoryStore(password)
+    def user(self, name: str, password: str, *messages: bytes) -> MemoryUpstream:
+        store = MemoryUpstream(password)
         for data in messages:
             store.add(data)
         self.stores[name] = store
@@ -117,7 +120,7 @@ class MemoryBackend:
         expected = None if store is None else store.password
         if store is not None and credentials.mechanism == "oauth2":
             expected = store.token
-        if expected is None or expected != credentials.secret:
+        if store is None or expected is None or expected != credentials.secret:
             raise AuthFailed("bad credentials")
         self.logins.append(credentials.mechanism)
         mailbox = MemoryMailbox(store)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from popbridge.maildrop import RemoteMessage
+from popbridge.contract import RemoteMessage
 
 
 @dataclass(frozen=True, slots=True)

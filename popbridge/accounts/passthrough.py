@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from popbridge.maildrop import Backend, Credentials
+from popbridge.contract import Backend, Credentials
 
 
 @dataclass(frozen=True, slots=True)

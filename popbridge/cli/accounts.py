@@ -29,13 +29,13 @@ from popbridge.accounts import (
     parse_accounts,
 )
 from popbridge.accounts.manage import backend_table
+from popbridge.accounts.passwords import PasswordHasher
 from popbridge.app import backend_defaults
 from popbridge.config import Config
+from popbridge.contract import Credentials, load_backend
 from popbridge.errors import BridgeError, ConfigError
-from popbridge.maildrop import Credentials, load_backend
 from popbridge.oauth2 import FlowFailed, Grant, Provider, browser_flow, device_flow
 from popbridge.oauth2.tokens import refresh
-from popbridge.passwords import PasswordHasher
 from popbridge.store import AccountRecords, open_store
 
 TLS_MODES = ("implicit", "starttls", "none")

@@ -35,6 +35,36 @@ class RemoteMessage:
     size: int
     message_id: str | None = None
     received: datetime | None = None
+    version: str | None = None  # a content version where content can change (Graph changeKey)
+
+
+@dataclass(frozen=True, slots=True)
+class ListingState:
+    """What a backend keeps between sessions for one upstream mailbox.
+
+    `token` is the backend's own change token and whatever it needs to trust it (IMAP:
+    folder, UIDVALIDITY, HIGHESTMODSEQ, UIDNEXT; JMAP: the Email state; Graph: a deltaLink;
+    Gmail: a historyId), opaque to the core. `messages` is the listing the token describes,
+    exact sizes included, so a size measured once (a last line without CRLF, a Graph or
+    Gmail message counted by downloading it) is never measured again.
+    """
+
+    token: str
+    messages: tuple[RemoteMessage, ...]
+
+
+class ListingMemory(Protocol):
+    """The store's memory of one upstream mailbox's last listing, offered to `Mailbox.list`.
+
+    A backend that can list incrementally loads the state, asks the upstream only for what
+    changed since its token, and saves the new state; one that cannot still reuses the
+    sizes it measured. A token the upstream no longer accepts means a full listing. The
+    listing returned must always equal what a full listing would give.
+    """
+
+    async def load(self) -> ListingState | None: ...
+
+    async def save(self, state: ListingState) -> None: ...
 
 
 class DispositionKind(enum.Enum):
@@ -94,8 +124,14 @@ class Credentials:
 class Mailbox(Protocol):
     """A live, opened upstream folder. All methods apply their own deadline."""
 
-    async def list(self, *, hidden_keyword: str | None = None) -> Sequence[RemoteMessage]:
-        """Every visible message, oldest first; never those already flagged as deleted."""
+    async def list(
+        self, *, hidden_keyword: str | None = None, memory: ListingMemory | None = None
+    ) -> Sequence[RemoteMessage]:
+        """Every visible message, oldest first; never those already flagged as deleted.
+
+        With `memory`, the backend may start from the listing it saved last time and must
+        save the new one (see `ListingMemory`).
+        """
         ...
 
     def fetch(self, identity: str, *, body_lines: int | None = None) -> AsyncIterator[bytes]:
@@ -111,7 +147,11 @@ class Mailbox(Protocol):
         ...
 
     async def close(self) -> None:
-        """Log out; never removes anything (no CLOSE, no plain EXPUNGE)."""
+        """Log out; never removes anything (no CLOSE, no plain EXPUNGE).
+
+        The session calls it exactly once per opened mailbox; a backend need not make a
+        second call safe.
+        """
         ...
 
 

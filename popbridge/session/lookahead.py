@@ -21,25 +21,15 @@ import logging
 from dataclasses import dataclass
 from typing import Final
 
-from popbridge.maildrop import Mailbox, close_chunks
+from popbridge.contract import Mailbox, close_chunks
 from popbridge.pop3.wire import BodyEncoder
+from popbridge.upstream.budget import Budget
 
 logger = logging.getLogger(__name__)
 
 # Larger messages gain little: their transfer time dwarfs one round trip, and they stream.
 MAX_OCTETS: Final = 64 << 10
 PROCESS_OCTETS: Final = 32 << 20
-
-
-class Budget:
-    """Bytes held ahead by all sessions of this process."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-
-    def available(self) -> int:
-        return max(self.limit - self.used, 0)
 
 
 PROCESS_BUDGET = Budget(PROCESS_OCTETS)

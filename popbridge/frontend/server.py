@@ -24,10 +24,10 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from popbridge.config import Config, ListenerConfig
-from popbridge.connection import BufferedOutput, Pop3Protocol
+from popbridge.frontend.connection import BufferedOutput, Pop3Protocol
+from popbridge.frontend.tls import CertificateSet
 from popbridge.pop3.engine import NeedData, Pop3Engine, State
-from popbridge.session import Services, Session, SessionClosing, SessionPolicy
-from popbridge.tls import CertificateSet
+from popbridge.session.session import Services, Session, SessionClosing, SessionPolicy
 
 log = logging.getLogger(__name__)
 CLOSE_TIMEOUT = 10.0

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
 
-from popbridge.maildrop import RemoteMessage
+from popbridge.contract import RemoteMessage
 
 
 class SizeCache(Protocol):

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from . import dovecot
-from .clients import (
+from devkit import dovecot
+from devkit.clients import (
     ClientFailed,
     Pop3Target,
     curl_command,
@@ -32,7 +32,7 @@ from .clients import (
     run_mpop,
     strip_client_additions,
 )
-from .dovecot import Dovecot, pid_running, start_dovecot, wire_form
+from devkit.dovecot import Dovecot, pid_running, start_dovecot, wire_form
 
 pytestmark = pytest.mark.dovecot
 USER, PASSWORD = "alice", "s3cret pass"
@@ -258,7 +258,7 @@ def test_ensure_installed_updates_apt_once(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_cli_starts_and_stops_an_instance(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
-    cli = [sys.executable, "-m", "tests.support.dovecot"]
+    cli = [sys.executable, "-m", "devkit.dovecot"]
     directory = tmp_path / "cli"
     start = [*cli, "start", str(directory), "--user", "carol:pw", "--seed", "carol:2:500"]
     out = subprocess.run(start, cwd=root, capture_output=True, text=True, check=True, timeout=60)

@@ -14,13 +14,13 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from popbridge.contract import Mailbox, close_chunks
 from popbridge.errors import BridgeError, MessageGone
-from popbridge.lookahead import Lookahead
-from popbridge.maildrop import Mailbox, close_chunks
 from popbridge.pop3.engine import Pop3Engine
 from popbridge.pop3.replies import Err, Ok
 from popbridge.pop3.wire import BodyEncoder
-from popbridge.snapshot import Entry
+from popbridge.session.lookahead import Lookahead
+from popbridge.session.snapshot import Entry
 
 
 class Output(Protocol):

@@ -8,10 +8,10 @@ the services, start the server, and stop every server it started when the test e
 from __future__ import annotations
 
 from popbridge.config import Config
-from popbridge.maildrop import Backend
-from popbridge.server import Pop3Server
-from popbridge.session import Services
-from popbridge.throttle import Throttle
+from popbridge.contract import Backend
+from popbridge.frontend.server import Pop3Server
+from popbridge.frontend.throttle import Throttle
+from popbridge.session.session import Services
 
 
 class Servers:

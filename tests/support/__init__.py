@@ -1,1 +1,0 @@
-"""Test support: real Dovecot instances, a throw-away TLS CA and real POP3 client runners."""
