@@ -12,9 +12,9 @@ import logging
 import re
 
 from devkit.memory_backend import MemoryBackend
-from popbridge.frontend.throttle import Throttle, ThrottlePolicy
 from popbridge.pop3.engine import NeedData, Pop3Engine
 from popbridge.session.session import Services, Session, SessionClosing, SessionPolicy
+from popbridge.session.throttle import Throttle, ThrottlePolicy
 
 NO_DELAY = ThrottlePolicy(base_delay=0)
 

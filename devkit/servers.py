@@ -10,8 +10,8 @@ from __future__ import annotations
 from popbridge.config import Config
 from popbridge.contract import Backend
 from popbridge.frontend.server import Pop3Server
-from popbridge.frontend.throttle import Throttle
 from popbridge.session.session import Services
+from popbridge.session.throttle import Throttle
 
 
 class Servers:

@@ -12,9 +12,9 @@ from popbridge.accounts.passthrough import Authenticator, PassthroughAuthenticat
 from popbridge.config import Config
 from popbridge.contract import Backend, load_backend
 from popbridge.errors import ConfigError
-from popbridge.frontend.throttle import LoginGate, Throttle
 from popbridge.pop3.sasl import ALL_MECHANISMS, PASSWORD_MECHANISMS
 from popbridge.session.session import Services
+from popbridge.session.throttle import LoginGate, Throttle
 from popbridge.store import MemoryStore, Store, open_store
 
 

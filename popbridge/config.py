@@ -18,8 +18,8 @@ from typing import Any
 
 from popbridge.contract import Disposition, DispositionKind
 from popbridge.errors import ConfigError
-from popbridge.frontend.throttle import LOGINS_IN_FLIGHT, ThrottlePolicy
 from popbridge.frontend.tls import PROFILES, VERSIONS, TlsSettings
+from popbridge.session.throttle import LOGINS_IN_FLIGHT, ThrottlePolicy
 from popbridge.upstream.settings import TableReader
 
 MIN_IDLE_TIMEOUT = 600.0  # RFC 1939 section 3: an autologout timer of at least 10 minutes

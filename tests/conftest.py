@@ -14,7 +14,7 @@ from devkit.servers import Servers
 from popbridge.config import Config, ListenerConfig, MaildropConfig, ServerConfig
 from popbridge.contract import load_backend
 from popbridge.frontend.server import Pop3Server
-from popbridge.frontend.throttle import ThrottlePolicy
+from popbridge.session.throttle import ThrottlePolicy
 
 NO_DELAY = ThrottlePolicy(base_delay=0)
 USERS = {"alice": "secret", "bob": "hunter2", "carol": "c4rol pw"}

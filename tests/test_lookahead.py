@@ -104,6 +104,7 @@ async def test_reading_in_order_fetches_each_message_once(backend: WatchedBacken
     mailbox = backend.watched[0]
     assert mailbox.calls == ["list", "fetch m1", "fetch m2"]  # m2 prepared before asked for
     await assert_dialogue(session, out, *RETR2, "C: QUIT", "S: +OK bye")
+    await session.abort()  # the connection's end: the LOGOUT comes after +OK to QUIT
     # m2 came from the prepared answer; m3 was prepared, then waited for before QUIT
     assert mailbox.calls == ["list", "fetch m1", "fetch m2", "fetch m3", "close"]
 
@@ -190,6 +191,7 @@ async def test_quit_disposes_only_after_the_preparation(backend: WatchedBackend)
     await exchange(session, out, b"USER alice\r\nPASS secret\r\n")
     reply, closed = await exchange(session, out, b"DELE 1\r\nRETR 2\r\nQUIT\r\n")
     assert closed and reply.endswith(b"+OK bye\r\n")
+    await session.abort()
     assert backend.watched[0].calls[-3:] == ["fetch m3", "dispose", "close"]
     assert backend.stores["alice"].mutations == [("expunge", ("m1",))]
 

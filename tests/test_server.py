@@ -9,13 +9,14 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from devkit.memory_backend import MemoryBackend
+from devkit.memory_backend import MemoryBackend, MemoryMailbox
 from devkit.servers import Servers
 from popbridge.config import Config, ListenerConfig, ServerConfig
+from popbridge.contract import Credentials
 from popbridge.frontend.server import Pop3Server
-from popbridge.frontend.throttle import ThrottlePolicy
 from popbridge.pop3.wire import normalise, normalised_size
 from popbridge.session.session import Services
+from popbridge.session.throttle import ThrottlePolicy
 
 MESSAGES = [
     b"Subject: one\r\n\r\nbody\r\n",
@@ -220,3 +221,39 @@ async def test_client_that_stops_reading_is_closed_by_the_idle_timer(
     assert backend.opened[-1].closed  # the session ended and released its mailbox
     assert backend.stores["alice"].mutations == []
     writer.close()
+
+
+async def test_quit_answers_and_closes_before_a_slow_logout_ends(
+    make_server: Callable[..., object], backend: MemoryBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The upstream LOGOUT waits until the test has seen the client's connection end: a
+    # bridge that held the client until LOGOUT finished never lets this test release it.
+    logout = asyncio.Event()
+    real_open = backend.open
+
+    async def open_with_slow_logout(credentials: Credentials) -> MemoryMailbox:
+        mailbox = await real_open(credentials)
+        real_close = mailbox.close
+
+        async def slow_close() -> None:
+            await logout.wait()
+            await real_close()
+
+        monkeypatch.setattr(mailbox, "close", slow_close)
+        return mailbox
+
+    monkeypatch.setattr(backend, "open", open_with_slow_logout)
+    server: Pop3Server = await make_server()  # type: ignore[misc]
+    reader, writer = await connect(server)
+    writer.write(b"USER alice\r\nPASS secret\r\nDELE 1\r\nQUIT\r\n")
+    data = await asyncio.wait_for(reader.read(), 10)  # read() returns at the server's close
+    assert data.endswith(b"+OK message 1 deleted\r\n+OK bye\r\n")
+    assert backend.stores["alice"].mutations == [("expunge", ("m1",))]
+    # the lock is free while the first LOGOUT still runs: the device may poll again at once
+    reader2, writer2 = await connect(server)
+    writer2.write(b"USER alice\r\nPASS secret\r\nQUIT\r\n")
+    logout.set()
+    again = await asyncio.wait_for(reader2.read(), 10)
+    assert b"+OK maildrop has 2 messages" in again
+    writer.close()
+    writer2.close()

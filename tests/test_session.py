@@ -3,14 +3,17 @@ before QUIT, locks, and the answers to backend failures."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import pytest
 
 from devkit.dialogue import assert_dialogue, exchange, make_session, quick_services
-from devkit.memory_backend import MemoryBackend
-from popbridge.contract import Disposition, DispositionKind
+from devkit.memory_backend import MemoryBackend, MemoryMailbox
+from popbridge.contract import Credentials, Disposition, DispositionKind, RemoteMessage
 from popbridge.errors import BackendUnavailable, LoginsBusy
-from popbridge.frontend.throttle import LoginGate
 from popbridge.session.session import Services, SessionPolicy
+from popbridge.session.throttle import LoginGate
 
 MSG1 = b"Subject: a\r\n\r\nhi\r\n"  # 18 octets
 MSG2 = b"Subject: b\n\n.dot\nlast"  # LF only, no final newline: 26 octets on the wire
@@ -79,6 +82,9 @@ async def test_quit_applies_exactly_the_deleted_messages(backend: MemoryBackend)
     store = backend.stores["alice"]
     assert store.mutations == [("expunge", ("m1", "m3"))]
     assert [m.identity for m in store.messages] == ["m2"]
+    # the LOGOUT waits for the connection's end (`abort`), after the client has its +OK
+    assert not backend.opened[-1].closed
+    await session.abort()
     assert backend.opened[-1].closed
 
 
@@ -262,3 +268,50 @@ async def test_misreported_size_is_corrected_for_later_sessions(backend: MemoryB
     )  # fmt: skip
     second, out2 = make_session(backend, services=services)
     await assert_dialogue(second, out2, *LOGIN, "C: LIST 2", "S: +OK 2 26")
+
+
+class _CloseOnce(MemoryBackend):
+    """Counts closes of every mailbox it opens; a second close of one fails the test."""
+
+    def __init__(self, *, list_fails: bool) -> None:
+        super().__init__()
+        self.list_fails = list_fails
+        self.closes: list[int] = []
+
+    async def open(self, credentials: Credentials) -> MemoryMailbox:
+        mailbox = await super().open(credentials)
+        index = len(self.closes)
+        self.closes.append(0)
+        real_list, real_close = mailbox.list, mailbox.close
+
+        async def listing(**options: Any) -> Sequence[RemoteMessage]:
+            if self.list_fails:
+                raise BackendUnavailable("listing failed")
+            return await real_list(**options)
+
+        async def close() -> None:
+            self.closes[index] += 1
+            assert self.closes[index] == 1, "Mailbox.close called twice"
+            await real_close()
+
+        mailbox.list, mailbox.close = listing, close  # type: ignore[method-assign]
+        return mailbox
+
+
+@pytest.mark.parametrize("list_fails", [True, False])
+async def test_each_opened_mailbox_is_closed_exactly_once(list_fails: bool) -> None:
+    # The contract promises one close per mailbox; a failed listing used to close it twice.
+    backend = _CloseOnce(list_fails=list_fails)
+    backend.user("alice", "secret", MSG1)
+    services = quick_services(backend)
+    session, out = make_session(backend, services=services)
+    reply, _ = await exchange(session, out, b"USER alice\r\nPASS secret\r\n")
+    assert (b"-ERR [SYS/TEMP]" in reply) is list_fails
+    await exchange(session, out, b"QUIT\r\n")
+    await session.abort()
+    assert backend.closes == [1]
+    backend.list_fails = False  # the lock was released too: the next login gets in
+    again, out = make_session(backend, services=services)
+    reply, _ = await exchange(again, out, b"USER alice\r\nPASS secret\r\n")
+    assert reply.endswith(b"+OK maildrop has 1 messages (18 octets)\r\n")
+    await again.abort()

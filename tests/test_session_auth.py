@@ -8,8 +8,8 @@ import pytest
 
 from devkit.dialogue import assert_dialogue, exchange, make_session
 from devkit.memory_backend import MemoryBackend
-from popbridge.frontend.throttle import Throttle, ThrottlePolicy
 from popbridge.session.session import Services, SessionPolicy
+from popbridge.session.throttle import Throttle, ThrottlePolicy
 
 OK_LOGIN = "S: +OK maildrop has 1 messages (18 octets)"
 AUTH_FAILED = "S: -ERR [AUTH] authentication failed"

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from popbridge.errors import Code, LoginsBusy
-from popbridge.frontend import throttle as t
+from popbridge.session import throttle as t
 
 
 class Clock:

@@ -21,8 +21,8 @@ from devkit.tlsca import TestPki, make_test_pki
 from popbridge.cli.commands import main
 from popbridge.config import Config, ListenerConfig, ServerConfig
 from popbridge.frontend.server import Pop3Server
-from popbridge.frontend.throttle import ThrottlePolicy
 from popbridge.frontend.tls import TlsSettings, build_context
+from popbridge.session.throttle import ThrottlePolicy
 
 MESSAGE = b"Subject: tls\r\n\r\nover TLS\r\n"
 

@@ -22,6 +22,7 @@ from backends.imap.protocol import Reply
 from backends.imap.readahead import ReadAhead
 from popbridge.contract import DisposeResult, Disposition, ListingMemory, RemoteMessage
 from popbridge.errors import AuthFailed, BackendFailure, BackendUnavailable, MessageGone
+from popbridge.upstream.lines import TopCut
 
 logger = logging.getLogger(__name__)
 
@@ -175,14 +176,17 @@ class ImapMailbox:
         yield self._section(fetched, uid, "HEADER", None)
         if lines == 0:
             return
-        offset, seen = 0, 0
+        offset, cut = 0, TopCut(lines, in_body=True)
         while True:
             text = self._section(fetched, uid, "TEXT", offset)
+            end = cut.cut(text)
+            if end is not None:
+                yield text[:end]
+                return
             if text:
                 yield text
             offset += len(text)
-            seen += text.count(b"\n")
-            if seen >= lines or len(text) < want:
+            if len(text) < want:
                 return
             want = min(self._chunk, want * 2)
             fetched = await self._fetch_one(uid, f"BODY.PEEK[TEXT]<{offset}.{want}>")

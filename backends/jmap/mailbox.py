@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import re
 from collections.abc import AsyncIterator, Collection
 
 from backends.jmap import dispose
@@ -25,11 +24,11 @@ from backends.jmap.api import Api
 from backends.jmap.listing import Listed, list_emails, query_filter
 from popbridge.contract import DisposeResult, Disposition, ListingMemory, RemoteMessage
 from popbridge.errors import MessageGone
+from popbridge.upstream.lines import TopCut
 
 logger = logging.getLogger(__name__)
 
 TOP_PIECE = 64 * 1024  # TOP reads in smaller pieces: it usually needs only the first one
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 _MAX_ID = 255  # RFC 8620 section 1.2: an Id is 1 to 255 octets
 LOCATE_AHEAD = 32  # Emails per Email/get when locating blobs, within maxObjectsInGet
 _Ids = list[str]  # `list` is a method name in JmapMailbox
@@ -68,7 +67,7 @@ class JmapMailbox:
         # blob, so an Email/get sent while a large download waits to be read never returns.
         url = self._api.session.download_url(await self._locate(identity))
         chunk = self._chunk if body_lines is None else min(self._chunk, TOP_PIECE)
-        counter = None if body_lines is None else _TopCounter(body_lines)
+        counter = None if body_lines is None else TopCut(body_lines)
         async with self._api.transport.stream(url, chunk=chunk) as pieces:
             async for piece in pieces:
                 cut = counter.cut(piece) if counter is not None else None
@@ -138,32 +137,3 @@ def _remote(entry: Listed) -> RemoteMessage:
     return RemoteMessage(
         identity=entry.id, size=entry.size, message_id=entry.message_id, received=entry.received
     )
-
-
-class _TopCounter:
-    """Finds where the header and `lines` body lines end (RFC 1939 section 7, TOP)."""
-
-    def __init__(self, lines: int) -> None:
-        self._lines = lines
-        self._tail = b""
-        self._in_body = False
-        self._seen = 0
-
-    def cut(self, piece: bytes) -> int | None:
-        """The offset in `piece` where the wanted part ends, or None if it goes on."""
-        position = 0
-        if not self._in_body:
-            data = self._tail + piece
-            end = _HEADER_END.search(data)
-            if end is None:
-                self._tail = data[-3:]  # a header end split across pieces is found next time
-                return None
-            self._in_body = True
-            position = end.end() - len(self._tail)  # >= 1: the tail alone held no header end
-        while self._seen < self._lines:
-            newline = piece.find(b"\n", position)
-            if newline < 0:
-                return None
-            self._seen += 1
-            position = newline + 1
-        return position

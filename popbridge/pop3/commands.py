@@ -14,7 +14,11 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-_NUMBER: Final = re.compile(rb"[0-9]{1,10}")
+_NUMBER: Final = re.compile(rb"[0-9]+")
+# RFC 1939 gives numbers no upper bound. A longer number stands for one past anything that
+# can exist: as a message number it names no message, as TOP's count it means every line.
+_EXACT_DIGITS: Final = 18
+BEYOND_ANY: Final = 10**_EXACT_DIGITS
 _KEYWORD: Final = re.compile(rb"[A-Za-z]{3,4}")
 # RFC 2449 section 3: params are VCHAR (0x21-0x7E); PASS keeps spaces, so SP is checked apart.
 _FORBIDDEN_ASCII: Final = re.compile(rb"[\x00-\x1f\x7f]")
@@ -29,10 +33,13 @@ class User:
 
 @dataclass(frozen=True, slots=True)
 class Pass:
+    """PASS; the engine fills in `user` from the USER it accepted just before."""
+
     password: str
+    user: str = ""
 
     def __repr__(self) -> str:  # never let a password reach a log through repr
-        return "Pass(password=<hidden>)"
+        return f"Pass(user={self.user!r}, password=<hidden>)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,8 +161,15 @@ _OPTIONAL_NUMBER: Final[dict[bytes, type[List] | type[Uidl]]] = {b"LIST": List, 
 
 
 def parse_number(raw: bytes) -> int | None:
-    """A decimal of 1-10 ASCII digits, or None (no sign, no "_", no other scripts)."""
-    return int(raw) if _NUMBER.fullmatch(raw) else None
+    """A decimal of ASCII digits, or None (no sign, no "_", no other scripts).
+
+    Any length is accepted (the line cap bounds it); a value of more than 18 digits is
+    `BEYOND_ANY`, so no huge integer is ever built from client input.
+    """
+    if not _NUMBER.fullmatch(raw):
+        return None
+    digits = raw.lstrip(b"0") or b"0"
+    return int(digits) if len(digits) <= _EXACT_DIGITS else BEYOND_ANY
 
 
 def _text(raw: bytes, what: str) -> str | Invalid:

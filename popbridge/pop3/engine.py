@@ -12,6 +12,7 @@ plain byte strings.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 from typing import Final
@@ -88,7 +89,7 @@ class Pop3Engine:
         self._buffer = bytearray()
         self._discarding = False
         self._pending: c.Command | None = None
-        self._user_accepted = False
+        self._user: str | None = None  # the name of a USER just accepted
         self._in_sasl = False
         self._tls_pending = False
         self._strikes = 0
@@ -101,7 +102,7 @@ class Pop3Engine:
     @property
     def awaiting_pass(self) -> bool:
         """True right after a successful USER: only PASS may follow (RFC 1939 section 7)."""
-        return self._user_accepted
+        return self._user is not None
 
     @property
     def buffered(self) -> int:
@@ -154,9 +155,9 @@ class Pop3Engine:
         self._discarding = False
 
     def tls_established(self) -> None:
-        """TLS is up after STLS: forget facts from before it (conformance E-2.5)."""
+        """TLS is up after STLS: forget what the client said before it (RFC 2595 §4)."""
         self._tls_pending = False
-        self._user_accepted = False
+        self._user = None
 
     def connection_closed(self) -> None:
         """The transport is gone; nothing more will be processed."""
@@ -196,9 +197,10 @@ class Pop3Engine:
             return self._strike(Rejected(Err(parsed.reason)))
         if self.state not in ALLOWED_STATES[type(parsed)]:
             return self._strike(Rejected(Err("command not valid in this state")))
-        if isinstance(parsed, c.Pass) and not self._user_accepted:
-            self._user_accepted = False
-            return self._strike(Rejected(Err("PASS must follow a successful USER")))
+        if isinstance(parsed, c.Pass):
+            if self._user is None:
+                return self._strike(Rejected(Err("PASS must follow a successful USER")))
+            parsed = dataclasses.replace(parsed, user=self._user)
         self._strikes = 0
         if isinstance(parsed, c.Quit) and self.state is State.TRANSACTION:
             self.state = State.UPDATE  # RFC 1939 section 6
@@ -206,7 +208,7 @@ class Pop3Engine:
         return parsed
 
     def _strike(self, rejected: Rejected) -> Rejected:
-        self._user_accepted = False  # PASS must come *immediately* after USER
+        self._user = None  # PASS must come *immediately* after USER (RFC 1939 §7)
         self._in_sasl = False  # a refused SASL line ends the exchange (RFC 5034 section 4)
         self._strikes += 1
         if self._strikes >= MAX_STRIKES:
@@ -217,7 +219,7 @@ class Pop3Engine:
     def _apply(self, command: c.Command, reply: Reply) -> None:
         """Update the state from the reply given to `command`: the one transition table."""
         ok = isinstance(reply, Ok)
-        self._user_accepted = ok and isinstance(command, c.User)
+        self._user = command.name if ok and isinstance(command, c.User) else None
         if isinstance(reply, Continue):
             if not isinstance(command, c.Auth | c.SaslResponse):
                 raise ProtocolError("a challenge answers only AUTH")

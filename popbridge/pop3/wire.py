@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import re
 
+from popbridge.upstream.lines import TopCut
+
 CRLF = b"\r\n"
 TERMINATOR = b".\r\n"
 _LINE_END = re.compile(rb"\r\n|\r|\n")
@@ -41,46 +43,18 @@ def normalised_size(message: bytes) -> int:
 
 
 class _TopTrimmer:
-    """Cuts normalised bytes after the header block plus `body_lines` lines (RFC 1939 TOP)."""
+    """Cuts normalised bytes after the header block plus `body_lines` lines (RFC 1939 §7)."""
 
     def __init__(self, body_lines: int) -> None:
-        self._remaining = body_lines
-        self._in_header = True
-        self._tail = b""  # the last bytes seen, to find a header end split across chunks
-        self.done = False
+        self._cut = TopCut(body_lines)
+
+    @property
+    def done(self) -> bool:
+        return self._cut.done
 
     def take(self, data: bytes) -> bytes:
-        if self.done or not data:
-            return b""
-        if self._in_header:
-            return self._take_header(data)
-        return self._take_body(data)
-
-    def _take_header(self, data: bytes) -> bytes:
-        window = self._tail + data
-        at_start = self._tail == b"" and data.startswith(CRLF)
-        end = 0 if at_start else window.find(b"\r\n\r\n")
-        if end < 0:
-            self._tail = window[-3:]
-            return data
-        self._in_header = False
-        # bytes of `data` up to and including the blank line that ends the header
-        cut = (2 if at_start else end + 4) - len(self._tail)
-        return data[:cut] + self._take_body(data[cut:])
-
-    def _take_body(self, data: bytes) -> bytes:
-        if self._remaining == 0:
-            self.done = True
-            return b""
-        if data.count(b"\n") < self._remaining:
-            self._remaining -= data.count(b"\n")
-            return data
-        end = -1
-        for _ in range(self._remaining):  # bounded by the lines this one chunk holds
-            end = data.index(b"\n", end + 1)
-        self._remaining = 0
-        self.done = True
-        return data[: end + 1]
+        cut = self._cut.cut(data)
+        return data if cut is None else data[:cut]
 
 
 class BodyEncoder:

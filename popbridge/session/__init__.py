@@ -3,7 +3,7 @@
 The engine says what the client asked; the session decides the answer and is the only
 place that calls a backend, through the contract (`popbridge.contract`). May import
 `popbridge.pop3`, `popbridge.contract`, `popbridge.errors`, `popbridge.store`,
-`popbridge.accounts` (the authenticator seam) and `popbridge.frontend.throttle`'s policy
+`popbridge.accounts` (the authenticator seam) and `popbridge.session.throttle`'s policy
 types; never a backend, aioimaplib, aiohttp, ssl or socket.
 """
 

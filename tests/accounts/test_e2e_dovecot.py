@@ -28,9 +28,9 @@ from popbridge.accounts.passwords import PasswordHasher
 from popbridge.config import Config, ListenerConfig, ServerConfig
 from popbridge.contract import load_backend
 from popbridge.frontend.server import Pop3Server
-from popbridge.frontend.throttle import Throttle, ThrottlePolicy
 from popbridge.oauth2 import AccessTokens
 from popbridge.session.session import Services
+from popbridge.session.throttle import Throttle, ThrottlePolicy
 from popbridge.store import MemoryAccountRecords
 from tests.accounts.conftest import provider_for
 

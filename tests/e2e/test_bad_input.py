@@ -103,7 +103,7 @@ TRANSACTION_CASES = [
     ("RETR \u00b2\r\n".encode(), [NON_ASCII]),
     (b"RETR 0x1\r\n", [BAD_NUMBER]),
     (b"RETR -1\r\n", [BAD_NUMBER]),
-    (b"RETR 12345678901\r\n", [BAD_NUMBER]),
+    (b"RETR 12345678901\r\n", [b"-ERR no such message"]),
     (b"RETR 0\r\n", [b"-ERR no such message"]),
     (b"RETR 99\r\n", [b"-ERR no such message"]),
     (b"RETR \x001\r\n", [CONTROL]),

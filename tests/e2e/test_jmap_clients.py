@@ -24,7 +24,7 @@ from devkit.servers import Servers
 from popbridge.config import Config, ListenerConfig, MaildropConfig, ServerConfig
 from popbridge.contract import Disposition, DispositionKind, load_backend
 from popbridge.frontend.server import Pop3Server
-from popbridge.frontend.throttle import ThrottlePolicy
+from popbridge.session.throttle import ThrottlePolicy
 
 pytestmark = [pytest.mark.clients, pytest.mark.cyrus]
 

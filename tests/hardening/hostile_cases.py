@@ -12,6 +12,8 @@ import json
 from devkit.dovecot import generate_message, wire_form
 
 SIZES = [len(wire_form(generate_message(i, 500))) for i in (1, 2, 3)]
+FIRST = wire_form(generate_message(1, 500))
+WHOLE_FIRST = [b"+OK %d octets" % SIZES[0], *FIRST.split(b"\r\n")[:-1], b"."]
 NOT_IN_STATE = b"-ERR command not valid in this state"
 AUTH_FAILED = b"-ERR [AUTH] authentication failed"
 CONTROL = b"-ERR control characters are not allowed"
@@ -121,7 +123,14 @@ TRANSACTION_EXTRA = [
     (b"LIST 1 \r\n", [b"+OK 1 %d" % SIZES[0]]),
     (b"DELE 4294967297\r\n", [NO_SUCH]),
     (b"DELE -0\r\n", [BAD_NUMBER]),
-    (b"TOP 1 12345678901\r\n", [b"-ERR invalid line count"]),
+    # RFC 1939 §7 bounds no number: a count past the end is the whole message, a number
+    # past any message is "no such message", the same answer as for a small unknown one
+    (b"TOP 1 12345678901\r\n", WHOLE_FIRST),
+    (b"TOP 1 " + b"9" * 400 + b"\r\n", WHOLE_FIRST),
+    (b"TOP " + b"9" * 40 + b" 1\r\n", [NO_SUCH]),
+    (b"RETR 12345678901234567890\r\n", [NO_SUCH]),
+    (b"LIST " + b"0" * 30 + b"1\r\n", [b"+OK 1 %d" % SIZES[0]]),
+    (b"TOP 1 +5\r\n", [b"-ERR invalid line count"]),
     (b"TOP 1 1.5\r\n", [b"-ERR invalid line count"]),
     ("RETR \uff11\r\n".encode(), [NON_ASCII]),  # fullwidth digit one
     (b"APOP alice c4c9334bac560ecc979e58001b3e22fb\r\n", [NOT_IN_STATE]),

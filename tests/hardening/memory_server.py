@@ -16,8 +16,8 @@ import signal
 from devkit.memory_backend import MemoryBackend
 from popbridge.config import Config, ListenerConfig, ServerConfig
 from popbridge.frontend.server import Pop3Server
-from popbridge.frontend.throttle import Throttle, ThrottlePolicy
 from popbridge.session.session import Services
+from popbridge.session.throttle import Throttle, ThrottlePolicy
 
 
 def message(size: int) -> bytes:

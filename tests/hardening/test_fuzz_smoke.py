@@ -12,8 +12,10 @@ import pytest
 from devkit.memory_backend import MemoryMailbox
 from fuzz import harness
 from fuzz.fuzz_parser import plain
+from popbridge.pop3.commands import User
 from popbridge.pop3.replies import Err, Ok
 from popbridge.session.session import Session
+from popbridge.session.transaction import Transaction
 
 LOGGED_IN = b"\x05\xff"  # preamble USER/PASS, plaintext allowed, whole stream at once
 
@@ -26,7 +28,10 @@ def test_seeds_and_mutants_keep_every_property() -> None:
 
 
 def test_an_echoed_user_name_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(Session, "_user_command", lambda self, name: Err(f"no {name}"))
+    async def echo(self: Session, command: User) -> Err:
+        return Err(f"no {command.name}")
+
+    monkeypatch.setattr(Session, "_authorization", echo)
     with pytest.raises(AssertionError, match="no mallory"):
         harness.check(b"\x04\xffUSER mallory\r\n")
 
@@ -38,21 +43,21 @@ def test_an_overlong_reply_line_is_caught(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_a_deletion_without_quit_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    def dele_now(self: Session, command: object, snapshot: object) -> Ok:
-        mailbox = self._mailbox
+    def dele_now(self: Transaction, command: object) -> Ok:
+        mailbox = self.mailbox
         assert isinstance(mailbox, MemoryMailbox)
         mailbox.store.mutations.append(("expunge", ("m1",)))  # as if removed at once
         return Ok("message 1 deleted")
 
-    monkeypatch.setattr(Session, "_transaction", dele_now)
+    monkeypatch.setattr(Transaction, "answer", dele_now)
     with pytest.raises(AssertionError, match="Dele"):
         harness.check(LOGGED_IN + b"DELE 1\r\n")
 
 
 def test_an_exception_escaping_the_session_is_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
-    def boom(self: Session, command: object, snapshot: object) -> Ok:
+    def boom(self: Transaction, command: object) -> Ok:
         raise ValueError("unexpected")
 
-    monkeypatch.setattr(Session, "_transaction", boom)
+    monkeypatch.setattr(Transaction, "answer", boom)
     with pytest.raises(ValueError, match="unexpected"):
         harness.check(LOGGED_IN + b"STAT\r\n")

@@ -22,8 +22,8 @@ from devkit.memory_backend import MemoryBackend
 from devkit.servers import Servers
 from popbridge.config import Config, ListenerConfig, ServerConfig
 from popbridge.frontend.server import Pop3Server
-from popbridge.frontend.throttle import ThrottlePolicy
 from popbridge.pop3.wire import normalised_size
+from popbridge.session.throttle import ThrottlePolicy
 from tests.conftest import StartBridge
 from tests.hardening.pop3client import Pop3Client, logged_in
 from tests.hardening.processes import BridgeProcess, memory_usage

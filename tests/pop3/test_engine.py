@@ -62,6 +62,10 @@ def test_engine_imports_no_io_or_backend_module() -> None:
         (b"RETR 1", c.Retr(1)),
         (b"TOP 2 0", c.Top(2, 0)),
         (b"TOP 1 99999999", c.Top(1, 99999999)),
+        (b"TOP 1 " + b"7" * 300, c.Top(1, c.BEYOND_ANY)),
+        (b"RETR 12345678901", c.Retr(12345678901)),
+        (b"RETR 0000000000000000000000042", c.Retr(42)),
+        (b"DELE " + b"1" * 19, c.Dele(c.BEYOND_ANY)),
         (b"DELE 3", c.Dele(3)),
         (b"NOOP", c.Noop()),
         (b"RSET", c.Rset()),
@@ -91,7 +95,6 @@ def test_valid_lines_parse(line: bytes, command: c.Command) -> None:
         b"RETR -1",
         b"RETR",
         b"RETR 1 2",
-        b"RETR 12345678901",
         b"TOP 1",
         b"TOP 1 -1",
         b"TOP 1 x",
@@ -158,6 +161,27 @@ def test_pass_must_immediately_follow_a_successful_user() -> None:
     feed(engine, b"USER a\r\n")
     engine.send(Err("refused"))
     assert isinstance(feed(engine, b"PASS x\r\n"), Rejected)
+
+
+def test_pass_carries_the_user_the_engine_accepted() -> None:
+    # the USER name lives in the engine only: the session gets it with PASS
+    engine = Pop3Engine()
+    feed(engine, b"USER alice\r\n")
+    engine.send(Ok())
+    event = feed(engine, b"PASS s3cret\r\n")
+    assert event == c.Pass("s3cret", user="alice")
+    assert "s3cret" not in repr(event)
+
+
+def test_tls_makes_the_engine_forget_a_user_from_before() -> None:
+    engine = Pop3Engine()
+    feed(engine, b"USER alice\r\n")
+    engine.send(Ok())
+    feed(engine, b"STLS\r\n")
+    engine.send(Ok())
+    engine.discard_plaintext()
+    engine.tls_established()
+    assert isinstance(feed(engine, b"PASS x\r\n"), Rejected)  # RFC 2595 §4
 
 
 def test_pipelined_commands_come_one_at_a_time_in_order() -> None:

@@ -1,0 +1,55 @@
+"""Where TOP's answer ends: the header, the blank line after it, and n body lines.
+
+RFC 1939 §7: TOP sends the header, the blank line separating it from the body, and then
+the first n lines of the body. The same rule stops a backend's download early and trims
+what the core sends, so it lives here once. `TopCut` reads raw bytes as they arrive, in
+pieces of any size, with CRLF or bare LF line ends (a header end split across pieces is
+still found), and says where the wanted part ends.
+"""
+
+from __future__ import annotations
+
+_BLANK = (b"", b"\r")  # a line with nothing before its LF but an optional CR
+
+
+class TopCut:
+    """Finds the end of the header plus `lines` body lines in a stream of pieces."""
+
+    def __init__(self, lines: int, *, in_body: bool = False) -> None:
+        self._lines = lines
+        self._in_body = in_body  # True when the pieces start at the body (IMAP TEXT)
+        self._line = b""  # the current header line so far (its last two bytes suffice)
+        self._seen = 0
+        self.done = False
+
+    def cut(self, piece: bytes) -> int | None:
+        """The offset in `piece` where the wanted part ends, or None if it goes on.
+
+        After the end was found, every later piece is cut at 0.
+        """
+        if self.done:
+            return 0
+        position = 0 if self._in_body else self._header_end(piece)
+        if position < 0:
+            return None
+        while self._seen < self._lines:
+            newline = piece.find(b"\n", position)
+            if newline < 0:
+                return None
+            self._seen += 1
+            position = newline + 1
+        self.done = True
+        return position
+
+    def _header_end(self, piece: bytes) -> int:
+        """The offset just after the blank line ending the header, or -1 if not in `piece`."""
+        position = 0
+        while (newline := piece.find(b"\n", position)) >= 0:
+            line = self._line + piece[position:newline]
+            self._line = b""
+            position = newline + 1
+            if line in _BLANK:
+                self._in_body = True
+                return position
+        self._line = (self._line + piece[position:])[-2:]
+        return -1
