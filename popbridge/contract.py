@@ -176,6 +176,19 @@ class Backend(Protocol):
         ...
 
 
+def expire_policy(backend: Backend) -> str | None:
+    """The RFC 2449 §6.7 EXPIRE value that tells clients the truth about this backend.
+
+    A backend may say it with an `expire` attribute: "NEVER" when nothing leaves the
+    maildrop without a DELE, a number of days when messages leave it on their own after
+    that long (a date window), or None when they can leave in a way no day count
+    describes (a window of the newest N), in which case EXPIRE is not announced. A backend
+    without the attribute keeps every message until DELE: "NEVER".
+    """
+    value = getattr(backend, "expire", "NEVER")
+    return value if value is None or isinstance(value, str) else None
+
+
 class BackendFactory(Protocol):
     """The object an entry point names: builds a backend from its config table."""
 

@@ -175,7 +175,8 @@ async def test_plaintext_refused_without_tls_unless_opted_in(backend: MemoryBack
     await assert_dialogue(
         session, out,
         "C: CAPA", "S: +OK capability list follows", "S: TOP", "S: UIDL", "S: RESP-CODES",
-        "S: AUTH-RESP-CODE", "S: PIPELINING", "S: IMPLEMENTATION popbridge", "S: .",
+        "S: AUTH-RESP-CODE", "S: PIPELINING", "S: EXPIRE NEVER", "S: IMPLEMENTATION popbridge",
+        "S: .",
         "C: USER alice",
         "S: -ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections",
         "C: PASS secret", "S: -ERR PASS must follow a successful USER",
@@ -315,3 +316,22 @@ async def test_each_opened_mailbox_is_closed_exactly_once(list_fails: bool) -> N
     reply, _ = await exchange(again, out, b"USER alice\r\nPASS secret\r\n")
     assert reply.endswith(b"+OK maildrop has 1 messages (18 octets)\r\n")
     await again.abort()
+
+
+class _Windowed(MemoryBackend):
+    def __init__(self, expire: str | None) -> None:
+        super().__init__()
+        self.expire = expire
+
+
+@pytest.mark.parametrize(
+    ("expire", "line"), [("NEVER", b"EXPIRE NEVER"), ("30", b"EXPIRE 30"), (None, None)]
+)
+async def test_expire_tells_the_backends_truth(expire: str | None, line: bytes | None) -> None:
+    # RFC 2449 §6.7: NEVER without a window, the days of a date window, nothing for a
+    # window of the newest N (messages leave it with every arrival)
+    backend = _Windowed(expire)
+    session, out = make_session(backend)
+    reply, _ = await exchange(session, out, b"CAPA\r\n")
+    lines = reply.split(b"\r\n")
+    assert [x for x in lines if x.startswith(b"EXPIRE")] == ([line] if line else [])

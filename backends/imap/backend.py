@@ -31,6 +31,16 @@ class ImapBackend:
     def __init__(self, settings: ImapSettings) -> None:
         self.settings = settings
 
+    @property
+    def expire(self) -> str | None:
+        """RFC 2449 §6.7: messages leave a date window after its days; a window of the
+        newest N moves with every arrival, which no day count describes."""
+        if self.settings.window_newest is not None:
+            return None
+        if self.settings.window_days is not None:
+            return str(self.settings.window_days)
+        return "NEVER"
+
     async def open(self, credentials: Credentials) -> ImapMailbox:
         """Log in and EXAMINE the folder; raises AuthFailed, BackendUnavailable/Failure."""
         _screen(credentials)

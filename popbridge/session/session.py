@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from popbridge.contract import expire_policy
 from popbridge.errors import Code
 from popbridge.pop3 import commands as c
 from popbridge.pop3.engine import Pop3Engine, Rejected
@@ -122,6 +123,8 @@ class Session:
             caps.append("STLS")
         if (delay := self._services.throttle.policy.login_delay) > 0:
             caps.append(f"LOGIN-DELAY {delay}")
+        if (expire := expire_policy(self._services.backend)) is not None:
+            caps.append(f"EXPIRE {expire}")
         caps.append(f"IMPLEMENTATION {self._policy.implementation}")
         return caps
 

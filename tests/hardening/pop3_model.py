@@ -29,7 +29,7 @@ MECHANISMS = ("PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER")
 NOT_IN_STATE = b"-ERR command not valid in this state"
 AUTH_FAILED = b"-ERR [AUTH] authentication failed"
 CAPA = [b"TOP", b"USER", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
-CAPA += [b"SASL " + " ".join(MECHANISMS).encode(), b"IMPLEMENTATION popbridge"]
+CAPA += [b"SASL " + " ".join(MECHANISMS).encode(), b"EXPIRE NEVER", b"IMPLEMENTATION popbridge"]
 OAUTH_ERRORS = {
     "XOAUTH2": {"status": "401", "schemes": "bearer", "scope": "mail"},
     "OAUTHBEARER": {"status": "invalid_token"},
