@@ -54,10 +54,16 @@ class MemoryMailbox:
     def __init__(self, store: MemoryUpstream) -> None:
         self.store = store
         self.closed = False
+        self.withheld: frozenset[str] = frozenset()  # hidden by the keyword, still here
 
     async def list(
         self, *, hidden_keyword: str | None = None, memory: ListingMemory | None = None
     ) -> Sequence[RemoteMessage]:
+        self.withheld = frozenset(
+            m.identity
+            for m in self.store.messages
+            if hidden_keyword is not None and hidden_keyword in m.flags
+        )
         return [
             RemoteMessage(
                 m.identity, self.store.misreported.get(m.identity, normalised_size(m.data))

@@ -155,6 +155,14 @@ class Mailbox(Protocol):
         ...
 
 
+def withheld_by(mailbox: Mailbox) -> frozenset[str]:
+    """Identities the mailbox's last `list` left out on purpose though they are still in the
+    folder (a hidden keyword, a window), if the backend says so with a `withheld`
+    attribute. The UID map keeps their UIDLs from passing to a content-identical copy."""
+    found = getattr(mailbox, "withheld", None)
+    return frozenset(found) if found else frozenset()
+
+
 async def close_chunks(chunks: AsyncIterator[bytes]) -> None:
     """Close what `Mailbox.fetch` returned, also when it was not read to the end (TOP, a
     client gone): an async generator's cleanup (a partial fetch in flight, an HTTP

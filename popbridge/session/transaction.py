@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from popbridge.contract import Mailbox
+from popbridge.contract import Mailbox, withheld_by
 from popbridge.pop3 import commands as c
 from popbridge.pop3.engine import Pop3Engine
 from popbridge.pop3.replies import Err, Ok, Reply
@@ -53,7 +53,8 @@ class Transaction:
             memory=services.listings.for_account(held.account),
         )
         listing = await services.sizes.correct(held.account, listing)
-        uidls = await services.uidls.assign(held.account, listing)
+        withheld = withheld_by(held.mailbox)
+        uidls = await services.uidls.assign(held.account, listing, withheld=withheld)
         return cls(held, Snapshot(listing, uidls), services, log=log)
 
     @property

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -125,7 +125,9 @@ class PostgresUidls:
         self._mint = uidmap.minter(epoch)
         self._clock = clock
 
-    async def assign(self, account: str, messages: Sequence[RemoteMessage]) -> list[str]:
+    async def assign(
+        self, account: str, messages: Sequence[RemoteMessage], *, withheld: Collection[str] = ()
+    ) -> list[str]:
         now = int(self._clock())
         async with (
             guarded("UID map"),
@@ -149,6 +151,7 @@ class PostgresUidls:
                 [uidmap.Row(*row) for row in tombs],
                 now=now,
                 mint=self._mint,
+                withheld=withheld,
             )
             await _apply(connection, account, result, now)
         return result.uidls

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -166,7 +166,9 @@ class SqliteUidls:
         self._mint = uidmap.minter(epoch)
         self._clock = clock
 
-    async def assign(self, account: str, messages: Sequence[RemoteMessage]) -> list[str]:
+    async def assign(
+        self, account: str, messages: Sequence[RemoteMessage], *, withheld: Collection[str] = ()
+    ) -> list[str]:
         now = int(self._clock())
         listing = list(messages)
 
@@ -186,6 +188,7 @@ class SqliteUidls:
                 [uidmap.Row(*row) for row in tombs],
                 now=now,
                 mint=self._mint,
+                withheld=withheld,
             )
             _apply(connection, account, result, now)
             return result.uidls

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Final, Protocol
 
 from popbridge.contract import RemoteMessage
@@ -38,11 +38,18 @@ def is_valid_uidl(uidl: str) -> bool:
 class UidlMap(Protocol):
     """Assigns UIDLs to a listing; a persistent store can implement this too."""
 
-    async def assign(self, account: str, messages: Sequence[RemoteMessage]) -> list[str]: ...
+    async def assign(
+        self, account: str, messages: Sequence[RemoteMessage], *, withheld: Collection[str] = ()
+    ) -> list[str]:
+        """One UIDL per listed message; `withheld` identities are in the folder but not
+        listed on purpose, and keep their UIDLs to themselves."""
+        ...
 
 
 class DerivedUidls:
     """The stateless `UidlMap`: every UIDL is `uidl_for(identity)`."""
 
-    async def assign(self, account: str, messages: Sequence[RemoteMessage]) -> list[str]:
+    async def assign(
+        self, account: str, messages: Sequence[RemoteMessage], *, withheld: Collection[str] = ()
+    ) -> list[str]:
         return [uidl_for(m.identity) for m in messages]

@@ -19,7 +19,7 @@ import base64
 import hashlib
 import secrets
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Final
@@ -92,9 +92,16 @@ def plan(
     *,
     now: int,
     mint: Callable[[], str],
+    withheld: Collection[str] = (),
 ) -> Plan:
-    """UIDLs for `listing`, given the account's live rows and tombstones (see the docstring)."""
-    return _Planner(live, tombstones, now, mint).run(listing)
+    """UIDLs for `listing`, given the account's live rows and tombstones (see the docstring).
+
+    `withheld` are identities still in the folder but not listed on purpose (hidden by the
+    keyword disposition, outside the window): their rows stay theirs. A content-identical
+    copy must never inherit such a UIDL, or a client that keeps mail would take the copy
+    for the message it already has and never download it (RFC 1939 §7).
+    """
+    return _Planner(live, tombstones, now, mint).run(listing, frozenset(withheld))
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +129,7 @@ class _Planner:
         self.disowned: list[Row] = []
         self.out = Plan()
 
-    def run(self, listing: Sequence[RemoteMessage]) -> Plan:
+    def run(self, listing: Sequence[RemoteMessage], withheld: frozenset[str]) -> Plan:
         if len({m.identity for m in listing}) != len(listing):
             raise BackendFailure("the backend listed one identity twice")
         given: dict[str, str] = {}
@@ -141,7 +148,7 @@ class _Planner:
                     self.out.touch.append(message.identity)
             elif not self._revive(message, given):
                 unknown.append(message)
-        present = {m.identity for m in listing} - superseded
+        present = ({m.identity for m in listing} - superseded) | withheld
         matched = self._rematch(unknown, present)
         for message in unknown:
             given[message.identity] = self._place(message, matched.get(message.identity))

@@ -120,6 +120,30 @@ class StoreContract:
         assert by_hint(twice, await store.uidls.assign(ACCOUNT, twice)) == old
         assert by_hint(twice, await store.uidls.assign(ACCOUNT, twice)) == old
 
+    async def test_a_copy_never_inherits_a_withheld_messages_uidl(
+        self, harness: StoreHarness
+    ) -> None:
+        # Message 1 is hidden by the keyword disposition (or left the window) but is still
+        # in the folder; a content-identical copy (same Message-ID, date and size) arrives
+        # under a new identity. A keep-mail client must download the copy: fresh UIDL.
+        store = await harness.open()
+        original = mail(1)
+        first = await store.uidls.assign(ACCOUNT, [original, mail(2)])
+        copy = mail(1, "100.9")
+        later = await store.uidls.assign(ACCOUNT, [mail(2), copy], withheld=["100.1"])
+        assert later[0] == first[1]
+        assert later[1] not in first
+        # the original comes back (keyword removed): its own UIDL, not the copy's
+        back = await store.uidls.assign(ACCOUNT, [original, mail(2), copy])
+        assert back == [first[0], first[1], later[1]]
+
+    async def test_a_vanished_message_still_passes_its_uidl_on(self, harness: StoreHarness) -> None:
+        # the rule above must not stop the re-match it exists next to: when the original is
+        # really gone (a move out and back gives it a new UID), the UIDL follows it
+        store = await harness.open()
+        first = await store.uidls.assign(ACCOUNT, [mail(1), mail(2)])
+        assert await store.uidls.assign(ACCOUNT, [mail(2), mail(1, "100.9")]) == first[::-1]
+
     async def test_rematch_ignores_size_corrections_and_brings_new_mail(
         self, harness: StoreHarness
     ) -> None:
