@@ -5,6 +5,9 @@ This package owns everything IMAP: `create` (the `popbridge.backends` entry poin
 the work: `config` (settings and TLS context), `wire` (IMAP syntax, no I/O), `connection`
 (the only user of aioimaplib: deadlines, TLS, login), `mailbox` (read-only listing and
 streaming), `dispose` (the writes at QUIT) and `backend` (session setup and `check`).
+
+From the core it imports only `popbridge.contract`, `popbridge.errors` and
+`popbridge.upstream` (tests/test_layout.py checks it).
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ HTTP errors), `discovery` (the Session resource and URL templates), `api` (metho
 their errors), `folders` (Mailboxes by role or name), `listing` (Email/query paging and the
 stable order), `mailbox` (listing and streaming, read-only), `dispose` (the writes at QUIT)
 and `backend` (login and `check`).
+
+From the core it imports only `popbridge.contract`, `popbridge.errors` and
+`popbridge.upstream` (tests/test_layout.py checks it).
 """
 
 from __future__ import annotations

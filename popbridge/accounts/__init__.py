@@ -6,6 +6,9 @@ upstream account and logs in there with a secret the device never sees, a passwo
 OAuth2 refresh token, sealed with AES-256-GCM under an operator key. `settings` reads
 `[accounts]`, `crypto` is the key ring, `records` the stored format, `manage` the operations
 behind `popbridge accounts`, and `authenticator` the `Authenticator` the sessions use.
+
+May import `popbridge.contract`, `popbridge.errors`, `popbridge.store`, `popbridge.oauth2`
+and `popbridge.upstream`; never the frontend, the session or a backend.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ its successor OAUTHBEARER) instead of a password: `providers` (presets and confi
 `client` (the HTTP requests, with our deadlines and error classes), `tokens` (access tokens
 cached per account, single-flight refresh ahead of expiry) and `flows` (the browser and
 device flows `popbridge accounts add --oauth2` runs once).
+
+May import `popbridge.errors` and `popbridge.upstream`; it is, with `popbridge.admin`, one
+of the two places in the core that use aiohttp (token endpoints, the flows' redirect listener).
 """
 
 from __future__ import annotations

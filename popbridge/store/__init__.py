@@ -7,6 +7,9 @@ in-memory store serves tests and single runs; SQLite (`popbridge.store.sqlite`) 
 default for one instance and PostgreSQL (`popbridge.store.postgres`) lets several instances
 share state. `open_store` picks one from `[store]`; the UID map's rules are shared by both
 SQL stores and live in `popbridge.store.uidmap`.
+
+May import `popbridge.contract`, `popbridge.errors` and `popbridge.upstream`; asyncpg only
+in the PostgreSQL modules, and nothing of the frontend, the session or a backend.
 """
 
 from __future__ import annotations
