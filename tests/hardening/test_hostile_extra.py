@@ -37,7 +37,7 @@ pytestmark = pytest.mark.dovecot
 
 OWN_COMMAND = re.compile(
     rb"[A-P]{3,4}[0-9]+ (CAPABILITY|AUTHENTICATE PLAIN [A-Za-z0-9+/]+=*|EXAMINE \"INBOX\""
-    rb"|UID SEARCH NOT DELETED|UID FETCH [0-9:,]+ \([A-Z0-9. ()\[\]-]+\)|LOGOUT)"
+    rb"|UID SEARCH NOT DELETED|UID FETCH [0-9:,]+ \([A-Z0-9. ()\[\]<>-]+\)|LOGOUT)"
 )
 BASE64_RESPONSE = re.compile(rb"[A-Za-z0-9+/]*=*")
 
