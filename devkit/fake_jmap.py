@@ -6,7 +6,10 @@ characters). It can clamp Email/query's `limit`, advertise small `maxObjectsInGe
 `maxObjectsInSet` (and refuse requests over them with `requestTooLarge`), return ties in
 `receivedAt` in a different order on every query, move `queryState` while a client pages,
 answer scripted HTTP statuses (429 with Retry-After, 503), report per-item SetErrors, refuse
-capabilities, or never answer. It records every method call and download for assertions.
+capabilities, or never answer. Email/set honours `ifInState` (RFC 8620 section 5.3) and
+`before_set` plays another client changing the account just before a write. It can serve
+over TLS, name a chosen `username`, redirect discovery or advertise other URLs in its Session.
+It records every method call and download, and the Authorization header of every request.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import asyncio
 import base64
 import json
 import random
+import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -43,7 +48,13 @@ class FakeEmail:
 class FakeJmap:
     """Start with `async with FakeJmap(emails) as fake:`; `fake.url` is its origin."""
 
-    def __init__(self, emails: list[FakeEmail] | None = None, **limits: int) -> None:
+    def __init__(
+        self,
+        emails: list[FakeEmail] | None = None,
+        *,
+        tls: ssl.SSLContext | None = None,
+        **limits: int,
+    ) -> None:
         self.emails = {email.id: email for email in emails or []}
         self.limits = {"maxObjectsInGet": 4096, "maxObjectsInSet": 4096, "maxCallsInRequest": 16}
         self.limits |= {"maxSizeRequest": 10_000_000} | limits
@@ -58,24 +69,32 @@ class FakeJmap:
         self.sorts_by_id = False  # advertise (and honour) "id" as a sort property
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.downloads: list[str] = []
+        self.authorizations: list[tuple[str, str | None]] = []  # (path, Authorization)
+        self.email_state = 0  # the Email type's state (RFC 8620 section 5.1)
+        self.before_set: Callable[[FakeJmap], None] | None = None
+        self.username = USER  # the Session's `username`
+        self.session_fields: dict[str, Any] = {}  # overrides apiUrl, downloadUrl, ...
+        self.redirect = "/jmap/session"  # where /.well-known/jmap sends the client
         self.url = ""
+        self._tls = tls
         self._state = 0
         self._queries = 0
         self._runner: web.AppRunner | None = None
         self._released = asyncio.Event()
 
     async def __aenter__(self) -> FakeJmap:
-        app = web.Application()
+        app = web.Application(middlewares=[self._record])
         app.router.add_get("/.well-known/jmap", self._well_known)
         app.router.add_get("/jmap/session", self._session)
         app.router.add_post("/jmap/api/", self._api)
         app.router.add_get("/jmap/download/{tail:.*}", self._download)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._tls)
         await site.start()
         port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
+        # the test certificate names localhost (devkit.tlsca)
+        self.url = f"https://localhost:{port}" if self._tls else f"http://127.0.0.1:{port}"
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -88,6 +107,13 @@ class FakeJmap:
 
     # ------------------------------------------------------------------ HTTP
 
+    @web.middleware
+    async def _record(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        self.authorizations.append((request.path, request.headers.get("Authorization")))
+        return await handler(request)
+
     def _authorised(self, request: web.Request) -> bool:
         basic = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
         return request.headers.get("Authorization") in (f"Basic {basic}", f"Bearer {TOKEN}")
@@ -96,7 +122,7 @@ class FakeJmap:
         return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="fake"'})
 
     async def _well_known(self, _request: web.Request) -> web.Response:
-        return web.Response(status=307, headers={"Location": "/jmap/session"})
+        return web.Response(status=307, headers={"Location": self.redirect})
 
     async def _session(self, request: web.Request) -> web.Response:
         if not self._authorised(request):
@@ -104,19 +130,18 @@ class FakeJmap:
         sorts = ["receivedAt", "id"] if self.sorts_by_id else ["receivedAt"]
         mail = {"emailQuerySortOptions": sorts}
         account = {"name": USER, "isPersonal": True, "accountCapabilities": {MAIL: mail}}
-        return web.json_response(
-            {
-                "capabilities": self.capabilities,
-                "accounts": {ACCOUNT: account},
-                "primaryAccounts": {MAIL: ACCOUNT},
-                "username": USER,
-                "apiUrl": "/jmap/api/",
-                "downloadUrl": "/jmap/download/{accountId}/{blobId}/{name}?accept={type}",
-                "uploadUrl": "/jmap/upload/{accountId}/",
-                "eventSourceUrl": "/jmap/events/",
-                "state": "s0",
-            }
-        )
+        session = {
+            "capabilities": self.capabilities,
+            "accounts": {ACCOUNT: account},
+            "primaryAccounts": {MAIL: ACCOUNT},
+            "username": self.username,
+            "apiUrl": "/jmap/api/",
+            "downloadUrl": "/jmap/download/{accountId}/{blobId}/{name}?accept={type}",
+            "uploadUrl": "/jmap/upload/{accountId}/",
+            "eventSourceUrl": "/jmap/events/",
+            "state": "s0",
+        }
+        return web.json_response(session | self.session_fields)
 
     async def _download(self, request: web.Request) -> web.Response:
         if not self._authorised(request):
@@ -216,7 +241,8 @@ class FakeJmap:
             return {"type": "requestTooLarge"}
         found = [self._email(self.emails[i]) for i in ids if i in self.emails]
         missing = [i for i in ids if i not in self.emails]
-        return {"accountId": ACCOUNT, "state": "e0", "list": found, "notFound": missing}
+        state = f"e{self.email_state}"
+        return {"accountId": ACCOUNT, "state": state, "list": found, "notFound": missing}
 
     @staticmethod
     def _email(email: FakeEmail) -> dict[str, Any]:
@@ -235,7 +261,15 @@ class FakeJmap:
         update = arguments.get("update") or {}
         if len(destroy) + len(update) > self.limits["maxObjectsInSet"]:
             return {"type": "requestTooLarge"}
+        if self.before_set is not None:
+            self.before_set(self)
+        expected = arguments.get("ifInState")
+        if expected is not None and expected != f"e{self.email_state}":
+            return {"type": "stateMismatch"}
+        old = f"e{self.email_state}"
+        self.email_state += 1
         answer: dict[str, Any] = {"accountId": ACCOUNT, "destroyed": [], "updated": {}}
+        answer |= {"oldState": old, "newState": f"e{self.email_state}"}
         answer |= {"notDestroyed": {}, "notUpdated": {}}
         for email_id in destroy:
             if (error := self._set_error(email_id)) is not None:
@@ -246,8 +280,10 @@ class FakeJmap:
         for email_id, patch in update.items():
             if (error := self._set_error(email_id)) is not None:
                 answer["notUpdated"][email_id] = error
+            elif not self._patch(self.emails[email_id], patch):
+                # RFC 8621 4.1.1: an Email is in at least one Mailbox
+                answer["notUpdated"][email_id] = {"type": "invalidProperties"}
             else:
-                self._patch(self.emails[email_id], patch)
                 answer["updated"][email_id] = None
         return answer
 
@@ -257,12 +293,18 @@ class FakeJmap:
         return None if email_id in self.emails else {"type": "notFound"}
 
     @staticmethod
-    def _patch(email: FakeEmail, patch: dict[str, Any]) -> None:
+    def _patch(email: FakeEmail, patch: dict[str, Any]) -> bool:
+        """Apply `patch`; False (nothing changed) if it would leave no Mailbox."""
+        mailboxes, keywords = dict(email.mailboxes), dict(email.keywords)
         for path, value in patch.items():
             where, _, key = path.partition("/")
-            target = email.mailboxes if where == "mailboxIds" else email.keywords
+            target = mailboxes if where == "mailboxIds" else keywords
             key = key.replace("~1", "/").replace("~0", "~")  # RFC 6901 section 4
             if value is None:
                 target.pop(key, None)
             else:
                 target[key] = value
+        if not mailboxes:
+            return False
+        email.mailboxes, email.keywords = mailboxes, keywords
+        return True

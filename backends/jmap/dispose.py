@@ -1,12 +1,21 @@
 """What happens upstream at QUIT: the JMAP side of POP3's UPDATE state (conformance J-11).
 
 This module owns the only writes the JMAP backend ever makes, each an Email/set (RFC 8621
-section 4.6) on exactly the ids it was given, chunked to `maxObjectsInSet` and
-`maxSizeRequest`: `destroy` for expunge; a patch of `mailboxIds` for trash and move (the
-maildrop's id removed, the target's added in the same patch, because an Email must always be
-in at least one Mailbox, RFC 8621 section 4.1.1); a patch of `keywords` for seen and keyword.
-Every id is checked in `destroyed`/`updated` and `notDestroyed`/`notUpdated`; an id that is
-`notFound` is already gone from the maildrop and counts as done, as in the IMAP backend.
+section 4.6) on at most the ids it was given, in chunks within `maxObjectsInGet`,
+`maxObjectsInSet` and `maxSizeRequest`. One Email can be in several Mailboxes (RFC 8621
+section 4.1.1; Cyrus shows an IMAP COPY as one Email in two), and another client may have
+moved it since the listing, so each chunk first reads the Emails' current `mailboxIds`:
+
+- an Email no longer in the maildrop is left alone and counts as done (as in IMAP);
+- expunge destroys only an Email whose sole Mailbox is the maildrop; one also elsewhere only
+  leaves the maildrop (a `mailboxIds/<maildrop>: null` patch);
+- trash and move patch `mailboxIds` (the maildrop's id removed, the target's added in one
+  patch), so copies elsewhere stay where they are; seen and keyword patch `keywords`.
+
+The write carries `ifInState` with the state that read returned (RFC 8620 section 5.3), so
+a change in between makes the server refuse it with `stateMismatch`; the chunk is then read
+and planned again, a bounded number of times. Every id is checked in `destroyed`/`updated`
+and `notDestroyed`/`notUpdated`; an id that is `notFound` is gone already and counts as done.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backends.jmap import folders
-from backends.jmap.api import Api
+from backends.jmap.api import Api, MethodError
 from backends.jmap.listing import is_keyword
 from popbridge.contract import DisposeResult, Disposition, DispositionKind
 from popbridge.errors import BackendFailure, BackendUnavailable
@@ -26,14 +35,25 @@ from popbridge.errors import BackendFailure, BackendUnavailable
 logger = logging.getLogger(__name__)
 
 _ENVELOPE = 512  # octets of a Request around the Email/set arguments, generously counted
+MAX_ATTEMPTS = 4  # reads and guarded writes of one chunk before giving up (stateMismatch)
 
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    """Destroy (patch is None) or update every id with `patch`; `done` is for the log."""
+    """`patch` for every Email still in the maildrop; with `destroy_sole`, an Email whose only
+    Mailbox is the maildrop is destroyed instead. `done` is for the log."""
 
-    patch: dict[str, Any] | None
+    patch: dict[str, Any]
     done: str
+    destroy_sole: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Current:
+    """What one Email/get said: the Email type's state and each found Email's Mailboxes."""
+
+    state: str
+    mailboxes: dict[str, frozenset[str]]
 
 
 def pointer(token: str) -> str:
@@ -45,7 +65,7 @@ def pointer(token: str) -> str:
 async def dispose(
     api: Api, maildrop_id: str, identities: Collection[str], how: Disposition
 ) -> DisposeResult:
-    """Apply `how` to `identities`; report those not done."""
+    """Apply `how` to those of `identities` still in the maildrop; report those not done."""
     ids = sorted(set(identities))
     if not ids:
         return DisposeResult()
@@ -58,7 +78,7 @@ async def dispose(
     chunks = list(_chunks(ids, plan.patch, api))
     for number, chunk in enumerate(chunks):
         try:
-            failed |= await _apply(api, chunk, plan)
+            failed |= await _settle(api, maildrop_id, chunk, plan)
         except (BackendUnavailable, BackendFailure) as exc:
             # This chunk's outcome is unknown and later chunks were not sent.
             for rest in chunks[number:]:
@@ -73,9 +93,10 @@ async def dispose(
 
 async def _plan(api: Api, maildrop_id: str, how: Disposition) -> _Plan | str:
     """The Email/set for `how`, or why there is none (then nothing is touched)."""
+    leave = {f"mailboxIds/{pointer(maildrop_id)}": None}
     match how.kind:
         case DispositionKind.EXPUNGE:
-            return _Plan(None, "destroyed")
+            return _Plan(leave, "destroyed", destroy_sole=True)
         case DispositionKind.TRASH:
             trash = folders.by_role(await folders.load(api), "trash")
             if trash is None:
@@ -112,17 +133,19 @@ def _move(source: str, target: str, done: str) -> _Plan | str:
     )
 
 
-def _chunks(ids: list[str], patch: dict[str, Any] | None, api: Api) -> Iterator[list[str]]:
-    """Runs of ids within maxObjectsInSet (creates+updates+destroys, RFC 8620 section 2)
-    whose Request stays under maxSizeRequest."""
+def _chunks(ids: list[str], patch: dict[str, Any], api: Api) -> Iterator[list[str]]:
+    """Runs of ids one Email/get can read (maxObjectsInGet) and one Email/set can write
+    (maxObjectsInSet: creates+updates+destroys, RFC 8620 section 2), whose Request stays
+    under maxSizeRequest."""
     limits = api.session.limits
-    per_id = len(json.dumps(patch)) if patch is not None else 0
+    most = min(limits.max_objects_in_set, limits.max_objects_in_get)
+    per_id = len(json.dumps(patch))
     budget = limits.max_size_request - _ENVELOPE - len(api.account_id)
     chunk: list[str] = []
     size = 0
     for email_id in ids:
         cost = len(json.dumps(email_id)) + per_id + 2
-        if chunk and (len(chunk) >= limits.max_objects_in_set or size + cost > budget):
+        if chunk and (len(chunk) >= most or size + cost > budget):
             yield chunk
             chunk, size = [], 0
         chunk.append(email_id)
@@ -131,26 +154,85 @@ def _chunks(ids: list[str], patch: dict[str, Any] | None, api: Api) -> Iterator[
         yield chunk
 
 
-async def _apply(api: Api, chunk: list[str], plan: _Plan) -> set[str]:
-    """One Email/set; returns the ids that were not done."""
-    arguments: dict[str, Any] = {"accountId": api.account_id}
-    if plan.patch is None:
-        arguments["destroy"] = chunk
-    else:
-        arguments["update"] = dict.fromkeys(chunk, plan.patch)
+async def _settle(api: Api, maildrop_id: str, chunk: list[str], plan: _Plan) -> set[str]:
+    """Read, plan and write one chunk, again while another client changes the account in
+    between; returns the ids that were not done."""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        current = await _current(api, chunk)
+        destroy, update = _split(current, maildrop_id, plan)
+        left = len(chunk) - len(destroy) - len(update)
+        if left:
+            logger.info("%d Email(s) left the maildrop since the listing: not touched", left)
+        if not destroy and not update:
+            return set()
+        try:
+            return await _apply(api, current.state, destroy, update, plan)
+        except MethodError as exc:
+            if exc.kind != "stateMismatch":
+                raise
+            logger.info("Email/set: the account changed since it was read (attempt %d)", attempt)
+    raise BackendUnavailable(f"the account kept changing: {len(chunk)} Email(s) not written")
+
+
+async def _current(api: Api, ids: list[str]) -> _Current:
+    """The Emails' Mailboxes now (RFC 8621 section 4.1.1), with the state they describe."""
+    arguments = {"accountId": api.account_id, "ids": ids, "properties": ["mailboxIds"]}
+    (response,) = await api.call(("Email/get", arguments))
+    state = response.get("state")
+    if not isinstance(state, str) or not state:
+        raise BackendFailure("Email/get: no state in the response")
+    found: dict[str, frozenset[str]] = {}
+    for entry in response.get("list") or []:
+        email_id = entry.get("id") if isinstance(entry, dict) else None
+        mailboxes = entry.get("mailboxIds") if isinstance(entry, dict) else None
+        if email_id not in ids or not isinstance(mailboxes, dict):
+            continue
+        found[str(email_id)] = frozenset(str(k) for k, v in mailboxes.items() if v is True)
+    return _Current(state, found)
+
+
+def _split(current: _Current, maildrop_id: str, plan: _Plan) -> tuple[list[str], list[str]]:
+    """(ids to destroy, ids to patch): only Emails still in the maildrop, and destroyed only
+    where the maildrop is their sole Mailbox."""
+    destroy, update = [], []
+    for email_id, mailboxes in current.mailboxes.items():
+        if maildrop_id not in mailboxes:
+            continue  # moved away by another client: not ours to touch any more
+        if plan.destroy_sole and mailboxes == {maildrop_id}:
+            destroy.append(email_id)
+        else:
+            update.append(email_id)
+    return destroy, update
+
+
+async def _apply(
+    api: Api, state: str, destroy: list[str], update: list[str], plan: _Plan
+) -> set[str]:
+    """One Email/set guarded by `ifInState`; returns the ids that were not done."""
+    arguments: dict[str, Any] = {"accountId": api.account_id, "ifInState": state}
+    if destroy:
+        arguments["destroy"] = destroy
+    if update:
+        arguments["update"] = dict.fromkeys(update, plan.patch)
     (response,) = await api.call(("Email/set", arguments))
-    destroying = plan.patch is None
-    done = response.get("destroyed" if destroying else "updated") or ()
-    errors = response.get("notDestroyed" if destroying else "notUpdated") or {}
+    failed = _unconfirmed(response, destroy, "destroyed", "notDestroyed", plan.done)
+    return failed | _unconfirmed(response, update, "updated", "notUpdated", plan.done)
+
+
+def _unconfirmed(
+    response: dict[str, Any], ids: list[str], done_key: str, error_key: str, what: str
+) -> set[str]:
+    done = response.get(done_key) or ()
+    errors = response.get(error_key) or {}
     if not isinstance(errors, dict):
         errors = {}
     failed = set()
-    for email_id in chunk:
+    for email_id in ids:
         error = errors.get(email_id)
         kind = error.get("type") if isinstance(error, dict) else None
         if kind == "notFound":
             continue  # gone already: the maildrop no longer shows it either way
         if error is not None or email_id not in done:
-            logger.info("Email/set: %r not %s (%s)", email_id, plan.done, kind or "no answer")
+            logger.info("Email/set: %r not %s (%s)", email_id, what, kind or "no answer")
             failed.add(email_id)
     return failed
