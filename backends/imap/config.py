@@ -5,7 +5,9 @@ through `TableReader`, so a mistake names the file and the key, and unknown keys
 refused. It also builds the one `ssl.SSLContext` the backend uses: certificate and hostname
 verification are always on (conformance S-8); `ca_file` only adds a trusted CA. `folder`
 or `folders` (several folders merged into one maildrop) and the optional window
-(`window_newest`, `window_days`) are checked here too.
+(`window_newest`, `window_days`) are checked here too, and so is `max_literal_size`, the
+largest literal or response line accepted from the server (more than the largest piece the
+backend ever asks for, so only a broken or hostile server reaches it).
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ from popbridge.upstream.tls import client_context, is_loopback
 logger = logging.getLogger(__name__)
 
 TLS_MODES = ("implicit", "starttls", "none")
+# Four times the largest `fetch_chunk`: a literal is at most one piece or one whole message
+# no larger than `fetch_chunk`, a header block, or a SEARCH line of millions of UIDs.
+DEFAULT_MAX_LITERAL = 256 << 20
+MIN_MAX_LITERAL = 64 << 10
 AUTH_MODES = ("auto", "plain", "login")
 
 
@@ -45,6 +51,7 @@ class ImapSettings:
     folders: tuple[str, ...] = ()  # several folders merged; empty: `folder` alone
     window_newest: int | None = None
     window_days: int | None = None
+    max_literal_size: int = DEFAULT_MAX_LITERAL
 
     @property
     def maildrop_folders(self) -> tuple[str, ...]:
@@ -73,6 +80,7 @@ def parse_settings(settings: Mapping[str, Any], *, source: str) -> ImapSettings:
     port = table.integer("port", 993 if tls == "implicit" else 143, minimum=1, maximum=65535)
     ca_file = table.path("ca_file", None)
     folders = _folders(table, settings)
+    fetch_chunk = table.integer("fetch_chunk", 1 << 20, minimum=1024, maximum=64 << 20)
     parsed = ImapSettings(
         host=host,
         port=port,
@@ -83,7 +91,8 @@ def parse_settings(settings: Mapping[str, Any], *, source: str) -> ImapSettings:
         window_days=_window(table, settings, "window_days"),
         timeout=table.number("timeout", 30.0, minimum=0.01),
         connect_timeout=table.number("connect_timeout", 10.0, minimum=0.01),
-        fetch_chunk=table.integer("fetch_chunk", 1 << 20, minimum=1024, maximum=64 << 20),
+        fetch_chunk=fetch_chunk,
+        max_literal_size=_max_literal(table, fetch_chunk),
         auth=table.choice("auth", AUTH_MODES, "auto"),
         ca_file=ca_file,
         tls_context=None if tls == "none" else _tls_context(table, ca_file),
@@ -124,6 +133,14 @@ def _check_folder(table: TableReader, key: str, name: str) -> None:
         raise table.error(key, "a folder name must not be empty")
     if any(ord(char) < 0x20 or ord(char) == 0x7F for char in name):
         raise table.error(key, "must not contain control characters")
+
+
+def _max_literal(table: TableReader, fetch_chunk: int) -> int:
+    """The bound on what one literal or line may hold; at least one `fetch_chunk`."""
+    bound: int = table.integer("max_literal_size", DEFAULT_MAX_LITERAL, minimum=MIN_MAX_LITERAL)
+    if bound < fetch_chunk:
+        raise table.error("max_literal_size", "must be at least fetch_chunk")
+    return bound
 
 
 def _window(table: TableReader, settings: Mapping[str, Any], key: str) -> int | None:

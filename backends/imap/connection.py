@@ -5,7 +5,10 @@ TCP_NODELAY), the greeting, login, and `Connection.run`, the single helper every
 command goes through: it applies our own deadline (aioimaplib keeps no timers for most
 commands), turns the tagged NO/BAD that aioimaplib returns instead of raising into our
 errors, and marks the connection dead on timeout, loss or cancellation so it is never
-reused. It also works around aioimaplib's missing STARTTLS and its unquoted LOGIN user name.
+reused; a reply the protocol refused (out of protocol, or over `max_literal_size`) is a
+BackendFailure. A refused login is logged with every form of the secret cut out of the
+server's text, which a hostile server may fill with what it was sent. It also works around
+aioimaplib's missing STARTTLS and its unquoted LOGIN user name.
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ class Connection:
         if self._dead is not None:
             raise BackendUnavailable(f"{self.peer}: connection unusable ({self._dead})")
         if self._lost.done():  # closed while idle (autologout, RFC 3501 5.4, or a restart)
-            raise self._kill(f"connection closed by the server before {name}")
+            raise self._refused() or self._kill(f"connection closed by the server before {name}")
         try:
             command = self._protocol.command(name, args, uid=uid)
         except ValueError:  # NUL/CR/LF in an argument: our validation let something through
@@ -117,7 +120,7 @@ class Connection:
             await asyncio.wait((task,), timeout=0.05)
         if not task.done() or task.cancelled():
             task.cancel()
-            raise self._kill(f"connection lost during {name}")
+            raise self._refused() or self._kill(f"connection lost during {name}")
         try:
             return task.result()
         except LibraryError as exc:  # e.g. "command illegal in state"
@@ -130,6 +133,14 @@ class Connection:
             logger.warning("%s: discarding IMAP connection: %s", self.peer, why)
         self._transport.abort()
         return BackendUnavailable(f"{self.peer}: {why}")
+
+    def _refused(self) -> BackendFailure | None:
+        """The error for a reply the protocol refused (it logged and dropped it), if any."""
+        why = self._protocol.failure
+        if why is None:
+            return None
+        self._dead = self._dead or why
+        return BackendFailure(f"{self.peer}: {why}")
 
     def abort(self) -> None:
         """Drop the connection without a word to the server."""
@@ -190,10 +201,9 @@ class Connection:
         except (ValueError, UnicodeError) as exc:  # unencodable credentials: never sent
             raise AuthFailed(f"{self.peer}: credentials refused before sending: {exc}") from None
         if not reply.ok:
-            logger.info(
-                "%s: login as %r refused: %s", self.peer, credentials.user, reply.describe()
-            )
-            raise login_refusal(reply, self.peer)
+            said = wire.scrub(reply.describe(), wire.secret_forms(credentials.secret))
+            logger.info("%s: login as %r refused: %s", self.peer, credentials.user, said)
+            raise login_refusal(reply, self.peer, said)
         self._protocol.authenticated()
         await self.refresh_capabilities(reply)
 
@@ -258,13 +268,14 @@ def refusal(reply: Reply, what: str) -> BridgeError:
     return BackendFailure(f"{what}: {reply.describe()}")
 
 
-def login_refusal(reply: Reply, peer: str) -> BridgeError:
-    """RFC 5530 codes on a refused login: credentials, temporary, or needs an operator."""
+def login_refusal(reply: Reply, peer: str, said: str) -> BridgeError:
+    """RFC 5530 codes on a refused login: credentials, temporary, or needs an operator.
+    `said` is the reply as it may be logged (scrubbed of the secret)."""
     if reply.code == "UNAVAILABLE":
-        return BackendUnavailable(f"{peer}: login: {reply.describe()}")
+        return BackendUnavailable(f"{peer}: login: {said}")
     if reply.code == "PRIVACYREQUIRED":
-        return BackendFailure(f"{peer}: login needs TLS upstream: {reply.describe()}")
-    return AuthFailed(f"{peer}: login: {reply.describe()}")
+        return BackendFailure(f"{peer}: login needs TLS upstream: {said}")
+    return AuthFailed(f"{peer}: login: {said}")
 
 
 @contextlib.contextmanager
@@ -292,7 +303,9 @@ async def connect(settings: ImapSettings) -> Connection:
             lost.set_result(None)
         logger.debug("%s: IMAP connection closed (%s)", settings.peer, exc)
 
-    protocol = ImapProtocol(loop, on_lost)
+    protocol = ImapProtocol(
+        loop, on_lost, peer=settings.peer, max_literal=settings.max_literal_size
+    )
     implicit = settings.tls_context if settings.tls == "implicit" else None
     with _connect_errors(settings.peer):
         async with asyncio.timeout(settings.connect_timeout):
@@ -322,6 +335,9 @@ async def connect(settings: ImapSettings) -> Connection:
 
 async def _greeted(connection: Connection, protocol: ImapProtocol) -> None:
     if not protocol.greeting.done():
+        refused = connection._refused()
+        if refused is not None:
+            raise refused
         raise BackendUnavailable(f"{connection.peer}: closed before the greeting")
     greeting = protocol.greeting.result()
     if not protocol.greeted_ok:

@@ -4,8 +4,13 @@ This module is the only one that imports aioimaplib. It keeps aioimaplib's parse
 arrive as bytearray, untagged lines are routed to the pending command) and fixes what would
 hurt a bridge: recursion of one stack frame per received line (RecursionError on bursts of
 ~1,000 lines), a quadratic "is this FETCH reply complete?" test, `"* "` stripped from the
-middle of quoted strings, no SASL continuation support, and DEBUG logging of raw wire data
-(bodies, credentials). `Connection` drives it; it never sees aioimaplib's types.
+middle of quoted strings, no SASL continuation support, logging of raw wire data (bodies,
+credentials), unbounded literals and lines, and exceptions raised from `data_received` when
+a server answers out of protocol, whose messages carry the pending command and with it the
+password (asyncio would log them). Here any exception while reading discards the connection
+with a scrubbed line, commands that carry credentials render without them, and a literal or
+line over `max_literal` does the same. `Connection` drives it; it never sees aioimaplib's
+types.
 """
 
 from __future__ import annotations
@@ -25,17 +30,21 @@ from backends.imap import wire
 LibraryError = aioimaplib.AioImapException
 
 
-class _NoWireDebug(logging.Filter):
-    """Drops aioimaplib's DEBUG records."""
+logger = logging.getLogger(__name__)
+
+
+class _NoWireData(logging.Filter):
+    """Drops aioimaplib's DEBUG and INFO records: every one of them carries wire data."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno > logging.DEBUG
+        return record.levelno > logging.INFO
 
 
 # aioimaplib logs every byte it sends and receives at DEBUG: message bodies, and credentials
-# its scrubbing misses (LOGIN's escaped password, base64 XOAUTH2 tokens: conformance S-6).
-# A filter on its logger holds even when an operator sets the root logger to DEBUG.
-logging.getLogger("aioimaplib.aioimaplib").addFilter(_NoWireDebug())
+# its scrubbing misses (LOGIN's escaped password, base64 XOAUTH2 tokens: conformance S-6); at
+# INFO it logs lines it cannot place, which a broken or hostile server can fill with anything
+# it was sent. A filter on its logger holds even when the root logger is set to DEBUG.
+logging.getLogger("aioimaplib.aioimaplib").addFilter(_NoWireData())
 
 # aioimaplib parses one received chunk with one stack frame per line, so a chunk of ~1,000
 # short lines (a big UID FETCH, a burst of EXPUNGEs) raises RecursionError and kills the
@@ -46,6 +55,27 @@ _MAX_LINES_PER_FEED = 200
 # A literal announcement always ends its line (RFC 3501 section 4.3).
 _FETCH_LITERAL = re.compile(rb"\* ([0-9]+ FETCH \([^\r\n]*\{([0-9]{1,18})\})\r\n")
 _FETCH_END = b")\r\n"
+# Commands whose arguments are credentials (RFC 3501 6.2.2, 6.2.3).
+_CREDENTIAL_COMMANDS = frozenset({"LOGIN", "AUTHENTICATE"})
+
+
+class TooLarge(Exception):
+    """A literal or line from the server exceeds `max_literal_size`."""
+
+
+class _CredentialCommand(aioimaplib.Command):  # type: ignore[misc]
+    """LOGIN or AUTHENTICATE: aioimaplib formats a command into its exception messages (an
+    unexpected tagged reply names the pending command), so this one renders without its
+    arguments (AUTHENTICATE keeps its mechanism name); only `wire` gives the line to send."""
+
+    def wire(self) -> str:
+        return str(aioimaplib.Command.__repr__(self))
+
+    def __repr__(self) -> str:
+        shown = self.args[:1] if self.name == "AUTHENTICATE" else ()
+        return " ".join((self.tag, self.name, *shown, "[credentials not shown]"))
+
+    __str__ = __repr__
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,17 +144,48 @@ class ImapProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
     pending_sync_command: Any
     pending_async_commands: dict[str, Any]
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_lost: Callable[[Any], None]) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_lost: Callable[[Any], None],
+        *,
+        peer: str = "",
+        max_literal: int = 256 << 20,
+    ) -> None:
         super().__init__(loop, on_lost)
         self.greeting: asyncio.Future[bytes] = loop.create_future()
         self.sasl_response: str | None = None
         self.commands_sent = 0
+        self.failure: str | None = None  # why the connection was discarded while reading
+        self._peer = peer
+        self._max_literal = max_literal
+        self._held: list[bytes] = []  # pieces of one line that has not ended yet
+        self._held_size = 0
 
     def data_received(self, data: bytes) -> None:
+        # The boundary where aioimaplib's exceptions would escape to asyncio, which logs
+        # them with their message: the pending command, credentials included. Anything
+        # raised while reading discards the connection with a scrubbed line instead.
+        if self.failure is not None:
+            return  # discarded: nothing more is read
+        try:
+            self._receive(data)
+        except TooLarge as exc:
+            self._discard(str(exc))
+        except Exception as exc:  # aioimaplib's Abort/Error, a parser failure, a recursion
+            self._discard(_scrubbed(exc))
+
+    def _discard(self, why: str) -> None:
+        self.failure = why
+        logger.warning("%s: discarding IMAP connection: %s", self._peer, why)
+        self.transport.abort()
+
+    def _receive(self, data: bytes) -> None:
         # Bounded feeding (see _MAX_LINES_PER_FEED); also skips the base class's eager
         # `log.debug("Received : %s" % data)`, which formats every body chunk even when off.
         # Pieces are cut by offset: slicing off "the rest" each time would copy a 256 KiB
         # read once per message it holds.
+        data = self._whole_lines(data)
         start, size = 0, len(data)
         while start < size:
             literal = self._literal_remaining()
@@ -137,7 +198,38 @@ class ImapProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
                 most = _MAX_LINES_PER_FEED if self.current_command is None else 1
                 end = wire.lines_end(data, start, most)
             self._feed(data[start:end])  # the whole of `data` is not copied
+            self._check_bounds()
             start = end
+
+    def _whole_lines(self, data: bytes) -> bytes:
+        """`data` with the held start of its first line, or b"" while a line goes on: a
+        long line is joined once when it ends, not copied again with every read."""
+        if self._literal_remaining() or self._ends_a_line(data):
+            if self._held:
+                data, self._held, self._held_size = b"".join((*self._held, data)), [], 0
+            return data
+        self._held.append(data)
+        self._held_size += len(data)
+        if self._held_size + len(self.incomplete_line) > self._max_literal:
+            raise TooLarge(f"a response line exceeds max_literal_size ({self._max_literal})")
+        return b""
+
+    def _ends_a_line(self, data: bytes) -> bool:
+        """Whether `data` holds a CRLF (RFC 3501 section 2.2), one split across reads too."""
+        if b"\r\n" in data:
+            return True
+        before = self._held[-1] if self._held else self.incomplete_line
+        return data[:1] == b"\n" and before[-1:] == b"\r"
+
+    def _check_bounds(self) -> None:
+        command = self.current_command
+        announced = int(command._expected_size) if command is not None else 0
+        if announced > self._max_literal:
+            raise TooLarge(
+                f"a literal of {announced} octets exceeds max_literal_size ({self._max_literal})"
+            )
+        if len(self.incomplete_line) > self._max_literal:
+            raise TooLarge(f"a response line exceeds max_literal_size ({self._max_literal})")
 
     def _whole_fetch(self, data: bytes, start: int) -> int:
         """Hand a complete `* n FETCH (... {size}` + literal + `)` response at `start` to the
@@ -156,6 +248,8 @@ class ImapProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
             return start
         begin = match.end()
         end = begin + int(match[2])
+        if end - begin > self._max_literal:
+            return start  # aioimaplib announces it, and `_check_bounds` refuses it
         if data[end : end + len(_FETCH_END)] != _FETCH_END:  # incomplete, or more items follow
             return start
         # the line as `_untagged_response` passes it on (without "* "); literals are bytearray
@@ -182,6 +276,9 @@ class ImapProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
 
     def send(self, line: str, scrub: str | None = None) -> None:
         # The base class logs the line (credentials included) before writing it.
+        command = self.pending_sync_command  # set just before `execute` sends its line
+        if isinstance(command, _CredentialCommand) and line == str(command):
+            line = command.wire()
         self.transport.write(line.encode("utf-8") + b"\r\n")
         self.commands_sent += 1
 
@@ -242,6 +339,8 @@ class ImapProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
         options: dict[str, Any] = {"prefix": "UID" if uid else None, "loop": self.loop}
         if name == "FETCH":
             return _FetchCommand(self.new_tag(), *args, **options)
+        if name in _CREDENTIAL_COMMANDS:
+            return _CredentialCommand(name, self.new_tag(), *args, **options)
         if name == "STORE":
             options["untagged_resp_name"] = "FETCH"  # as aioimaplib's own store() does
         return aioimaplib.Command(name, self.new_tag(), *args, **options)
@@ -252,3 +351,12 @@ class ImapProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
         lines = list(response.lines)
         text = lines.pop() if lines and isinstance(lines[-1], bytes) else b""
         return Reply(str(response.result), tuple(lines), bytes(text))
+
+
+def _scrubbed(exc: Exception) -> str:
+    """What went wrong, without the server's text or our command's arguments: aioimaplib's
+    messages are a fixed phrase followed by both (`... (A1 LOGIN "u" "p") response: ...`)."""
+    if isinstance(exc, aioimaplib.AioImapException):
+        phrase = str(exc).split("(", 1)[0].split(":", 1)[0].strip()
+        return f"out-of-protocol reply ({phrase or type(exc).__name__})"
+    return f"unreadable reply ({type(exc).__name__})"

@@ -161,6 +161,29 @@ def login_arguments(user: str, password: str) -> tuple[str, str]:
     return quote(user), quote(password)
 
 
+def secret_forms(secret: str) -> list[str]:
+    """The ways `secret` can appear in what a server echoes back: as is, escaped in a quoted
+    string, and inside a base64 SASL response (RFC 4616 PLAIN, XOAUTH2), longest first."""
+    forms = {secret, secret.replace("\\", "\\\\").replace('"', '\\"')}
+    raw = secret.encode("utf-8", "surrogatepass")
+    # In base64 the secret starts at one of three bit alignments; for each, the characters
+    # that encode only its bits are the same whatever comes before or after it.
+    for shift in range(3):
+        encoded = base64.b64encode(b"\0" * shift + raw).decode("ascii")
+        start = -(-8 * shift // 6)  # the first character holding no bit before the secret
+        end = 8 * (shift + len(raw)) // 6  # past the last one holding no bit after it
+        if end - start >= 4:
+            forms.add(encoded[start:end])
+    return sorted((form for form in forms if form), key=len, reverse=True)
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every occurrence of each of `secrets` replaced by `***`."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
 # ------------------------------------------------------------- what we receive
 
 
