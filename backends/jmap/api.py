@@ -109,7 +109,7 @@ def _request_error(reply: Reply) -> BridgeError:
     if "json" in reply.headers.get("Content-Type", ""):
         try:
             problem = json.loads(reply.body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             problem = None
         if isinstance(problem, dict) and isinstance(problem.get("type"), str):
             kind = problem["type"]

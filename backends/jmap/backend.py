@@ -5,7 +5,10 @@ with them, RFC 8620 section 2; then Mailbox/get to find the maildrop by role or 
 RFC 8621 section 2) and the connectivity report. The POP3 password becomes HTTP Basic
 credentials (RFC 7617) and an OAuth 2.0 token a Bearer token (RFC 6750), both only in the
 Authorization header; anything those encodings cannot carry is refused before any
-connection. If a step fails, the connection pool is closed before the error leaves.
+connection. A bearer token names no user, so the Session's `username` (or, when a server
+leaves it empty, the mail account's `name`) must be the POP3 user name, compared without
+case: the core keys the maildrop lock and the UID map on that name, which is then the
+upstream identity. If a step fails, the connection pool is closed before the error leaves.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ import re
 from backends.jmap import folders
 from backends.jmap.api import Api, MethodError
 from backends.jmap.config import JmapSettings
-from backends.jmap.discovery import discover, get_following, parse_session
+from backends.jmap.discovery import Session, discover, get_following, parse_session
 from backends.jmap.mailbox import JmapMailbox
-from backends.jmap.transport import Transport, tls_version
+from backends.jmap.transport import Transport, origin, tls_version
 from popbridge.contract import Credentials
 from popbridge.errors import AuthFailed, BackendFailure, BridgeError
 
@@ -61,6 +64,8 @@ class JmapBackend:
         transport = Transport(self.settings, authorization(credentials))
         try:
             session = await discover(transport, self.settings.session_url)
+            if credentials.mechanism == "oauth2":
+                _check_token_user(session, credentials.user)
             api = Api(transport, session)
             mailbox_id = await self._maildrop(api)
         except BaseException:
@@ -96,7 +101,7 @@ class JmapBackend:
         finally:
             await transport.close()
         findings = [f"session resource {reply.url}: HTTP {reply.status}"]
-        if reply.url.startswith("https:"):
+        if origin(reply.url)[0] == "https":
             version = await tls_version(self.settings, reply.url)
             findings.append(f"TLS verified: {version}, certificate chain and host name checked")
         else:
@@ -111,6 +116,17 @@ class JmapBackend:
         else:
             findings.append("unexpected status: the URL may not be a JMAP Session resource")
         return findings
+
+
+def _check_token_user(session: Session, user: str) -> None:
+    """AuthFailed unless the Session says the token is `user`'s: a valid token presented
+    with another user's name must not open, lock or map that user's maildrop."""
+    upstream = session.username or session.account_name
+    if not upstream or upstream.casefold() != user.casefold():
+        logger.info(
+            "%s: a bearer token of %r presented as %r", session.url, upstream or "nobody", user
+        )
+        raise AuthFailed(f"{session.url}: the bearer token is not {user!r}'s")
 
 
 def _session_findings(data: object, url: str) -> list[str]:

@@ -3,14 +3,16 @@
 This module owns the validation of the JMAP backend's configuration. Every key is read through
 `TableReader`, so a mistake names the file and the key and unknown keys are refused. The
 upstream is named either by `url` (its origin; the Session resource is then found at
-`/.well-known/jmap`, RFC 8620 section 2.2) or by `session_url` directly. It also builds the one
-`ssl.SSLContext` the backend uses: certificate and host name verification are always on
-(RFC 8620 section 8.2: clients MUST validate TLS certificate chains); `ca_file` only adds a CA.
+`/.well-known/jmap`, RFC 8620 section 2.2) or by `session_url` directly; its scheme is
+stored in lower case, and `http://` is refused unless the host is this machine, so
+credentials never go in clear over a network. It also builds the one `ssl.SSLContext` the
+backend uses: certificate and host name verification are always on (RFC 8620 section 8.2:
+clients MUST validate TLS certificate chains); `ca_file` only adds a CA. `max_json_size`
+bounds every JSON reply read.
 """
 
 from __future__ import annotations
 
-import logging
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,9 +23,10 @@ from urllib.parse import urlsplit, urlunsplit
 from popbridge.upstream.settings import TableReader
 from popbridge.upstream.tls import client_context, is_loopback
 
-logger = logging.getLogger(__name__)
-
 WELL_KNOWN = "/.well-known/jmap"
+# Far above any listing page or Session object (a page of 1,024 Emails is about 300 KB).
+DEFAULT_MAX_JSON = 64 << 20
+MIN_MAX_JSON = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,7 @@ class JmapSettings:
     max_retry_after: float
     fetch_chunk: int
     page_size: int
+    max_json_size: int = DEFAULT_MAX_JSON
     ca_file: Path | None = None
     tls_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
@@ -64,18 +68,11 @@ def parse_settings(settings: Mapping[str, Any], *, source: str) -> JmapSettings:
         max_retry_after=table.number("max_retry_after", 5.0, minimum=0.0),
         fetch_chunk=table.integer("fetch_chunk", 1 << 20, minimum=1024, maximum=64 << 20),
         page_size=table.integer("page_size", 1024, minimum=1, maximum=100_000),
+        max_json_size=table.integer("max_json_size", DEFAULT_MAX_JSON, minimum=MIN_MAX_JSON),
         ca_file=ca_file,
         tls_context=_tls_context(table, ca_file),
     )
     table.finish()
-    host = urlsplit(session_url).hostname or ""
-    if session_url.startswith("http:") and not is_loopback(host):
-        logger.warning(
-            "%s: backend URL is http://, so passwords and tokens go in clear to %s,"
-            " which is not loopback",
-            source,
-            host,
-        )
     return parsed
 
 
@@ -98,6 +95,9 @@ def _session_url(table: TableReader) -> str:
         parts.port  # noqa: B018  (validates the port number)
     except ValueError:
         raise table.error(key, "has an invalid port") from None
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise table.error(key, "must be https:// (http:// only to this machine, loopback)")
+    value = parts.scheme + value[len(parts.scheme) :]  # urlsplit gave it in lower case
     if base is not None:
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise table.error("url", "must be the server's origin only (use session_url)")

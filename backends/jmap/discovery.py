@@ -1,11 +1,13 @@
 """The JMAP Session resource: where the API and downloads live, which account, what limits.
 
 This module owns session discovery (RFC 8620 section 2.2: GET `/.well-known/jmap`, following
-redirects, or the configured `session_url`), reading the Session object (section 2: the
-`urn:ietf:params:jmap:core` limits, `primaryAccounts` for mail, `apiUrl` and `downloadUrl`
-resolved against the URL the Session came from, RFC 3986 section 5), and expanding the
-`downloadUrl` URI template (RFC 6570 level 1), where every value is percent-encoded so a
-blobId or account id can never change the URL's structure.
+redirects within its origin, or the configured `session_url`), reading the Session object
+(section 2: the `urn:ietf:params:jmap:core` limits, `primaryAccounts` for mail, `username`,
+`apiUrl` and `downloadUrl` resolved against the URL the Session came from, RFC 3986
+section 5, never from https to http, never http except to this machine), telling the
+transport where credentials may go from then on, and expanding the `downloadUrl` URI
+template (RFC 6570 level 1), where every value is percent-encoded so a blobId or account id
+can never change the URL's structure.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
-from backends.jmap.transport import Reply, Transport, status_error
+from backends.jmap.transport import Reply, Transport, origin, status_error
 from popbridge.errors import AuthFailed, BackendFailure
+from popbridge.upstream.tls import is_loopback
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +62,8 @@ class Session:
     state: str
     limits: Limits
     sort_options: frozenset[str] = frozenset()
+    username: str = ""  # whom the credentials authenticate (RFC 8620 section 2)
+    account_name: str = ""  # the mail account's `name`, e.g. its owner's address
 
     def download_url(self, blob_id: str, name: str = "message.eml") -> str:
         """The blob's download URL (RFC 8620 section 6.2); `type` asks for the raw message."""
@@ -80,8 +85,10 @@ def expand(template: str, values: Mapping[str, str]) -> str:
 
 
 async def get_following(transport: Transport, url: str) -> Reply:
-    """GET `url`, following up to five redirects ourselves (RFC 8620 section 2.2), never from
-    https to http: the credentials must not be sent in clear because a server said so."""
+    """GET `url`, following up to five redirects ourselves (RFC 8620 section 2.2) within its
+    origin (RFC 6454): the credentials go to no other host, and never from https to http,
+    because a server said so (as curl and browsers do). Another origin is the operator's
+    to name, as `session_url`."""
     for _ in range(MAX_REDIRECTS + 1):
         reply = await transport.fetch("GET", url)
         location = reply.headers.get("Location")
@@ -90,8 +97,11 @@ async def get_following(transport: Transport, url: str) -> Reply:
         target = urljoin(url, location)
         if urlsplit(target).scheme not in ("http", "https"):
             raise BackendFailure(f"{url}: redirect to a non-HTTP URL")
-        if url.startswith("https:") and not target.startswith("https:"):
-            raise BackendFailure(f"{url}: refusing a redirect from https to {target}")
+        if origin(target) != origin(url):
+            raise BackendFailure(
+                f"{url}: refusing a redirect to another origin ({target}); if that server"
+                " is the right one, configure session_url with it"
+            )
         logger.debug("%s: HTTP %d to %s", url, reply.status, target)
         url = target
     raise BackendFailure(f"{url}: more than {MAX_REDIRECTS} redirects")
@@ -105,7 +115,9 @@ async def discover(transport: Transport, session_url: str) -> Session:
         if reply.status == 403:  # authenticated, but this user may not use JMAP here
             error = AuthFailed(f"{reply.url}: HTTP 403")
         raise error
-    return parse_session(reply.json(), reply.url)
+    session = parse_session(reply.json(), reply.url)
+    transport.trust(session.url, session.api_url, session.download_template)
+    return session
 
 
 def parse_session(data: Any, base: str) -> Session:
@@ -119,8 +131,10 @@ def parse_session(data: Any, base: str) -> Session:
     account = primary.get(MAIL) if isinstance(primary, dict) else None
     if not isinstance(account, str) or not account:
         raise BackendFailure(f"{base}: no primary account for {MAIL}")
-    state = data.get("state")
+    state, username = data.get("state"), data.get("username")
     return Session(
+        username=username if isinstance(username, str) else "",
+        account_name=_account_name(data.get("accounts"), account),
         sort_options=_sort_options(data.get("accounts"), account),
         url=base,
         api_url=_absolute(base, data.get("apiUrl"), "apiUrl"),
@@ -135,12 +149,19 @@ def _absolute(base: str, value: Any, name: str) -> str:
     if not isinstance(value, str) or not value:
         raise BackendFailure(f"{base}: the Session has no {name}")
     resolved = urljoin(base, value)  # braces of a template survive: urljoin only splits
-    scheme = urlsplit(resolved).scheme
-    if scheme not in ("http", "https") or (base.startswith("https:") and scheme != "https"):
+    scheme, host, _ = origin(resolved)
+    secure = scheme == "https" or (scheme == "http" and is_loopback(host))
+    if not secure or (origin(base)[0] == "https" and scheme != "https"):
         raise BackendFailure(f"{base}: {name} {resolved!r} is not an acceptable URL")
     if name == "downloadUrl" and "{blobId}" not in resolved:
         raise BackendFailure(f"{base}: downloadUrl has no {{blobId}} variable")
     return resolved
+
+
+def _account_name(accounts: Any, account: str) -> str:
+    entry = accounts.get(account) if isinstance(accounts, dict) else None
+    name = entry.get("name") if isinstance(entry, dict) else None
+    return name if isinstance(name, str) else ""
 
 
 def _sort_options(accounts: Any, account: str) -> frozenset[str]:

@@ -3,10 +3,13 @@
 This module owns every HTTP exchange with the upstream (the only user of aiohttp): the pool
 of keep-alive connections built from `sockets.quickack_socket`, our own deadline on every
 request and on every piece of a streamed body (aiohttp's timers are not relied on), the
-bounded reading of JSON replies, `Retry-After` on 429 and 503 (RFC 6585 section 4, RFC 9110
-section 10.2.3) honoured up to `max_retry_after` seconds in all, and the mapping of HTTP
-statuses and connection failures to the bridge's errors (conformance J-15). It never logs a
-request or response body, nor the Authorization header.
+reading of JSON replies up to `max_json_size`, `Retry-After` on 429 and 503 (RFC 6585
+section 4, RFC 9110 section 10.2.3) honoured up to `max_retry_after` seconds in all, and
+the mapping of HTTP statuses and connection failures to the bridge's errors (conformance
+J-15). The Authorization header is added per request, and only to the origins `trust`
+names (the Session's and its API URLs'; before discovery, the configured one), over https
+or to this machine: a request anywhere else is refused before anything is sent. It never
+logs a request or response body, nor the Authorization header.
 """
 
 from __future__ import annotations
@@ -35,10 +38,12 @@ from popbridge.errors import (
     BridgeError,
     MessageGone,
 )
+from popbridge.upstream.tls import is_loopback
 
 logger = logging.getLogger(__name__)
 
-MAX_JSON_OCTETS = 32 << 20  # a reply larger than this is refused, never buffered whole
+Origin = tuple[str, str, int]  # scheme, host, port (RFC 6454 section 4), all normalised
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 _MAX_ERROR_OCTETS = 4096  # of an error body, read for its problem type (RFC 7807)
 _MAX_ATTEMPTS = 5  # per request, counting retries after 429/503
 _USER_AGENT = "popbridge"
@@ -60,10 +65,33 @@ class Reply:
 
     def json(self) -> Any:
         """The body as JSON (RFC 8259); BackendFailure if it is not."""
-        try:
-            return json.loads(self.body)
-        except (ValueError, UnicodeDecodeError):
-            raise BackendFailure(f"{self.url}: reply is not JSON") from None
+        return parse_json(self.body, self.url)
+
+
+def parse_json(body: bytes, url: str) -> Any:
+    """JSON from an upstream; BackendFailure if it is not JSON or nests too deeply for the
+    parser (RecursionError: a few kilobytes of `[` suffice)."""
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BackendFailure(f"{url}: reply is not usable JSON") from None
+
+
+def origin(url: str) -> Origin:
+    """The origin of an http(s) URL (RFC 6454 section 4): case-folded, default port filled."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme, 0)
+
+
+def may_carry_credentials(url: str, trusted: set[Origin]) -> bool:
+    """Credentials go only to a trusted origin, and in clear only to this machine."""
+    where = origin(url)
+    return where in trusted and (where[0] == "https" or is_loopback(where[1]))
 
 
 class Transport:
@@ -76,23 +104,27 @@ class Transport:
             options["socket_factory"] = quickack_socket
         else:
             options["force_close"] = True
-        headers = {"User-Agent": _USER_AGENT}
-        if authorization is not None:
-            headers["Authorization"] = authorization
+        self._authorization = authorization
+        self._trusted = {origin(settings.session_url)}
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(**options),
-            headers=headers,
+            headers={"User-Agent": _USER_AGENT},
             cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout),
         )
         self._closed = False
+
+    def trust(self, *urls: str) -> None:
+        """From now on, send credentials only to these URLs' origins (the Session's, its
+        apiUrl's and its downloadUrl's, RFC 8620 section 2)."""
+        self._trusted = {origin(url) for url in urls}
 
     async def fetch(self, method: str, url: str, *, body: bytes | None = None) -> Reply:
         """One request whose whole (bounded) reply is read; statuses are the caller's to map,
         except 429/503, which are retried or become BackendUnavailable."""
         async with self._request(method, url, body) as response:
             async with _guarded(url, self.settings.timeout):
-                data = await _read_bounded(response, url)
+                data = await _read_bounded(response, url, self.settings.max_json_size)
             return Reply(response.status, str(response.url), response.headers, data)
 
     @contextlib.asynccontextmanager
@@ -147,7 +179,14 @@ class Transport:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _send(self, method: str, url: str, body: bytes | None) -> aiohttp.ClientResponse:
-        headers = {"Content-Type": "application/json"} if body is not None else None
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        if self._authorization is not None:
+            if not may_carry_credentials(url, self._trusted):
+                raise BackendFailure(
+                    f"{url}: not sending credentials there (only to the Session's origin and"
+                    " its API URLs, over https or to this machine)"
+                )
+            headers["Authorization"] = self._authorization
         async with _guarded(url, self.settings.timeout):
             return await self._session.request(
                 method, url, data=body, headers=headers, allow_redirects=False
@@ -197,21 +236,23 @@ async def _error_detail(response: aiohttp.ClientResponse) -> str:
         async with asyncio.timeout(1.0):
             data = await response.content.read(_MAX_ERROR_OCTETS)
         problem = json.loads(data)
-    except (TimeoutError, ValueError, UnicodeDecodeError, aiohttp.ClientError):
+    except (TimeoutError, ValueError, UnicodeDecodeError, RecursionError, aiohttp.ClientError):
         return ""
     kind = problem.get("type") if isinstance(problem, dict) else None
     return kind if isinstance(kind, str) else ""
 
 
-async def _read_bounded(response: aiohttp.ClientResponse, url: str) -> bytes:
+async def _read_bounded(response: aiohttp.ClientResponse, url: str, bound: int) -> bytes:
+    """The whole body, refused (and its connection dropped) past `bound` octets, whether
+    the length is declared or the body is chunked."""
     declared = response.content_length
-    if declared is not None and declared > MAX_JSON_OCTETS:
-        raise BackendFailure(f"{url}: reply of {declared} octets is too large")
+    if declared is not None and declared > bound:
+        raise BackendFailure(f"{url}: a reply of {declared} octets exceeds max_json_size")
     data = bytearray()
     async for piece in response.content.iter_chunked(1 << 16):
         data += piece
-        if len(data) > MAX_JSON_OCTETS:
-            raise BackendFailure(f"{url}: reply is larger than {MAX_JSON_OCTETS} octets")
+        if len(data) > bound:
+            raise BackendFailure(f"{url}: a reply exceeds max_json_size ({bound} octets)")
     return bytes(data)
 
 

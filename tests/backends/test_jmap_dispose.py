@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import poplib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -20,11 +20,8 @@ from backends.jmap import create
 from devkit import fake_jmap
 from devkit.cyrus import Cyrus, start_cyrus
 from devkit.fake_jmap import FakeEmail, FakeJmap
-from devkit.servers import Servers
-from popbridge.config import Config, ListenerConfig, MaildropConfig, ServerConfig
 from popbridge.contract import Backend, Credentials, Disposition, DispositionKind
-from popbridge.frontend.server import Pop3Server
-from popbridge.frontend.throttle import ThrottlePolicy
+from tests.backends.bridges import jmap_bridge
 from tests.backends.contract import by_subject, message
 
 pytestmark = pytest.mark.cyrus
@@ -75,22 +72,6 @@ def subjects(cyrus: Cyrus, folder: str) -> dict[str, frozenset[str]]:
 # --------------------------------------------------- DELE over POP3, a copy elsewhere
 
 
-@pytest.fixture
-async def bridge(erin: Cyrus) -> AsyncIterator[Pop3Server]:
-    settings = {"type": "jmap", "url": erin.http_url, "timeout": 10}
-    config = Config(
-        source="test",
-        backend_type="jmap",
-        backend_settings=settings,
-        listeners=(ListenerConfig(host="127.0.0.1", port=0, plaintext_auth=True),),
-        server=ServerConfig(throttle=ThrottlePolicy(base_delay=0)),
-        maildrop=MaildropConfig(),  # expunge
-    )
-    servers = Servers()
-    yield await servers.start(config, backend(erin))
-    await servers.stop()
-
-
 def dele_all_over_pop3(port: int) -> int:
     client = poplib.POP3("127.0.0.1", port, timeout=30)
     try:
@@ -105,13 +86,11 @@ def dele_all_over_pop3(port: int) -> int:
     return int(count)
 
 
-async def test_dele_over_pop3_leaves_a_copy_in_another_folder(
-    erin: Cyrus, bridge: Pop3Server
-) -> None:
+async def test_dele_over_pop3_leaves_a_copy_in_another_folder(erin: Cyrus) -> None:
     erin.seed(USER, [message("copied"), message("alone")])
     imap(erin, "COPY", "copied", "Archive")
-    ((_, port),) = bridge.addresses
-    assert await asyncio.to_thread(dele_all_over_pop3, port) == 2
+    async with jmap_bridge(erin.http_url) as port:  # disposition: expunge
+        assert await asyncio.to_thread(dele_all_over_pop3, port) == 2
     assert subjects(erin, "INBOX") == {}
     assert set(subjects(erin, "Archive")) == {"copied"}  # RFC 8621 4.1.1: only left INBOX
 
