@@ -59,7 +59,7 @@ _FETCH_END = b")\r\n"
 _CREDENTIAL_COMMANDS = frozenset({"LOGIN", "AUTHENTICATE"})
 
 
-class TooLarge(Exception):
+class _TooLarge(Exception):
     """A literal or line from the server exceeds `max_literal_size`."""
 
 
@@ -170,7 +170,7 @@ class ImapProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
             return  # discarded: nothing more is read
         try:
             self._receive(data)
-        except TooLarge as exc:
+        except _TooLarge as exc:
             self._discard(str(exc))
         except Exception as exc:  # aioimaplib's Abort/Error, a parser failure, a recursion
             self._discard(_scrubbed(exc))
@@ -211,7 +211,7 @@ class ImapProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
         self._held.append(data)
         self._held_size += len(data)
         if self._held_size + len(self.incomplete_line) > self._max_literal:
-            raise TooLarge(f"a response line exceeds max_literal_size ({self._max_literal})")
+            raise _TooLarge(f"a response line exceeds max_literal_size ({self._max_literal})")
         return b""
 
     def _ends_a_line(self, data: bytes) -> bool:
@@ -225,11 +225,11 @@ class ImapProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
         command = self.current_command
         announced = int(command._expected_size) if command is not None else 0
         if announced > self._max_literal:
-            raise TooLarge(
+            raise _TooLarge(
                 f"a literal of {announced} octets exceeds max_literal_size ({self._max_literal})"
             )
         if len(self.incomplete_line) > self._max_literal:
-            raise TooLarge(f"a response line exceeds max_literal_size ({self._max_literal})")
+            raise _TooLarge(f"a response line exceeds max_literal_size ({self._max_literal})")
 
     def _whole_fetch(self, data: bytes, start: int) -> int:
         """Hand a complete `* n FETCH (... {size}` + literal + `)` response at `start` to the

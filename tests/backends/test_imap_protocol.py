@@ -1,5 +1,6 @@
 """The fenced aioimaplib protocol: whole FETCH responses taken without aioimaplib's line
-reader must give exactly the parts aioimaplib gives, however the bytes are split."""
+reader must give exactly the parts aioimaplib gives, however the bytes are split (and a line
+held across reads is joined exactly)."""
 
 from __future__ import annotations
 
@@ -68,7 +69,9 @@ def test_any_split_gives_aioimaplibs_parts(
 ) -> None:
     data = b"".join(SHAPES[shape](n, body) for n, (shape, body) in enumerate(responses, 1))
     cuts = sorted({int(f * len(data)) for f in fractions} - {0, len(data)})
-    assert shape(received(data, cuts)) == shape(received(data, cuts, whole_fetch=False))
+    split = shape(received(data, cuts))
+    assert split == shape(received(data, cuts, whole_fetch=False))
+    assert split == shape(received(data, []))  # lines held across reads are joined exactly
 
 
 def test_whole_responses_are_taken_directly() -> None:
@@ -90,3 +93,9 @@ def test_whole_responses_are_taken_directly() -> None:
     # aioimaplib read only the straddling response (line, literal in two pieces, ")") and
     # the tagged status: the other two went past it
     assert len(calls) == 5 and calls[-1].endswith(b" OK done\r\n")
+
+
+def test_one_byte_per_read_gives_the_same_parts() -> None:
+    """Every line, and every CRLF, split across reads: the held pieces join exactly."""
+    data = SHAPES[0](1, b"a\r\nb") + SHAPES[3](2, b"") + SHAPES[4](3, b"c")
+    assert shape(received(data, list(range(1, len(data))))) == shape(received(data, []))
