@@ -216,6 +216,11 @@ async def test_oversized_replies_are_refused_and_the_connection_dropped(
         try:
             with pytest.raises(BackendFailure, match="max_literal_size"):
                 await mailbox.list()
+            for _ in range(100):  # the server sees the connection closed
+                if all(writer.is_closing() for writer in server._writers):
+                    break
+                await asyncio.sleep(0.01)
+            assert all(writer.is_closing() for writer in server._writers)
         finally:
             await mailbox.close()
 
