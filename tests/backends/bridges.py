@@ -14,7 +14,7 @@ from typing import Any
 from backends.jmap import create
 from devkit.servers import Servers
 from popbridge.config import Config, ListenerConfig, MaildropConfig, ServerConfig
-from popbridge.frontend.throttle import ThrottlePolicy
+from popbridge.session.throttle import ThrottlePolicy
 
 
 @contextlib.asynccontextmanager
