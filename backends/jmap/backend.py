@@ -5,10 +5,11 @@ with them, RFC 8620 section 2; then Mailbox/get to find the maildrop by role or 
 RFC 8621 section 2) and the connectivity report. The POP3 password becomes HTTP Basic
 credentials (RFC 7617) and an OAuth 2.0 token a Bearer token (RFC 6750), both only in the
 Authorization header; anything those encodings cannot carry is refused before any
-connection. A bearer token names no user, so the Session's `username` (or, when a server
-leaves it empty, the mail account's `name`) must be the POP3 user name, compared without
-case: the core keys the maildrop lock and the UID map on that name, which is then the
-upstream identity. If a step fails, the connection pool is closed before the error leaves.
+connection. A bearer token names no user, so the Session's `username` must be the POP3
+user name, compared without case: the core keys the maildrop lock and the UID map on that
+name, which is then the upstream identity. A Session without a username cannot bind the
+token and is refused (an account's `name` is only a label, which its owner may choose).
+If a step fails, the connection pool is closed before the error leaves.
 """
 
 from __future__ import annotations
@@ -121,12 +122,14 @@ class JmapBackend:
 def _check_token_user(session: Session, user: str) -> None:
     """AuthFailed unless the Session says the token is `user`'s: a valid token presented
     with another user's name must not open, lock or map that user's maildrop."""
-    upstream = session.username or session.account_name
-    if not upstream or upstream.casefold() != user.casefold():
-        logger.info(
-            "%s: a bearer token of %r presented as %r", session.url, upstream or "nobody", user
-        )
-        raise AuthFailed(f"{session.url}: the bearer token is not {user!r}'s")
+    upstream = session.username
+    if not upstream:
+        logger.warning("%s: the Session names no username: bearer tokens refused", session.url)
+    elif upstream.casefold() != user.casefold():
+        logger.info("%s: a bearer token of %r presented as %r", session.url, upstream, user)
+    else:
+        return
+    raise AuthFailed(f"{session.url}: the bearer token is not {user!r}'s")
 
 
 def _session_findings(data: object, url: str) -> list[str]:

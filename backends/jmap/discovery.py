@@ -63,7 +63,6 @@ class Session:
     limits: Limits
     sort_options: frozenset[str] = frozenset()
     username: str = ""  # whom the credentials authenticate (RFC 8620 section 2)
-    account_name: str = ""  # the mail account's `name`, e.g. its owner's address
 
     def download_url(self, blob_id: str, name: str = "message.eml") -> str:
         """The blob's download URL (RFC 8620 section 6.2); `type` asks for the raw message."""
@@ -134,7 +133,6 @@ def parse_session(data: Any, base: str) -> Session:
     state, username = data.get("state"), data.get("username")
     return Session(
         username=username if isinstance(username, str) else "",
-        account_name=_account_name(data.get("accounts"), account),
         sort_options=_sort_options(data.get("accounts"), account),
         url=base,
         api_url=_absolute(base, data.get("apiUrl"), "apiUrl"),
@@ -156,12 +154,6 @@ def _absolute(base: str, value: Any, name: str) -> str:
     if name == "downloadUrl" and "{blobId}" not in resolved:
         raise BackendFailure(f"{base}: downloadUrl has no {{blobId}} variable")
     return resolved
-
-
-def _account_name(accounts: Any, account: str) -> str:
-    entry = accounts.get(account) if isinstance(accounts, dict) else None
-    name = entry.get("name") if isinstance(entry, dict) else None
-    return name if isinstance(name, str) else ""
 
 
 def _sort_options(accounts: Any, account: str) -> frozenset[str]:
