@@ -185,3 +185,26 @@ async def test_a_mailbox_that_never_settles_disposes_nothing() -> None:
             await mailbox.close()
         assert result.failed == frozenset({"e1"})
         assert set(fake.emails) == {"e1"}
+
+
+async def test_reads_and_writes_stay_within_the_servers_limits() -> None:
+    """Each chunk is read by one Email/get (maxObjectsInGet) and written by one Email/set
+    (maxObjectsInSet): with 2 per get and 3 per set, seven Emails take four of each."""
+    emails = [FakeEmail(f"e{n}", message(f"m{n}"), f"2024-01-01T00:00:0{n}Z") for n in range(7)]
+    emails[3].mailboxes[fake_jmap.ARCHIVE] = True
+    async with FakeJmap(emails, maxObjectsInGet=2, maxObjectsInSet=3) as fake:
+        mailbox = await create({"type": "jmap", "url": fake.url}, source="t").open(
+            Credentials(fake_jmap.USER, fake_jmap.PASSWORD)
+        )
+        try:
+            ids = [m.identity for m in await mailbox.list()]
+            before = len(fake.methods("Email/get"))
+            result = await mailbox.dispose(ids, Disposition(DispositionKind.EXPUNGE))
+        finally:
+            await mailbox.close()
+        assert result.ok
+        assert list(fake.emails) == ["e3"] and fake.emails["e3"].mailboxes == {
+            fake_jmap.ARCHIVE: True
+        }
+        reads = [len(a["ids"]) for a in fake.methods("Email/get")[before:]]
+        assert reads == [2, 2, 2, 1] and len(fake.methods("Email/set")) == 4
