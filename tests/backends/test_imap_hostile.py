@@ -22,7 +22,7 @@ import pytest
 from backends.imap import create, wire
 from backends.imap.protocol import ImapProtocol
 from devkit.fake_imap import FakeImap, Handler, reply
-from popbridge.contract import Credentials
+from popbridge.contract import Backend, Credentials
 from popbridge.errors import AuthFailed, BackendFailure, BridgeError, ConfigError
 
 PASSWORD = "Pw-7f3a9c0e"  # distinctive, so no other log text contains it by chance
@@ -35,13 +35,13 @@ XOAUTH2_IR = "IMAP4rev1 AUTH=XOAUTH2 SASL-IR UIDPLUS"
 
 
 def secret_forms() -> list[str]:
-    """Every form in which the secrets go on the wire."""
+    """Every form in which the secrets go on the wire, and every base64 run of them."""
     return [
-        PASSWORD,
-        TOKEN,
         wire.sasl_plain(USER, PASSWORD),
         wire.xoauth2(USER, TOKEN),
         base64.b64encode(PASSWORD.encode()).decode(),
+        *wire.secret_forms(PASSWORD),
+        *wire.secret_forms(TOKEN),
     ]
 
 
@@ -90,7 +90,7 @@ def assert_no_secret(texts: list[str]) -> None:
             assert secret not in text, text
 
 
-def backend(server: FakeImap, **overrides: Any) -> Any:
+def backend(server: FakeImap, **overrides: Any) -> Backend:
     table = {"type": "imap", "host": "127.0.0.1", "port": server.port, "tls": "none"}
     return create(table | {"timeout": 2, "connect_timeout": 2} | overrides, source="t.toml")
 
