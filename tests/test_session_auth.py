@@ -73,7 +73,7 @@ async def test_cancel_then_other_commands_work(backend: MemoryBackend) -> None:
 async def test_plain_refusals(backend: MemoryBackend, line: str, reply: str) -> None:
     session, out = make_session(backend)
     await assert_dialogue(
-        session, out, f"C: {line}", reply, "C: CAPA", "S~ \\+OK.*", *(["S~ .*"] * 9)
+        session, out, f"C: {line}", reply, "C: CAPA", "S~ \\+OK.*", *(["S~ .*"] * 10)
     )
 
 
