@@ -1,0 +1,213 @@
+"""The opened Graph folder as a `Mailbox`: listing with exact sizes, and streaming messages.
+
+This module owns the read side of the Graph mapping. Identities are immutable message ids
+(`Prefer: IdType="ImmutableId"`); the core hashes the ones that do not fit a UIDL. Sizes are
+measured (see `backends.graph.spool`): a message whose (id, changeKey) the listing memory
+already holds keeps its size, any other is downloaded once, counted and kept in this
+mailbox's spool, up to `max_in_flight` downloads at a time. RETR and TOP first ask Graph
+whether the message is still in the folder, then send the spooled bytes; a message that was
+not spooled (the spool was full, or its size came from an earlier session) is downloaded
+into a temporary file and sent only if its count equals the size announced, so LIST always
+equals what RETR sends. On a mismatch RETR fails with a temporary error and the size is
+dropped from the memory, so the next login measures it again. Reading never sets `isRead`.
+Dispositions at QUIT are delegated to `backends.graph.dispose`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import tempfile
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator
+from typing import IO
+
+from backends.graph import dispose
+from backends.graph.dispose import message_path
+from backends.graph.listing import Listed, list_messages
+from backends.graph.spool import Normaliser, Spool, TopCut, read_pieces
+from backends.graph.transport import Transport, status_error
+from popbridge.contract import (
+    DisposeResult,
+    Disposition,
+    ListingMemory,
+    ListingState,
+    RemoteMessage,
+)
+from popbridge.errors import BackendUnavailable, MessageGone
+
+logger = logging.getLogger(__name__)
+
+TOP_PIECE = 64 * 1024  # TOP reads in smaller pieces: it usually needs only the first one
+_MAX_ID = 1024  # longer than any Graph id; refused before it is put in a URL
+
+
+class GraphMailbox:
+    """One Graph mail folder of one mailbox; identities are immutable message ids."""
+
+    def __init__(self, transport: Transport, folder_id: str, spool: Spool, stale: set[str]) -> None:
+        self._transport = transport
+        self._folder_id = folder_id
+        self._spool = spool
+        self._stale = stale  # ids whose remembered size a download contradicted
+        self._sizes: dict[str, int] = {}
+        self._closed = False
+
+    async def list(
+        self, *, hidden_keyword: str | None = None, memory: ListingMemory | None = None
+    ) -> list[RemoteMessage]:
+        """Every message in the folder, oldest first, with exact sizes; messages carrying
+        the category `hidden_keyword` left out."""
+        settings = self._transport.settings
+        listed = await list_messages(self._transport, self._folder_id, settings.page_size)
+        if hidden_keyword is not None:
+            hidden = hidden_keyword.casefold()  # categories compare case-insensitively
+            listed = [m for m in listed if hidden not in {c.casefold() for c in m.categories}]
+        known = await self._remembered(memory)
+        sizes = await self._measure(m for m in listed if (m.id, m.change_key) not in known)
+        result = [
+            RemoteMessage(
+                identity=m.id,
+                size=sizes.get(m.id, known.get((m.id, m.change_key), 0)),
+                message_id=m.message_id,
+                received=m.received,
+                version=m.change_key,
+            )
+            for m in listed
+        ]
+        self._sizes = {m.identity: m.size for m in result}
+        if memory is not None:
+            await memory.save(ListingState(self._token(), tuple(result)))
+        return result
+
+    def _token(self) -> str:
+        return json.dumps({"graph": 1, "folder": self._folder_id}, separators=(",", ":"))
+
+    async def _remembered(self, memory: ListingMemory | None) -> dict[tuple[str, str | None], int]:
+        """Sizes measured in earlier sessions of this folder, by (id, changeKey)."""
+        state = await memory.load() if memory is not None else None
+        if state is None or state.token != self._token():
+            return {}
+        return {
+            (m.identity, m.version): m.size
+            for m in state.messages
+            if m.version is not None and m.identity not in self._stale
+        }
+
+    async def _measure(self, todo: Iterable[Listed]) -> dict[str, int]:
+        """Download, count and spool each message, `max_in_flight` at a time."""
+        queue = list(todo)
+        sizes: dict[str, int] = {}
+        if queue:
+            logger.info("measuring %d message(s) not measured before", len(queue))
+
+        async def worker() -> None:
+            while queue:
+                entry = queue.pop()
+                async with self._download(entry.id, self._transport.settings.fetch_chunk) as raw:
+                    sizes[entry.id] = await self._spool.measure(entry.id, entry.change_key, raw)
+                self._stale.discard(entry.id)
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(len(queue), self._transport.settings.max_in_flight)):
+                group.create_task(worker())
+        return sizes
+
+    def _download(
+        self, identity: str, chunk: int
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        path = message_path(identity) + "/$value"  # Graph message-get: the MIME content
+        return self._transport.stream(path, chunk=chunk, missing=MessageGone)
+
+    async def fetch(self, identity: str, *, body_lines: int | None = None) -> AsyncIterator[bytes]:
+        """Stream the message as LIST counted it; MessageGone if it left the folder."""
+        if not identity or len(identity) > _MAX_ID:
+            raise MessageGone(f"{identity[:80]!r} is not a message id")
+        await self._locate(identity)
+        chunk = self._transport.settings.fetch_chunk
+        if body_lines is not None:
+            chunk = min(chunk, TOP_PIECE)
+        spooled = self._spool.get(identity)
+        if spooled is not None:
+            pieces: Iterable[bytes] = read_pieces(spooled.path, chunk)
+        elif body_lines is not None or identity not in self._sizes:
+            async for piece in self._top(identity, chunk, body_lines):
+                yield piece
+            return
+        else:
+            pieces = await self._verified(identity, chunk)
+        cut = TopCut(body_lines) if body_lines is not None else None
+        for piece in pieces:
+            end = cut.cut(piece) if cut is not None else None
+            if end is not None:
+                yield piece[:end]
+                return
+            yield piece
+
+    async def _locate(self, identity: str) -> None:
+        """MessageGone unless the message is still in the maildrop folder."""
+        data = await self._transport.call("GET", message_path(identity) + "?$select=parentFolderId")
+        if data.status >= 300:
+            raise status_error(data.status, data.url, data.code, missing=MessageGone)
+        folder = data.json().get("parentFolderId") if isinstance(data.json(), dict) else None
+        if folder != self._folder_id:
+            raise MessageGone(f"message {identity[:80]!r} left the folder")
+
+    async def _top(self, identity: str, chunk: int, body_lines: int | None) -> AsyncIterator[bytes]:
+        """A fresh download, normalised, cut after the header and `body_lines` lines."""
+        normaliser = Normaliser()
+        cut = TopCut(body_lines) if body_lines is not None else None
+        async with self._download(identity, chunk) as raw:
+            async for piece in raw:
+                data = normaliser.feed(piece)
+                end = cut.cut(data) if cut is not None else None
+                if end is not None:
+                    yield data[:end]
+                    return  # leaving the stream early drops its connection
+                yield data
+        yield normaliser.finish()
+
+    async def _verified(self, identity: str, chunk: int) -> Iterable[bytes]:
+        """Download into a temporary file; its pieces if the count is what LIST said."""
+        directory = self._transport.settings.spool_dir
+        handle = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115  (closed by _pieces)
+        normaliser = Normaliser()
+        try:
+            async with self._download(identity, chunk) as raw:
+                async for piece in raw:
+                    handle.write(normaliser.feed(piece))
+            handle.write(normaliser.finish())
+        except BaseException:
+            handle.close()
+            raise
+        if normaliser.octets != self._sizes[identity]:
+            handle.close()
+            self._stale.add(identity)
+            logger.warning(
+                "message %r is now %d octets, listed as %d: it is measured again at the next"
+                " login", identity[:80], normaliser.octets, self._sizes[identity],
+            )  # fmt: skip
+            raise BackendUnavailable("the message changed size since it was listed")
+        handle.seek(0)
+        return _file_pieces(handle, chunk)
+
+    async def dispose(self, identities: Collection[str], how: Disposition) -> DisposeResult:
+        """Apply `how` at QUIT; see `backends.graph.dispose`."""
+        return await dispose.dispose(self._transport, self._folder_id, identities, how)
+
+    async def close(self) -> None:
+        """Close the pool and remove the spool; nothing is written upstream."""
+        if not self._closed:
+            self._closed = True
+            self._spool.close()
+            await self._transport.close()
+
+    def __repr__(self) -> str:
+        return f"<GraphMailbox {self._transport.settings.peer} folder={self._folder_id[:20]}>"
+
+
+def _file_pieces(handle: IO[bytes], chunk: int) -> Iterator[bytes]:
+    with handle:
+        while piece := handle.read(chunk):
+            yield piece

@@ -1,0 +1,171 @@
+"""Measured messages: CRLF normalisation, exact counts, and the on-disk spool of what was counted.
+
+Graph has no exact MIME size (a message's size property counts MAPI properties) and writes
+the MIME anew for every `$value` download, so the only size LIST may announce is the count of
+bytes actually downloaded, in the form POP3 sends them: every line end CRLF and a CRLF added
+to an unterminated last line (RFC 1939 sections 3 and 11). This module owns that count and
+keeps what it counted: a `Spool` is one mailbox's directory of measured messages (mode 0700,
+files 0600, removed at close), bounded by `limit` octets in all, so RETR and TOP send exactly
+the bytes LIST announced even if a later download would differ. A message measured when the
+spool was full is only counted; RETR then downloads it again and sends it only if the count
+still matches (see `backends.graph.mailbox`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+CRLF = b"\r\n"
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_HEADER_END = b"\r\n\r\n"
+
+
+class Normaliser:
+    """Turns raw chunks into CRLF-normalised ones; a CR ending one chunk and an LF starting
+    the next are one line end. `finish` adds the CRLF an unterminated last line needs."""
+
+    def __init__(self) -> None:
+        self._pending_cr = False
+        self._last = b""
+        self.octets = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._pending_cr:
+            chunk = b"\r" + chunk
+            self._pending_cr = False
+        if chunk.endswith(b"\r"):
+            chunk = chunk[:-1]
+            self._pending_cr = True
+        return self._out(_LINE_END.sub(CRLF, chunk))
+
+    def finish(self) -> bytes:
+        tail = CRLF if self._pending_cr else b""
+        self._pending_cr = False
+        if not tail and self.octets and not self._last.endswith(b"\n"):
+            tail = CRLF
+        return self._out(tail)
+
+    def _out(self, data: bytes) -> bytes:
+        if data:
+            self.octets += len(data)
+            self._last = data[-2:]
+        return data
+
+
+class TopCut:
+    """Where the header and `lines` body lines end in normalised bytes (RFC 1939 TOP)."""
+
+    def __init__(self, lines: int) -> None:
+        self._lines = lines
+        self._tail = b""
+        self._in_body = False
+
+    def cut(self, piece: bytes) -> int | None:
+        """The offset in `piece` after which nothing more is needed, or None."""
+        position = 0
+        if not self._in_body:
+            window = self._tail + piece
+            end = window.find(_HEADER_END)
+            if end < 0:
+                self._tail = window[-3:]
+                return None
+            self._in_body = True
+            position = end + 4 - len(self._tail)
+        while self._lines > 0:
+            newline = piece.find(b"\n", position)
+            if newline < 0:
+                return None
+            self._lines -= 1
+            position = newline + 1
+        return position
+
+
+@dataclass(frozen=True, slots=True)
+class Spooled:
+    """One measured message on disk: its identity's version and its exact size."""
+
+    path: Path
+    version: str | None
+    size: int
+
+
+class Spool:
+    """One mailbox's measured messages on disk, at most `limit` octets in all."""
+
+    def __init__(self, parent: Path, limit: int) -> None:
+        self._limit = limit
+        self._used = 0
+        self._dir: Path | None = None
+        self._parent = parent
+        self._entries: dict[str, Spooled] = {}
+
+    def get(self, identity: str) -> Spooled | None:
+        return self._entries.get(identity)
+
+    def _directory(self) -> Path:
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="popbridge-graph-", dir=self._parent))
+        return self._dir
+
+    @contextlib.contextmanager
+    def _file(self, identity: str) -> Iterator[tuple[Path, BinaryIO]]:
+        name = hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()
+        path = self._directory() / name
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            yield path, handle
+
+    async def measure(
+        self, identity: str, version: str | None, pieces: AsyncIterator[bytes]
+    ) -> int:
+        """Count (and keep, while the spool has room) one download; its exact size."""
+        self.discard(identity)
+        normaliser = Normaliser()
+        keep = self._limit > self._used
+        with self._file(identity) as (path, handle):
+            async for piece in pieces:
+                data = normaliser.feed(piece)
+                if keep and self._used + normaliser.octets <= self._limit:
+                    handle.write(data)
+                else:
+                    keep = False
+            data = normaliser.finish()
+            keep = keep and self._used + normaliser.octets <= self._limit
+            if keep:
+                handle.write(data)
+        if keep:
+            self._used += normaliser.octets
+            self._entries[identity] = Spooled(path, version, normaliser.octets)
+        else:
+            path.unlink(missing_ok=True)
+        return normaliser.octets
+
+    def discard(self, identity: str) -> None:
+        entry = self._entries.pop(identity, None)
+        if entry is not None:
+            self._used -= entry.size
+            entry.path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Remove every spooled message; never raises."""
+        self._entries.clear()
+        self._used = 0
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+
+def read_pieces(path: Path, chunk: int) -> Iterator[bytes]:
+    """A spooled file in pieces of at most `chunk` octets."""
+    with path.open("rb") as handle:
+        while piece := handle.read(chunk):
+            yield piece

@@ -1,0 +1,468 @@
+"""The Graph backend against the local fake Graph: the contract suite, then Graph-only behaviour.
+
+This module owns the Graph harness for the contract suite (`tests.backends.contract`), run
+with immutable ids (68 characters) and with classic ids (152, ending in "="), and the tests
+of what only Graph does: every request asks for immutable ids, sizes are measured once per
+changeKey and kept in the listing memory, RETR sends what LIST announced when the MIME is
+written anew per download, a listing disturbed while it is paged is redone, folders by path,
+categories merged, 412 retried, throttling within bounds, and the token's user checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backends.graph import create
+from devkit.dovecot import free_port, generate_message, wire_form
+from devkit.fake_graph import FakeGraph
+from popbridge.contract import Backend, Credentials, Disposition, DispositionKind, ListingState
+from popbridge.errors import AuthFailed, BackendUnavailable, ConfigError, MessageGone
+from popbridge.store.listings import MemoryListings
+from popbridge.store.uidl import is_valid_uidl, uidl_for
+from tests.backends.contract import (
+    BackendContract,
+    Stored,
+    Where,
+    by_subject,
+    crlf,
+    message,
+    read_all,
+    subject_of,
+)
+
+USER, TOKEN = "alice@contoso.example", "eyJ0eXAi.alice-token_1"
+OTHER, OTHER_TOKEN = "bob@contoso.example", "eyJ0eXAi.bob-token_2"
+CHUNK = 256 * 1024
+FOLDERS: dict[Where, str] = {"maildrop": "inbox", "trash": "deleteditems", "move": "Done"}
+
+
+class GraphHarness:
+    """The contract harness: seeds and reads the fake's state directly."""
+
+    fetch_chunk = CHUNK
+    move_folder = "Done"
+
+    def __init__(self, fake: FakeGraph, spool: Path) -> None:
+        self.fake = fake
+        self.spool = spool
+        self.credentials = Credentials(USER, TOKEN, "oauth2")
+
+    def settings(self, **overrides: Any) -> dict[str, Any]:
+        table = {"type": "graph", "url": self.fake.url, "timeout": 10, "fetch_chunk": CHUNK,
+                 "spool_dir": str(self.spool)} | overrides  # fmt: skip
+        return {key: value for key, value in table.items() if value is not None}
+
+    def backend(self, **overrides: Any) -> Backend:
+        return create(self.settings(**overrides), source="test.toml")
+
+    def unreachable(self) -> Backend:
+        return self.backend(url=f"http://127.0.0.1:{free_port()}/v1.0", connect_timeout=2)
+
+    def seed(self, messages: Sequence[bytes]) -> None:
+        self.fake.seed(list(messages))
+
+    def seed_generated(self, count: int, size: int) -> list[bytes]:
+        messages = [wire_form(generate_message(n + 1, size)) for n in range(count)]
+        self.fake.seed(messages)
+        return messages
+
+    def stored(self, where: Where = "maildrop") -> list[Stored]:
+        return [
+            Stored(
+                subject=subject_of(m.mime),
+                seen=m.is_read,
+                deleted=False,
+                keywords=frozenset(m.categories),
+            )
+            for m in self.fake.in_folder(FOLDERS[where])
+        ]
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeGraph]:
+    async with FakeGraph({TOKEN: USER, OTHER_TOKEN: OTHER}) as graph:
+        graph.add_folder("Done")
+        yield graph
+
+
+@pytest.fixture(params=["immutable", "classic"])
+def harness(fake: FakeGraph, tmp_path: Path, request: pytest.FixtureRequest) -> GraphHarness:
+    fake.honour_prefer = request.param == "immutable"
+    return GraphHarness(fake, tmp_path)
+
+
+@pytest.fixture
+def plain(fake: FakeGraph, tmp_path: Path) -> GraphHarness:
+    return GraphHarness(fake, tmp_path)
+
+
+class TestGraphContract(BackendContract):
+    """The contract suite on the fake Graph, with both id formats."""
+
+
+# ---------------------------------------------------------------- identities
+
+
+async def test_every_request_asks_for_immutable_ids(plain: GraphHarness) -> None:
+    plain.seed([message("a"), message("b")])
+    mailbox = await plain.backend().open(plain.credentials)
+    try:
+        listed = await mailbox.list()
+        await read_all(mailbox, listed[0].identity)
+        how = Disposition(DispositionKind.SEEN)
+        assert (await mailbox.dispose([m.identity for m in listed], how)).ok
+    finally:
+        await mailbox.close()
+    assert plain.fake.requests
+    assert all(prefer for _, _, prefer in plain.fake.requests)
+    assert {len(m.identity) for m in listed} == {68}
+    assert [uidl_for(m.identity) for m in listed] == [m.identity for m in listed]
+
+
+async def test_classic_ids_are_url_encoded_and_hashed_into_uidls(plain: GraphHarness) -> None:
+    plain.fake.honour_prefer = False
+    plain.seed([message("classic")])
+    mailbox = await plain.backend().open(plain.credentials)
+    try:
+        (entry,) = await mailbox.list()
+        assert len(entry.identity) == 152 and entry.identity.endswith("=")
+        assert subject_of(b"".join(await read_all(mailbox, entry.identity))) == "classic"
+    finally:
+        await mailbox.close()
+    assert any("%3D" in path for _, path, _ in plain.fake.requests)
+    uidl = uidl_for(entry.identity)
+    assert is_valid_uidl(uidl) and uidl.startswith("~") and len(uidl) == 44
+
+
+# ---------------------------------------------------------------- exact sizes
+
+
+async def test_sizes_are_measured_once_per_change_key(plain: GraphHarness) -> None:
+    plain.seed([message("one", line_end=b"\n"), message("two")])
+    memory = MemoryListings().for_account("alice")
+    backend = plain.backend()
+    first = await backend.open(plain.credentials)
+    try:
+        listed = await first.list(memory=memory)
+    finally:
+        await first.close()
+    assert plain.fake.downloads == 2
+    state = await memory.load()
+    assert isinstance(state, ListingState) and state.messages == tuple(listed)
+    assert all(m.version for m in listed)
+    again = await backend.open(plain.credentials)
+    try:
+        assert await again.list(memory=memory) == listed
+        assert plain.fake.downloads == 2  # nothing measured again
+        plain.fake.messages[0].change += 1  # content or properties changed upstream
+        relisted = await again.list(memory=memory)
+    finally:
+        await again.close()
+    assert plain.fake.downloads == 3
+    assert [m.size for m in relisted] == [m.size for m in listed]
+
+
+async def test_retr_sends_what_list_announced_when_mime_is_regenerated(
+    plain: GraphHarness,
+) -> None:
+    plain.seed([message("regen", 20)])
+    plain.fake.regenerate = True
+    mailbox = await plain.backend().open(plain.credentials)
+    try:
+        (entry,) = await mailbox.list()
+        for _ in range(3):
+            data = b"".join(await read_all(mailbox, entry.identity))
+            assert len(data) == entry.size
+        assert plain.fake.downloads == 1  # served from what was measured
+    finally:
+        await mailbox.close()
+
+
+async def test_a_remembered_size_that_no_longer_holds_is_refused_then_remeasured(
+    plain: GraphHarness,
+) -> None:
+    plain.seed([message("drift", 5)])
+    plain.fake.regenerate = True
+    memory = MemoryListings().for_account("alice")
+    backend = plain.backend()
+    first = await backend.open(plain.credentials)
+    try:
+        (measured,) = await first.list(memory=memory)
+    finally:
+        await first.close()  # the spool goes with the mailbox
+    second = await backend.open(plain.credentials)
+    try:
+        (entry,) = await second.list(memory=memory)
+        assert entry.size == measured.size  # from the memory, not downloaded
+        with pytest.raises(BackendUnavailable):
+            await read_all(second, entry.identity)  # a new download has another length
+    finally:
+        await second.close()
+    third = await backend.open(plain.credentials)
+    try:
+        (fresh,) = await third.list(memory=memory)
+        data = b"".join(await read_all(third, fresh.identity))
+        assert len(data) == fresh.size
+    finally:
+        await third.close()
+
+
+async def test_a_full_spool_still_sends_exactly_the_announced_octets(
+    plain: GraphHarness,
+) -> None:
+    plain.seed([message("big", 200), message("small", 1)])
+    mailbox = await plain.backend(spool_limit=0).open(plain.credentials)
+    try:
+        for entry in await mailbox.list():
+            data = b"".join(await read_all(mailbox, entry.identity))
+            assert len(data) == entry.size
+    finally:
+        await mailbox.close()
+    assert not any(plain.spool.iterdir())  # the mailbox's spool directory is gone
+
+
+async def test_unterminated_last_line_and_bare_cr_are_counted_as_sent(
+    plain: GraphHarness,
+) -> None:
+    raw = b"Subject: odd\r\n\r\nbare cr\rline\nlast line without end"
+    plain.seed([raw])
+    mailbox = await plain.backend().open(plain.credentials)
+    try:
+        (entry,) = await mailbox.list()
+        data = b"".join(await read_all(mailbox, entry.identity))
+    finally:
+        await mailbox.close()
+    assert data == b"Subject: odd\r\n\r\nbare cr\r\nline\r\nlast line without end\r\n"
+    assert entry.size == len(data)
+
+
+# ------------------------------------------------------------------- listing
+
+
+async def test_a_listing_disturbed_while_paged_is_redone(plain: GraphHarness) -> None:
+    plain.seed([message(f"m{n:02}") for n in range(12)])
+    removed: list[str] = []
+
+    def remove_once(skip: int) -> None:
+        if skip == 5 and not removed:  # between pages: everything after shifts left by one
+            victim = plain.fake.in_folder("inbox")[0]
+            removed.append(subject_of(victim.mime))
+            plain.fake.remove(victim)
+
+    plain.fake.on_page = remove_once
+    mailbox = await plain.backend(page_size=5).open(plain.credentials)
+    try:
+        subjects = list(await by_subject(mailbox))
+    finally:
+        await mailbox.close()
+    assert removed == ["m00"]
+    assert subjects == [f"m{n:02}" for n in range(1, 12)]  # none skipped, none twice
+
+
+async def test_small_pages_follow_next_links(plain: GraphHarness) -> None:
+    plain.seed([message(f"p{n:02}") for n in range(7)])
+    mailbox = await plain.backend(page_size=2).open(plain.credentials)
+    try:
+        assert list(await by_subject(mailbox)) == [f"p{n:02}" for n in range(7)]
+    finally:
+        await mailbox.close()
+    assert any("%24skip=6" in p or "$skip=6" in p for _, p, _ in plain.fake.requests)
+
+
+async def test_a_folder_path_is_the_maildrop(plain: GraphHarness) -> None:
+    scans = plain.fake.add_folder("Scans", parent=plain.fake.folder("inbox").id)
+    plain.fake.seed([message("scanned")], folder="Scans")
+    plain.seed([message("inbox")])
+    mailbox = await plain.backend(folder="inbox/Scans").open(plain.credentials)
+    try:
+        assert list(await by_subject(mailbox)) == ["scanned"]
+    finally:
+        await mailbox.close()
+    assert scans.name == "Scans"
+    with pytest.raises(Exception, match="no folder"):
+        await plain.backend(folder="inbox/Nope").open(plain.credentials)
+
+
+# -------------------------------------------------------------- dispositions
+
+
+async def test_categories_are_merged_and_conflicts_retried(plain: GraphHarness) -> None:
+    (first, second) = plain.fake.seed([message("a"), message("b")])
+    first.categories = ["Red category"]
+    plain.fake.conflicts[first.id] = 2  # two 412 ErrorIrresolvableConflict, then success
+    mailbox = await plain.backend().open(plain.credentials)
+    try:
+        listed = await mailbox.list()
+        how = Disposition(DispositionKind.KEYWORD, keyword="popbridge-done")
+        assert (await mailbox.dispose([m.identity for m in listed], how)).ok
+    finally:
+        await mailbox.close()
+    assert first.categories == ["Red category", "popbridge-done"]
+    assert second.categories == ["popbridge-done"]
+
+
+async def test_dispose_leaves_messages_moved_out_of_the_maildrop(plain: GraphHarness) -> None:
+    (moved, kept) = plain.fake.seed([message("moved away"), message("kept")])
+    mailbox = await plain.backend().open(plain.credentials)
+    try:
+        listed = await mailbox.list()
+        moved.folder = plain.fake.folder("Done").id  # another client filed it meanwhile
+        how = Disposition(DispositionKind.EXPUNGE)
+        assert (await mailbox.dispose([m.identity for m in listed], how)).ok
+    finally:
+        await mailbox.close()
+    assert plain.fake.messages == [moved]  # deleted only what was still in the maildrop
+    assert kept not in plain.fake.messages
+
+
+async def test_dispose_uses_batches_of_twenty(plain: GraphHarness) -> None:
+    plain.seed([message(f"d{n}") for n in range(45)])
+    mailbox = await plain.backend().open(plain.credentials)
+    try:
+        listed = await mailbox.list()
+        plain.fake.requests.clear()
+        how = Disposition(DispositionKind.TRASH)
+        assert (await mailbox.dispose([m.identity for m in listed], how)).ok
+    finally:
+        await mailbox.close()
+    batches = [p for m, p, _ in plain.fake.requests if p.endswith("/$batch")]
+    assert len(batches) == 6  # 3 to look up, 3 to move: 20 + 20 + 5 each
+    assert len(plain.fake.in_folder("deleteditems")) == 45
+
+
+async def test_inner_429s_of_a_batch_are_retried(plain: GraphHarness) -> None:
+    plain.seed([message(f"t{n}") for n in range(6)])
+    mailbox = await plain.backend().open(plain.credentials)
+    try:
+        listed = await mailbox.list()
+        plain.fake.batch_throttle = 4
+        how = Disposition(DispositionKind.SEEN)
+        assert (await mailbox.dispose([m.identity for m in listed], how)).ok
+    finally:
+        await mailbox.close()
+    assert all(m.is_read for m in plain.fake.messages)
+
+
+async def test_inner_429s_past_the_bound_are_reported_not_done(plain: GraphHarness) -> None:
+    plain.seed([message("x"), message("y")])
+    mailbox = await plain.backend(max_retry_after=0).open(plain.credentials)
+    try:
+        listed = await mailbox.list()
+        plain.fake.batch_throttle = 100
+        how = Disposition(DispositionKind.EXPUNGE)
+        result = await mailbox.dispose([m.identity for m in listed], how)
+    finally:
+        await mailbox.close()
+    assert result.failed == {m.identity for m in listed}
+    assert len(plain.fake.messages) == 2
+
+
+# ---------------------------------------------------------------- throttling
+
+
+async def test_concurrency_429s_are_waited_out(plain: GraphHarness) -> None:
+    plain.seed([message(f"c{n}", 30) for n in range(8)])
+    plain.fake.concurrency = 2  # another application uses two of the mailbox's four slots
+    mailbox = await plain.backend().open(plain.credentials)
+    try:
+        listed = await mailbox.list()
+    finally:
+        await mailbox.close()
+    assert len(listed) == 8
+    assert plain.fake.in_flight_peak <= 2
+
+
+async def test_never_more_than_four_requests_in_flight(plain: GraphHarness) -> None:
+    plain.seed([message(f"f{n}", 50) for n in range(40)])
+    mailbox = await plain.backend().open(plain.credentials)
+    try:
+        listed = await mailbox.list()
+    finally:
+        await mailbox.close()
+    assert len(listed) == 40
+    assert plain.fake.in_flight_peak <= 4
+
+
+async def test_throttling_past_the_bound_is_temporary_failure(plain: GraphHarness) -> None:
+    plain.fake.statuses = [(429, "ApplicationThrottled")] * 3
+    with pytest.raises(BackendUnavailable):
+        await plain.backend(max_retry_after=1).open(plain.credentials)
+
+
+@pytest.mark.parametrize("status", [503, 504])
+async def test_busy_graph_is_retried(plain: GraphHarness, status: int) -> None:
+    plain.seed([message("busy")])
+    plain.fake.statuses = [(status, "ServiceUnavailable")]
+    mailbox = await plain.backend().open(plain.credentials)
+    await mailbox.close()
+
+
+# ---------------------------------------------------------------------- auth
+
+
+async def test_a_token_of_another_user_is_refused(plain: GraphHarness) -> None:
+    with pytest.raises(AuthFailed):
+        await plain.backend().open(Credentials(USER, OTHER_TOKEN, "oauth2"))
+
+
+async def test_passwords_are_refused_before_any_request(plain: GraphHarness) -> None:
+    with pytest.raises(AuthFailed):
+        await plain.backend().open(Credentials(USER, "a password", "password"))
+    with pytest.raises(AuthFailed):
+        await plain.backend().open(Credentials(USER, "not a token\r\n", "oauth2"))
+    assert plain.fake.requests == []
+
+
+async def test_a_token_refused_mid_session_is_auth_failed(plain: GraphHarness) -> None:
+    plain.seed([message("gone token")])
+    mailbox = await plain.backend().open(plain.credentials)
+    try:
+        plain.fake.statuses = [(401, "InvalidAuthenticationToken")]
+        with pytest.raises(AuthFailed):
+            await mailbox.list()
+    finally:
+        await mailbox.close()
+
+
+async def test_missing_scope_is_auth_failed(plain: GraphHarness) -> None:
+    plain.fake.statuses = [(403, "ErrorAccessDenied")]
+    with pytest.raises(AuthFailed):
+        await plain.backend().open(plain.credentials)
+
+
+async def test_a_malformed_id_is_message_gone(plain: GraphHarness) -> None:
+    mailbox = await plain.backend().open(plain.credentials)
+    try:
+        with pytest.raises(MessageGone):
+            await read_all(mailbox, "AAkALg" + "x" * 62)
+        with pytest.raises(MessageGone):
+            await read_all(mailbox, "x" * 2000)
+    finally:
+        await mailbox.close()
+
+
+# -------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("url", "ftp://graph"), ("max_in_flight", 5), ("page_size", 1001), ("folder", "a\x00b"),
+     ("url", "https://user:pw@graph.example/v1.0"), ("bogus", 1)],
+)  # fmt: skip
+def test_bad_settings_are_refused(key: str, value: Any) -> None:
+    with pytest.raises(ConfigError, match=key):
+        create({"type": "graph", key: value}, source="t.toml")
+
+
+async def test_check_reports_the_bearer_challenge(plain: GraphHarness) -> None:
+    findings = await plain.backend().check()
+    assert any("bearer token is required" in line for line in findings)
+    assert any("Mail.ReadWrite" in line for line in findings)
+
+
+def test_crlf_helper_agrees_with_the_spool() -> None:
+    assert crlf(b"a\nb\r\n") == b"a\r\nb\r\n"
