@@ -6,7 +6,8 @@ user (its userPrincipalName or mail, compared case-insensitively), so a device's
 OAUTHBEARER token for one mailbox can never open another user's maildrop under a different
 name; then the maildrop folder is resolved. A 401 is AuthFailed: mapped accounts refresh the
 token once and retry (the core's token cache lets one refresh per account run at a time).
-If a step fails, the connection pool is closed before the error leaves.
+If a step fails, the connection pool is closed before the error leaves. The backend keeps
+the spool of measured messages that all its sessions share.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class GraphBackend:
 
     def __init__(self, settings: GraphSettings) -> None:
         self.settings = settings
-        self._stale: set[str] = set()  # ids whose remembered size a download contradicted
+        self._stale: set[str] = set()  # spool keys whose remembered size proved wrong
+        self._spool = Spool(settings.spool_dir, settings.spool_limit)
 
     async def open(self, credentials: Credentials) -> GraphMailbox:
         """Check the token's user and find the folder; AuthFailed, BackendUnavailable/Failure."""
@@ -58,8 +60,7 @@ class GraphBackend:
         except BaseException:
             await transport.close()
             raise
-        spool = Spool(self.settings.spool_dir, self.settings.spool_limit)
-        return GraphMailbox(transport, folder.id, spool, self._stale)
+        return GraphMailbox(transport, folder.id, self._spool, self._stale, credentials.user)
 
     async def check(self) -> list[str]:
         """Ask Graph for /me without a token and report what answered."""

@@ -2,13 +2,13 @@
 
 This module owns the read side of the Graph mapping. Identities are immutable message ids
 (`Prefer: IdType="ImmutableId"`); the core hashes the ones that do not fit a UIDL. Sizes are
-measured (see `backends.graph.spool`): a message whose (id, changeKey) the listing memory
-already holds keeps its size, any other is downloaded once, counted and kept in this
-mailbox's spool, up to `max_in_flight` downloads at a time. RETR and TOP first ask Graph
-whether the message is still in the folder, then send the spooled bytes; a message that was
-not spooled (the spool was full, or its size came from an earlier session) is downloaded
-into a temporary file and sent only if its count equals the size announced, so LIST always
-equals what RETR sends. On a mismatch RETR fails with a temporary error and the size is
+measured (see `backends.graph.spool`): a message whose (id, changeKey) is spooled, or whose
+size the listing memory holds, keeps its size; any other is downloaded once, counted and
+spooled, up to `max_in_flight` downloads at a time. RETR and TOP first ask Graph whether the
+message is still in the folder, then send the spooled bytes; a message that is not spooled
+(it did not fit, or its size came from before a restart) is downloaded into a temporary
+file and sent only if its count equals the size announced, so LIST always equals what RETR
+sends. On a mismatch RETR fails with a temporary error and the size is
 dropped from the memory, so the next login measures it again. Reading never sets `isRead`.
 Dispositions at QUIT are delegated to `backends.graph.dispose`.
 """
@@ -20,13 +20,12 @@ import contextlib
 import json
 import logging
 import tempfile
-from collections.abc import AsyncIterator, Collection, Iterable, Iterator
-from typing import IO
+from collections.abc import AsyncIterator, Collection, Iterable
 
 from backends.graph import dispose
 from backends.graph.dispose import message_path
 from backends.graph.listing import Listed, list_messages
-from backends.graph.spool import Normaliser, Spool, TopCut, read_pieces
+from backends.graph.spool import Normaliser, Spool, TopCut, file_pieces, read_pieces
 from backends.graph.transport import Transport, status_error
 from popbridge.contract import (
     DisposeResult,
@@ -46,12 +45,15 @@ _MAX_ID = 1024  # longer than any Graph id; refused before it is put in a URL
 class GraphMailbox:
     """One Graph mail folder of one mailbox; identities are immutable message ids."""
 
-    def __init__(self, transport: Transport, folder_id: str, spool: Spool, stale: set[str]) -> None:
+    def __init__(
+        self, transport: Transport, folder_id: str, spool: Spool, stale: set[str], user: str
+    ) -> None:
         self._transport = transport
         self._folder_id = folder_id
-        self._spool = spool
-        self._stale = stale  # ids whose remembered size a download contradicted
-        self._sizes: dict[str, int] = {}
+        self._spool = spool  # the backend's: shared by sessions, keyed by user and id
+        self._stale = stale  # spool keys whose remembered size a download contradicted
+        self._user = user.casefold()
+        self._sizes: dict[str, int] = {}  # identity -> the size this session announced
         self._closed = False
 
     async def list(
@@ -65,6 +67,10 @@ class GraphMailbox:
             hidden = hidden_keyword.casefold()  # categories compare case-insensitively
             listed = [m for m in listed if hidden not in {c.casefold() for c in m.categories}]
         known = await self._remembered(memory)
+        for entry in listed:  # what is spooled needs neither the memory nor a download
+            spooled = self._spool.get(self._key(entry.id))
+            if spooled is not None and spooled.version == entry.change_key:
+                known[(entry.id, entry.change_key)] = spooled.size
         sizes = await self._measure(m for m in listed if (m.id, m.change_key) not in known)
         result = [
             RemoteMessage(
@@ -81,6 +87,9 @@ class GraphMailbox:
             await memory.save(ListingState(self._token(), tuple(result)))
         return result
 
+    def _key(self, identity: str) -> str:
+        return f"{self._user}\n{identity}"
+
     def _token(self) -> str:
         return json.dumps({"graph": 1, "folder": self._folder_id}, separators=(",", ":"))
 
@@ -92,7 +101,7 @@ class GraphMailbox:
         return {
             (m.identity, m.version): m.size
             for m in state.messages
-            if m.version is not None and m.identity not in self._stale
+            if m.version is not None and self._key(m.identity) not in self._stale
         }
 
     async def _measure(self, todo: Iterable[Listed]) -> dict[str, int]:
@@ -105,9 +114,10 @@ class GraphMailbox:
         async def worker() -> None:
             while queue:
                 entry = queue.pop()
+                key = self._key(entry.id)
                 async with self._download(entry.id, self._transport.settings.fetch_chunk) as raw:
-                    sizes[entry.id] = await self._spool.measure(entry.id, entry.change_key, raw)
-                self._stale.discard(entry.id)
+                    sizes[entry.id] = await self._spool.measure(key, entry.change_key, raw)
+                self._stale.discard(key)
 
         async with asyncio.TaskGroup() as group:
             for _ in range(min(len(queue), self._transport.settings.max_in_flight)):
@@ -128,14 +138,12 @@ class GraphMailbox:
         chunk = self._transport.settings.fetch_chunk
         if body_lines is not None:
             chunk = min(chunk, TOP_PIECE)
-        spooled = self._spool.get(identity)
-        if spooled is not None:
-            pieces: Iterable[bytes] = read_pieces(spooled.path, chunk)
-        elif body_lines is not None or identity not in self._sizes:
-            async for piece in self._top(identity, chunk, body_lines):
+        pieces = self._spooled(identity, chunk)
+        if pieces is None and (body_lines is not None or identity not in self._sizes):
+            async for piece in self._fresh(identity, chunk, body_lines):
                 yield piece
             return
-        else:
+        if pieces is None:
             pieces = await self._verified(identity, chunk)
         cut = TopCut(body_lines) if body_lines is not None else None
         for piece in pieces:
@@ -145,16 +153,28 @@ class GraphMailbox:
                 return
             yield piece
 
+    def _spooled(self, identity: str, chunk: int) -> Iterable[bytes] | None:
+        """The spooled bytes, if they are what this session announced (opened now, so a
+        later eviction cannot take them away)."""
+        spooled = self._spool.get(self._key(identity))
+        if spooled is None or spooled.size != self._sizes.get(identity, spooled.size):
+            return None
+        return read_pieces(spooled.path, chunk)
+
     async def _locate(self, identity: str) -> None:
         """MessageGone unless the message is still in the maildrop folder."""
-        data = await self._transport.call("GET", message_path(identity) + "?$select=parentFolderId")
-        if data.status >= 300:
-            raise status_error(data.status, data.url, data.code, missing=MessageGone)
-        folder = data.json().get("parentFolderId") if isinstance(data.json(), dict) else None
-        if folder != self._folder_id:
+        reply = await self._transport.call(
+            "GET", message_path(identity) + "?$select=parentFolderId"
+        )
+        if reply.status >= 300:
+            raise status_error(reply.status, reply.url, reply.code, missing=MessageGone)
+        data = reply.json()
+        if not isinstance(data, dict) or data.get("parentFolderId") != self._folder_id:
             raise MessageGone(f"message {identity[:80]!r} left the folder")
 
-    async def _top(self, identity: str, chunk: int, body_lines: int | None) -> AsyncIterator[bytes]:
+    async def _fresh(
+        self, identity: str, chunk: int, body_lines: int | None
+    ) -> AsyncIterator[bytes]:
         """A fresh download, normalised, cut after the header and `body_lines` lines."""
         normaliser = Normaliser()
         cut = TopCut(body_lines) if body_lines is not None else None
@@ -170,8 +190,7 @@ class GraphMailbox:
 
     async def _verified(self, identity: str, chunk: int) -> Iterable[bytes]:
         """Download into a temporary file; its pieces if the count is what LIST said."""
-        directory = self._transport.settings.spool_dir
-        handle = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115  (closed by _pieces)
+        handle = tempfile.TemporaryFile(dir=self._transport.settings.spool_dir)  # noqa: SIM115
         normaliser = Normaliser()
         try:
             async with self._download(identity, chunk) as raw:
@@ -181,33 +200,27 @@ class GraphMailbox:
         except BaseException:
             handle.close()
             raise
-        if normaliser.octets != self._sizes[identity]:
+        announced = self._sizes[identity]
+        if normaliser.octets != announced:
             handle.close()
-            self._stale.add(identity)
+            self._stale.add(self._key(identity))
             logger.warning(
                 "message %r is now %d octets, listed as %d: it is measured again at the next"
-                " login", identity[:80], normaliser.octets, self._sizes[identity],
+                " login", identity[:80], normaliser.octets, announced,
             )  # fmt: skip
             raise BackendUnavailable("the message changed size since it was listed")
         handle.seek(0)
-        return _file_pieces(handle, chunk)
+        return file_pieces(handle, chunk)
 
     async def dispose(self, identities: Collection[str], how: Disposition) -> DisposeResult:
         """Apply `how` at QUIT; see `backends.graph.dispose`."""
         return await dispose.dispose(self._transport, self._folder_id, identities, how)
 
     async def close(self) -> None:
-        """Close the pool and remove the spool; nothing is written upstream."""
+        """Close the pool (the spool stays, for later sessions); nothing is written upstream."""
         if not self._closed:
             self._closed = True
-            self._spool.close()
             await self._transport.close()
 
     def __repr__(self) -> str:
         return f"<GraphMailbox {self._transport.settings.peer} folder={self._folder_id[:20]}>"
-
-
-def _file_pieces(handle: IO[bytes], chunk: int) -> Iterator[bytes]:
-    with handle:
-        while piece := handle.read(chunk):
-            yield piece

@@ -4,29 +4,34 @@ Graph has no exact MIME size (a message's size property counts MAPI properties) 
 the MIME anew for every `$value` download, so the only size LIST may announce is the count of
 bytes actually downloaded, in the form POP3 sends them: every line end CRLF and a CRLF added
 to an unterminated last line (RFC 1939 sections 3 and 11). This module owns that count and
-keeps what it counted: a `Spool` is one mailbox's directory of measured messages (mode 0700,
-files 0600, removed at close), bounded by `limit` octets in all, so RETR and TOP send exactly
-the bytes LIST announced even if a later download would differ. A message measured when the
-spool was full is only counted; RETR then downloads it again and sends it only if the count
-still matches (see `backends.graph.mailbox`).
+keeps what it counted: a `Spool` is one backend's directory of measured messages (mode 0700,
+files 0600, removed when the process ends), bounded by `limit` octets in all, least recently
+used first out, so RETR and TOP in this and later sessions send exactly the bytes LIST
+announced even if a later download would differ. A message that does not fit is only
+counted; RETR then downloads it again and sends it only if the count still matches (see
+`backends.graph.mailbox`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import re
 import shutil
 import tempfile
+import weakref
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 CRLF = b"\r\n"
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _HEADER_END = b"\r\n\r\n"
+_SERIAL = itertools.count()
 
 
 class Normaliser:
@@ -99,58 +104,66 @@ class Spooled:
 
 
 class Spool:
-    """One mailbox's measured messages on disk, at most `limit` octets in all."""
+    """Measured messages on disk for one backend, at most `limit` octets in all; the least
+    recently used go first. Keys name the user too: ids are unique only within a mailbox."""
 
     def __init__(self, parent: Path, limit: int) -> None:
         self._limit = limit
         self._used = 0
         self._dir: Path | None = None
         self._parent = parent
-        self._entries: dict[str, Spooled] = {}
+        self._entries: OrderedDict[str, Spooled] = OrderedDict()
 
-    def get(self, identity: str) -> Spooled | None:
-        return self._entries.get(identity)
+    def get(self, key: str) -> Spooled | None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
 
     def _directory(self) -> Path:
         if self._dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="popbridge-graph-", dir=self._parent))
+            weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
         return self._dir
 
     @contextlib.contextmanager
-    def _file(self, identity: str) -> Iterator[tuple[Path, BinaryIO]]:
-        name = hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()
-        path = self._directory() / name
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    def _file(self, key: str) -> Iterator[tuple[Path, BinaryIO]]:
+        # a fresh name per download: a reader of the previous file keeps its open handle
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+        path = self._directory() / f"{digest}-{next(_SERIAL)}"
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "wb") as handle:
             yield path, handle
 
-    async def measure(
-        self, identity: str, version: str | None, pieces: AsyncIterator[bytes]
-    ) -> int:
-        """Count (and keep, while the spool has room) one download; its exact size."""
-        self.discard(identity)
+    async def measure(self, key: str, version: str | None, pieces: AsyncIterator[bytes]) -> int:
+        """Count (and keep, if it fits within the limit) one download; its exact size."""
+        self.discard(key)
         normaliser = Normaliser()
-        keep = self._limit > self._used
-        with self._file(identity) as (path, handle):
+        keep = self._limit > 0
+        with self._file(key) as (path, handle):
             async for piece in pieces:
                 data = normaliser.feed(piece)
-                if keep and self._used + normaliser.octets <= self._limit:
+                keep = keep and normaliser.octets <= self._limit
+                if keep:
                     handle.write(data)
-                else:
-                    keep = False
             data = normaliser.finish()
-            keep = keep and self._used + normaliser.octets <= self._limit
+            keep = keep and normaliser.octets <= self._limit
             if keep:
                 handle.write(data)
-        if keep:
-            self._used += normaliser.octets
-            self._entries[identity] = Spooled(path, version, normaliser.octets)
-        else:
+        if not keep:
             path.unlink(missing_ok=True)
+            return normaliser.octets
+        self._make_room(normaliser.octets)
+        self._used += normaliser.octets
+        self._entries[key] = Spooled(path, version, normaliser.octets)
         return normaliser.octets
 
-    def discard(self, identity: str) -> None:
-        entry = self._entries.pop(identity, None)
+    def _make_room(self, octets: int) -> None:
+        while self._entries and self._used + octets > self._limit:
+            self.discard(next(iter(self._entries)))
+
+    def discard(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
         if entry is not None:
             self._used -= entry.size
             entry.path.unlink(missing_ok=True)
@@ -164,8 +177,17 @@ class Spool:
             self._dir = None
 
 
-def read_pieces(path: Path, chunk: int) -> Iterator[bytes]:
-    """A spooled file in pieces of at most `chunk` octets."""
-    with path.open("rb") as handle:
+def read_pieces(path: Path, chunk: int) -> Iterator[bytes] | None:
+    """A spooled file in pieces of at most `chunk` octets, opened now; None if it is gone."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return None
+    return file_pieces(handle, chunk)
+
+
+def file_pieces(handle: IO[bytes], chunk: int) -> Iterator[bytes]:
+    """An open file in pieces of at most `chunk` octets; closes it when done."""
+    with handle:
         while piece := handle.read(chunk):
             yield piece

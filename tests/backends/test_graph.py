@@ -188,12 +188,12 @@ async def test_a_remembered_size_that_no_longer_holds_is_refused_then_remeasured
     plain.seed([message("drift", 5)])
     plain.fake.regenerate = True
     memory = MemoryListings().for_account("alice")
-    backend = plain.backend()
-    first = await backend.open(plain.credentials)
+    first = await plain.backend().open(plain.credentials)
     try:
         (measured,) = await first.list(memory=memory)
     finally:
-        await first.close()  # the spool goes with the mailbox
+        await first.close()
+    backend = plain.backend()  # a restart: the spool of the first process is gone
     second = await backend.open(plain.credentials)
     try:
         (entry,) = await second.list(memory=memory)
@@ -211,6 +211,38 @@ async def test_a_remembered_size_that_no_longer_holds_is_refused_then_remeasured
         await third.close()
 
 
+async def test_later_sessions_send_the_spooled_bytes(plain: GraphHarness) -> None:
+    plain.seed([message("kept", 10)])
+    plain.fake.regenerate = True
+    memory = MemoryListings().for_account("alice")
+    backend = plain.backend()
+    for _ in range(3):
+        mailbox = await backend.open(plain.credentials)
+        try:
+            (entry,) = await mailbox.list(memory=memory)
+            assert len(b"".join(await read_all(mailbox, entry.identity))) == entry.size
+        finally:
+            await mailbox.close()
+    assert plain.fake.downloads == 1
+
+
+async def test_the_spool_is_per_user_and_evicts_the_oldest(plain: GraphHarness) -> None:
+    plain.seed([message(f"e{n}", 20) for n in range(3)])
+    backend = plain.backend(spool_limit=len(message("e0", 20)) * 5 // 2)  # room for two
+    mailbox = await backend.open(plain.credentials)
+    try:
+        listed = await mailbox.list()
+        for entry in listed:
+            assert len(b"".join(await read_all(mailbox, entry.identity))) == entry.size
+    finally:
+        await mailbox.close()
+    assert plain.fake.downloads == 4  # one of the three was evicted, downloaded again
+    files = [path for path in plain.spool.rglob("*") if path.is_file()]
+    assert len(files) == 2 and all(path.stat().st_mode & 0o077 == 0 for path in files)
+    with pytest.raises(AuthFailed):  # another user's token cannot reach these bytes
+        await backend.open(Credentials(OTHER, TOKEN, "oauth2"))
+
+
 async def test_a_full_spool_still_sends_exactly_the_announced_octets(
     plain: GraphHarness,
 ) -> None:
@@ -222,7 +254,7 @@ async def test_a_full_spool_still_sends_exactly_the_announced_octets(
             assert len(data) == entry.size
     finally:
         await mailbox.close()
-    assert not any(plain.spool.iterdir())  # the mailbox's spool directory is gone
+    assert not any(path.is_file() for path in plain.spool.rglob("*"))  # nothing was kept
 
 
 async def test_unterminated_last_line_and_bare_cr_are_counted_as_sent(

@@ -1,0 +1,207 @@
+"""Real POP3 clients through the bridge to the local fake Graph: poplib, curl, fetchmail, mpop
+and getmail6 each retrieve every message byte for byte, and their deletions reach Graph only
+through QUIT.
+
+This module owns the Graph counterpart of `tests/e2e/test_jmap_clients.py`. Graph takes only
+OAuth2 bearer tokens, so the devices log in to a mapped account with a local password and the
+bridge turns the account's refresh token into access tokens at the fake OAuth2 provider; the
+fake Graph accepts exactly the access tokens that provider issued and still considers active.
+One test has the fake write each message's MIME anew (another length) on every download, as
+Graph may: what curl retrieves still has exactly the octets LIST announced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devkit import clients
+from devkit.clients import Pop3Target, strip_client_additions
+from devkit.dovecot import generate_message, wire_form
+from devkit.fake_graph import FakeGraph
+from devkit.oauth_provider import FakeOAuthProvider
+from popbridge.accounts import (
+    AccountAdmin,
+    AccountsSettings,
+    BackendDefaults,
+    Keyring,
+    MappedAuthenticator,
+    Upstream,
+    generate_key,
+)
+from popbridge.accounts.passwords import PasswordHasher, ScryptParams
+from popbridge.config import Config, ListenerConfig, MaildropConfig, ServerConfig
+from popbridge.contract import Disposition, DispositionKind, load_backend
+from popbridge.frontend.server import Pop3Server
+from popbridge.frontend.throttle import Throttle, ThrottlePolicy
+from popbridge.oauth2 import Provider
+from popbridge.session.session import Services
+from popbridge.store import MemoryAccountRecords
+
+pytestmark = pytest.mark.clients
+
+UPSTREAM_USER = "alice@contoso.example"
+LOCAL_USER, LOCAL_PASSWORD = "printer", "Loc@l-pw 4411"
+SPECIAL = [
+    b"From: a@example.org\nSubject: dots\n\n.\n..\n.leading dot\n...\nend\n",
+    b"From: a@example.org\nSubject: 8bit\nContent-Type: text/plain; charset=utf-8\n"
+    b"Content-Transfer-Encoding: 8bit\n\nGr\xc3\xbc\xc3\x9fe aus K\xc3\xb6ln\n",
+    b"From: a@example.org\nSubject: empty body\n\n",
+    b"From: a@example.org\nSubject: long line\n\n" + b"y" * 1500 + b"\n",
+]
+NO_DELAY = ThrottlePolicy(base_delay=0)
+StartBridge = Callable[..., Awaitable[Pop3Server]]
+
+
+@pytest.fixture(scope="module")
+def idp() -> Iterator[FakeOAuthProvider]:
+    with FakeOAuthProvider() as provider:
+        yield provider
+
+
+@pytest.fixture
+async def graph(idp: FakeOAuthProvider) -> AsyncIterator[FakeGraph]:
+    def user_of(token: str) -> str | None:
+        return UPSTREAM_USER if idp.active(token) else None
+
+    async with FakeGraph(user_of) as fake:
+        yield fake
+
+
+@pytest.fixture
+def expected(graph: FakeGraph) -> list[bytes]:
+    """The inbox: generated messages plus awkward ones, in the CRLF form POP3 sends."""
+    messages = [wire_form(generate_message(n, 3000)) for n in range(1, 9)]
+    messages += [wire_form(m) for m in SPECIAL]
+    graph.seed(messages)
+    return messages
+
+
+@pytest.fixture
+async def bridge(
+    graph: FakeGraph, idp: FakeOAuthProvider, tmp_path: Path
+) -> AsyncIterator[StartBridge]:
+    """Start bridges with one mapped account in front of the fake Graph."""
+    started: list[Pop3Server] = []
+
+    async def start(*, maildrop: MaildropConfig | None = None) -> Pop3Server:
+        settings: dict[str, Any] = {"type": "graph", "url": graph.url, "timeout": 10,
+                                    "spool_dir": str(tmp_path)}  # fmt: skip
+        config = Config(
+            source="test", backend_type="graph", backend_settings=settings,
+            listeners=(ListenerConfig(host="127.0.0.1", port=0, plaintext_auth=True),),
+            server=ServerConfig(throttle=NO_DELAY), maildrop=maildrop or MaildropConfig(),
+        )  # fmt: skip
+        provider = Provider("custom", f"{idp.url}/token", "bridge", "bridge-secret", scope="mail")
+        accounts = AccountsSettings("mapped", Keyring.parse(generate_key()), {"custom": provider})
+        defaults = BackendDefaults("graph", settings, "test")
+        records, hasher = MemoryAccountRecords(), PasswordHasher(ScryptParams(n=2**4, r=8, p=1))
+        backend = load_backend("graph", settings, source="test")
+        auth = MappedAuthenticator(records, accounts, backend, defaults, hasher=hasher)
+        admin = AccountAdmin(records, accounts, defaults, hasher=hasher)
+        upstream = Upstream(UPSTREAM_USER, "oauth2", oauth2="custom")
+        await admin.add(LOCAL_USER, LOCAL_PASSWORD, upstream, idp.issue_refresh_token("alice"))
+        services = Services(backend=backend, authenticator=auth, throttle=Throttle(NO_DELAY))
+        server = Pop3Server(config, services)
+        await server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        await server.stop()
+
+
+def target(server: Pop3Server) -> Pop3Target:
+    host, port = server.addresses[0][:2]
+    return Pop3Target(host, port, LOCAL_USER, LOCAL_PASSWORD)
+
+
+def remaining(graph: FakeGraph, folder: str = "inbox") -> int:
+    return len(graph.in_folder(folder))
+
+
+async def test_poplib_retrieves_all_then_deletes(
+    bridge: StartBridge, graph: FakeGraph, expected: list[bytes]
+) -> None:
+    server = await bridge()
+    fetched = await asyncio.to_thread(clients.poplib_fetch_all, target(server), delete=False)
+    assert fetched == expected
+    assert not any(m.is_read for m in graph.messages)  # reading set no isRead
+    fetched = await asyncio.to_thread(clients.poplib_fetch_all, target(server), delete=True)
+    assert fetched == expected
+    assert graph.messages == []
+
+
+async def test_curl_lists_retrieves_and_uidls(
+    bridge: StartBridge, expected: list[bytes], tmp_path: Path
+) -> None:
+    server = await bridge()
+    listing = await asyncio.to_thread(clients.curl_list, target(server))
+    assert listing.split() == [str(x) for n, m in enumerate(expected, 1) for x in (n, len(m))]
+    retrieved = await asyncio.to_thread(
+        clients.curl_retr_all, target(server), len(expected), tmp_path / "curl"
+    )
+    assert retrieved == expected
+    uidl = await asyncio.to_thread(clients.curl_command, target(server), "UIDL")
+    again = await asyncio.to_thread(clients.curl_command, target(server), "UIDL")
+    assert len(uidl.split()) == 2 * len(expected)
+    assert uidl == again  # the same unique-ids in every session (RFC 1939 section 7)
+
+
+async def test_curl_gets_the_listed_octets_when_mime_is_regenerated(
+    bridge: StartBridge, graph: FakeGraph, expected: list[bytes], tmp_path: Path
+) -> None:
+    graph.regenerate = True
+    server = await bridge()
+    listing = await asyncio.to_thread(clients.curl_list, target(server))
+    sizes = [int(size) for size in listing.split()[1::2]]
+    retrieved = await asyncio.to_thread(
+        clients.curl_retr_all, target(server), len(expected), tmp_path / "curl"
+    )
+    assert [len(m) for m in retrieved] != [len(m) for m in expected]  # it was regenerated
+    assert [len(m) for m in retrieved] == sizes  # each session measures, then sends that
+
+
+async def test_curl_dele_moves_to_deleted_items_at_its_quit(
+    bridge: StartBridge, graph: FakeGraph, expected: list[bytes]
+) -> None:
+    server = await bridge(maildrop=MaildropConfig(Disposition(DispositionKind.TRASH)))
+    await asyncio.to_thread(clients.curl_command, target(server), "DELE 1")
+    assert remaining(graph) == len(expected) - 1
+    (trashed,) = graph.in_folder("deleteditems")
+    assert b"Subject: test message 1\r\n" in trashed.mime
+
+
+@pytest.mark.parametrize("keep", [True, False], ids=["keep", "nokeep"])
+async def test_fetchmail(
+    bridge: StartBridge, graph: FakeGraph, expected: list[bytes], tmp_path: Path, keep: bool
+) -> None:
+    server = await bridge()
+    delivered = await asyncio.to_thread(clients.run_fetchmail, target(server), tmp_path, keep=keep)
+    assert [strip_client_additions("fetchmail", m) for m in delivered] == expected
+    assert remaining(graph) == (len(expected) if keep else 0)
+    assert not any(m.is_read for m in graph.messages)
+
+
+@pytest.mark.parametrize("keep", [True, False], ids=["keep", "delete"])
+async def test_mpop_pipelining(
+    bridge: StartBridge, graph: FakeGraph, expected: list[bytes], tmp_path: Path, keep: bool
+) -> None:
+    server = await bridge()
+    delivered = await asyncio.to_thread(clients.run_mpop, target(server), tmp_path, keep=keep)
+    assert [strip_client_additions("mpop", m) for m in delivered] == expected
+    assert remaining(graph) == (len(expected) if keep else 0)
+
+
+async def test_getmail_delete(
+    bridge: StartBridge, graph: FakeGraph, expected: list[bytes], tmp_path: Path
+) -> None:
+    server = await bridge()
+    delivered = await asyncio.to_thread(clients.run_getmail, target(server), tmp_path, delete=True)
+    assert [strip_client_additions("getmail", m) for m in delivered] == expected
+    assert remaining(graph) == 0
