@@ -4,9 +4,9 @@ This module owns what the bridge knows about an authorization server: its token 
 (RFC 6749 section 3.2), the authorization endpoint for the browser flow (section 3.1), the
 device authorization endpoint (RFC 8628 section 3.1), the scope that grants IMAP access, and
 our client registration. The presets carry the endpoints the providers publish; a table
-named `google` or `microsoft` (or with `preset = ...`) starts from them, any other table
-describes a custom provider. Endpoints must be https, except on loopback (RFC 6749 3.1, 3.2:
-TLS is required for both).
+named `google`, `microsoft` or `microsoft-graph` (Microsoft's endpoints, Graph's mail scopes),
+or with `preset = ...`, starts from them; any other table describes a custom provider.
+Endpoints must be https, except on loopback (RFC 6749 3.1, 3.2: TLS is required for both).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from popbridge.upstream.settings import TableReader
 from popbridge.upstream.tls import is_loopback
 
-PRESETS = ("google", "microsoft")
+PRESETS = ("google", "microsoft", "microsoft-graph")
 
 # Google, "OAuth 2.0 for Mobile & Desktop Apps": loopback redirect with PKCE. Google's
 # limited-input (device) flow refuses Gmail scopes (invalid_scope), so no device endpoint.
@@ -38,6 +38,9 @@ _GOOGLE: dict[str, Any] = {
 # consumers, or a tenant id); offline_access is the scope that yields a refresh token.
 _MICROSOFT_BASE = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/"
 _MICROSOFT_SCOPE = "https://outlook.office.com/IMAP.AccessAsUser.All offline_access"
+# For the Graph backend: IMAP scopes do not work on Graph; User.Read lets it read /me.
+_GRAPH = "https://graph.microsoft.com/"
+_GRAPH_SCOPE = f"{_GRAPH}Mail.ReadWrite {_GRAPH}User.Read offline_access"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +67,7 @@ def preset_defaults(preset: str, tenant: str) -> dict[str, Any]:
         "authorize_url": base + "authorize",
         "token_url": base + "token",
         "device_url": base + "devicecode",
-        "scope": _MICROSOFT_SCOPE,
+        "scope": _GRAPH_SCOPE if preset == "microsoft-graph" else _MICROSOFT_SCOPE,
         "authorize_params": {},
         # Microsoft documents scope as optional on refresh, but some tenants refuse without it
         "refresh_with_scope": True,
@@ -89,7 +92,7 @@ def parse_provider(reader: TableReader, name: str) -> Provider:
     preset = reader.choice("preset", (*PRESETS, "none"), default_preset)
     base: dict[str, Any] = {"authorize_params": {}, "refresh_with_scope": False}
     if preset != "none":
-        tenant = reader.string("tenant", "common") if preset == "microsoft" else ""
+        tenant = reader.string("tenant", "common") if preset.startswith("microsoft") else ""
         base = preset_defaults(preset, tenant)
     token_url = _endpoint(reader, "token_url", base.get("token_url"))
     if token_url is None:

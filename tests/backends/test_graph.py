@@ -21,14 +21,15 @@ from devkit.dovecot import free_port, generate_message, wire_form
 from devkit.fake_graph import FakeGraph
 from popbridge.contract import Backend, Credentials, Disposition, DispositionKind, ListingState
 from popbridge.errors import AuthFailed, BackendUnavailable, ConfigError, MessageGone
+from popbridge.oauth2.providers import parse_provider
 from popbridge.store.listings import MemoryListings
 from popbridge.store.uidl import is_valid_uidl, uidl_for
+from popbridge.upstream.settings import TableReader
 from tests.backends.contract import (
     BackendContract,
     Stored,
     Where,
     by_subject,
-    crlf,
     message,
     read_all,
     subject_of,
@@ -496,5 +497,13 @@ async def test_check_reports_the_bearer_challenge(plain: GraphHarness) -> None:
     assert any("Mail.ReadWrite" in line for line in findings)
 
 
-def test_crlf_helper_agrees_with_the_spool() -> None:
-    assert crlf(b"a\nb\r\n") == b"a\r\nb\r\n"
+def test_the_microsoft_graph_preset_asks_for_graph_scopes() -> None:
+    table = {"client_id": "app-id", "tenant": "contoso.example"}
+    provider = parse_provider(TableReader(table, source="t", path="p"), "microsoft-graph")
+    assert provider.scope.split() == [
+        "https://graph.microsoft.com/Mail.ReadWrite",
+        "https://graph.microsoft.com/User.Read",
+        "offline_access",
+    ]
+    assert provider.token_url.startswith("https://login.microsoftonline.com/contoso.example/")
+    assert provider.refresh_with_scope

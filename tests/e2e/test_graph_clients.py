@@ -13,6 +13,11 @@ Graph may: what curl retrieves still has exactly the octets LIST announced.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import poplib
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,7 @@ from devkit.clients import Pop3Target, strip_client_additions
 from devkit.dovecot import generate_message, wire_form
 from devkit.fake_graph import FakeGraph
 from devkit.oauth_provider import FakeOAuthProvider
+from devkit.servers import Servers
 from popbridge.accounts import (
     AccountAdmin,
     AccountsSettings,
@@ -205,3 +211,58 @@ async def test_getmail_delete(
     delivered = await asyncio.to_thread(clients.run_getmail, target(server), tmp_path, delete=True)
     assert [strip_client_additions("getmail", m) for m in delivered] == expected
     assert remaining(graph) == 0
+
+
+# ------------------------------------------------- passthrough of device tokens
+
+
+@pytest.fixture
+async def passthrough(graph: FakeGraph, tmp_path: Path) -> AsyncIterator[Pop3Server]:
+    """A bridge whose devices bring their own Graph token (XOAUTH2 / OAUTHBEARER)."""
+    settings = {"type": "graph", "url": graph.url, "timeout": 10, "spool_dir": str(tmp_path)}
+    config = Config(
+        source="test", backend_type="graph", backend_settings=settings,
+        listeners=(ListenerConfig(host="127.0.0.1", port=0, plaintext_auth=True),),
+        server=ServerConfig(throttle=NO_DELAY),
+    )  # fmt: skip
+    started = Servers()
+    yield await started.start(config, load_backend("graph", settings, source="test"))
+    await started.stop()
+
+
+def xoauth2(server: Pop3Server, user: str, token: str) -> tuple[bytes, int]:
+    """AUTH XOAUTH2 as a device sends it; the reply and the STAT count (-1 if refused)."""
+    host, port = server.addresses[0][:2]
+    client = poplib.POP3(host, port, timeout=20)
+    try:
+        blob = base64.b64encode(f"user={user}\x01auth=Bearer {token}\x01\x01".encode())
+        reply = client._shortcmd("AUTH XOAUTH2 " + blob.decode())
+        return reply, client.stat()[0]
+    except poplib.error_proto as refused:
+        return refused.args[0], -1
+    finally:
+        client.close()
+
+
+async def test_a_device_token_opens_only_its_own_mailbox(
+    passthrough: Pop3Server, graph: FakeGraph, idp: FakeOAuthProvider, expected: list[bytes]
+) -> None:
+    refresh = idp.issue_refresh_token("alice")
+    token = await asyncio.to_thread(_access_token, idp, refresh)
+    reply, count = await asyncio.to_thread(xoauth2, passthrough, UPSTREAM_USER, token)
+    assert reply.startswith(b"+OK") and count == len(expected)
+    reply, count = await asyncio.to_thread(xoauth2, passthrough, "bob@contoso.example", token)
+    assert reply.startswith(b"-ERR [AUTH]") and count == -1
+    reply, count = await asyncio.to_thread(xoauth2, passthrough, UPSTREAM_USER, "expired.1")
+    assert reply.startswith(b"-ERR [AUTH]") and count == -1
+
+
+def _access_token(idp: FakeOAuthProvider, refresh: str) -> str:
+    """An access token from the fake provider, as a device's own OAuth2 client gets one."""
+    form = urllib.parse.urlencode({
+        "grant_type": "refresh_token", "refresh_token": refresh,
+        "client_id": "bridge", "client_secret": "bridge-secret",
+    }).encode()  # fmt: skip
+    with urllib.request.urlopen(f"{idp.url}/token", data=form, timeout=10) as response:
+        token: str = json.loads(response.read())["access_token"]
+    return token
