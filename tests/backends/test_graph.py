@@ -16,10 +16,20 @@ from typing import Any
 
 import pytest
 
-from backends.graph import create
+from backends.graph import GraphBackend, create
 from devkit.dovecot import free_port, generate_message, wire_form
 from devkit.fake_graph import FakeGraph
-from popbridge.contract import Backend, Credentials, Disposition, DispositionKind, ListingState
+from popbridge.accounts import generate_key
+from popbridge.accounts.settings import parse_accounts
+from popbridge.config import load_config
+from popbridge.contract import (
+    Backend,
+    Credentials,
+    Disposition,
+    DispositionKind,
+    ListingState,
+    load_backend,
+)
 from popbridge.errors import AuthFailed, BackendUnavailable, ConfigError, MessageGone
 from popbridge.oauth2.providers import parse_provider
 from popbridge.store.listings import MemoryListings
@@ -507,3 +517,22 @@ def test_the_microsoft_graph_preset_asks_for_graph_scopes() -> None:
     ]
     assert provider.token_url.startswith("https://login.microsoftonline.com/contoso.example/")
     assert provider.refresh_with_scope
+
+
+def test_the_deploy_example_is_valid(tmp_path: Path) -> None:
+    example = Path(__file__).parents[2] / "deploy" / "popbridge.graph.example.toml"
+    key = tmp_path / "accounts.key"
+    key.write_text(generate_key() + "\n")
+    key.chmod(0o600)
+    text = example.read_text().replace("/etc/popbridge/accounts.key", str(key))
+    text = text.replace("/var/cache/popbridge", str(tmp_path))
+    text = text.replace("/var/lib/popbridge/state.sqlite3", str(tmp_path / "s.sqlite3"))
+    (tmp_path / "c.toml").write_text(text)
+    config = load_config(tmp_path / "c.toml")
+    backend = load_backend(config.backend_type, config.backend_settings, source=config.source)
+    assert isinstance(backend, GraphBackend)
+    assert backend.settings.folder == "inbox" and backend.settings.max_in_flight == 4
+    assert config.maildrop.disposition.kind is DispositionKind.TRASH
+    accounts = parse_accounts(config.accounts_settings, source=config.source)
+    provider = accounts.providers["microsoft-graph"]
+    assert "https://graph.microsoft.com/Mail.ReadWrite" in provider.scope.split()
