@@ -95,7 +95,7 @@ class FakeGraph:
         self.conflicts: dict[str, int] = {}  # message id -> 412s still to answer a PATCH
         self.batch_throttle = 0  # inner batch requests still to answer 429
         self.on_page: Callable[[int], None] | None = None  # called before each message page
-        self.expired_delta = False  # answer every delta token 410 syncStateNotFound
+        self.delta_generation = 0  # tokens of an older generation are answered 410
         self.requests: list[tuple[str, str, bool]] = []  # method, path, Prefer sent
         self.downloads = 0
         self.in_flight_peak = 0
@@ -161,6 +161,17 @@ class FakeGraph:
     def in_folder(self, folder: str) -> list[FakeMessage]:
         wanted = self.folder(folder).id
         return [m for m in self.messages if m.folder == wanted]
+
+    def expire_delta_tokens(self) -> None:
+        """Every delta token issued so far is answered 410 from now on."""
+        self.delta_generation += 1
+
+    def touch(self, message: FakeMessage, **changes: Any) -> None:
+        """Change a message as another client would (a new changeKey, seen by delta)."""
+        for name, value in changes.items():
+            setattr(message, name, value)
+        message.change += 1
+        self._changes.append((message.id, "upsert"))
 
     def remove(self, message: FakeMessage) -> None:
         self.messages.remove(message)
@@ -278,9 +289,10 @@ class FakeGraph:
         if folder is None:
             return error(404, "ErrorItemNotFound")
         token = request.query.get("$deltatoken")
-        if token is not None and (self.expired_delta or not token.isdigit()):
+        generation, _, index = (token or "").partition("-")
+        if token is not None and (generation != str(self.delta_generation) or not index.isdigit()):
             return error(410, "SyncStateNotFound", "The sync state is no longer available.")
-        since = int(token) if token is not None else 0
+        since = int(index) if token is not None else 0
         values: list[dict[str, Any]] = []
         seen: set[str] = set()
         for message_id, kind in self._changes[since:]:
@@ -293,7 +305,7 @@ class FakeGraph:
                     values.append({"id": message_id, "@removed": {"reason": "deleted"}})
                 continue
             values.append(self._resource(request[_IMMUTABLE], message))
-        link = _link(request, {"$deltatoken": str(len(self._changes))})
+        link = _link(request, {"$deltatoken": f"{self.delta_generation}-{len(self._changes)}"})
         return web.json_response({"value": values, "@odata.deltaLink": link})
 
     async def _get_message(self, request: web.Request) -> web.Response:

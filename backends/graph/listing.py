@@ -70,7 +70,7 @@ async def _pass(transport: Transport, path: str) -> list[Listed]:
         values = page.get("value") if isinstance(page, dict) else None
         if not isinstance(values, list):
             raise BackendFailure(f"{transport.settings.peer}: a message page has no value")
-        found += (_listed(entry) for entry in values)
+        found += (listed_entry(entry) for entry in values)
         if len(found) > MAX_MESSAGES:
             raise BackendFailure(f"more than {MAX_MESSAGES} messages in the folder")
         following = page.get("@odata.nextLink")
@@ -78,7 +78,7 @@ async def _pass(transport: Transport, path: str) -> list[Listed]:
     return found
 
 
-def _listed(entry: Any) -> Listed:
+def listed_entry(entry: Any) -> Listed:
     if not isinstance(entry, dict):
         raise BackendFailure("a listed message is not an object")
     message_id = entry.get("id")

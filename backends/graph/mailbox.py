@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import tempfile
 from collections.abc import AsyncIterator, Collection, Iterable
+from datetime import UTC, datetime
 
-from backends.graph import dispose
+from backends.graph import delta, dispose
 from backends.graph.dispose import message_path
 from backends.graph.listing import Listed, list_messages
 from backends.graph.spool import Normaliser, Spool, TopCut, file_pieces, read_pieces
@@ -40,6 +40,17 @@ logger = logging.getLogger(__name__)
 
 TOP_PIECE = 64 * 1024  # TOP reads in smaller pieces: it usually needs only the first one
 _MAX_ID = 1024  # longer than any Graph id; refused before it is put in a URL
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_Listed = list[Listed]  # `list` is a method name in GraphMailbox
+_Remote = list[RemoteMessage]
+
+
+def _visible(listed: list[Listed], hidden: str | None) -> list[Listed]:
+    """Without the messages carrying the category `hidden` (compared case-insensitively)."""
+    if hidden is None:
+        return listed
+    return [m for m in listed if hidden not in {c.casefold() for c in m.categories}]
 
 
 class GraphMailbox:
@@ -60,13 +71,49 @@ class GraphMailbox:
         self, *, hidden_keyword: str | None = None, memory: ListingMemory | None = None
     ) -> list[RemoteMessage]:
         """Every message in the folder, oldest first, with exact sizes; messages carrying
-        the category `hidden_keyword` left out."""
-        settings = self._transport.settings
-        listed = await list_messages(self._transport, self._folder_id, settings.page_size)
-        if hidden_keyword is not None:
-            hidden = hidden_keyword.casefold()  # categories compare case-insensitively
-            listed = [m for m in listed if hidden not in {c.casefold() for c in m.categories}]
-        known = await self._remembered(memory)
+        the category `hidden_keyword` left out. With `memory`, the folder is brought up to
+        date with a delta query and sizes measured before are kept."""
+        hidden = hidden_keyword.casefold() if hidden_keyword is not None else None
+        state = await memory.load() if memory is not None else None
+        if memory is None:
+            page = self._transport.settings.page_size
+            listed = _visible(await list_messages(self._transport, self._folder_id, page), hidden)
+            link = ""
+        else:
+            listed, link = await self._synced(state, hidden)
+        result = await self._sized(listed, state)
+        self._sizes = {m.identity: m.size for m in result}
+        if memory is not None:
+            token = delta.Token(self._folder_id, hidden, link)
+            await memory.save(ListingState(token.dump(), tuple(result)))
+        return result
+
+    async def _synced(self, state: ListingState | None, hidden: str | None) -> tuple[_Listed, str]:
+        """The folder now, from the remembered listing and a delta round when the token
+        still serves; otherwise from a full round. Also the new delta link."""
+        token = delta.Token.load(state.token) if state is not None else None
+        usable = token is not None and (token.folder, token.hidden) == (self._folder_id, hidden)
+        if state is not None and token is not None and usable:
+            try:
+                found = await delta.run(self._transport, token.link)
+            except delta.DeltaExpired as expired:
+                logger.info("delta token no longer accepted (%s): listing everything", expired)
+            else:
+                return delta.merge(delta.remembered(state), [found], hidden), found.link
+        try:
+            first = await delta.run(self._transport, delta.first_link(self._folder_id))
+            again = await delta.run(self._transport, first.link)
+        except delta.DeltaExpired as expired:
+            raise BackendUnavailable(f"a fresh delta round was refused: {expired}") from None
+        return delta.merge({}, [first, again], hidden), again.link
+
+    async def _sized(self, listed: _Listed, state: ListingState | None) -> _Remote:
+        """The listing, sorted, with sizes from the spool, the memory or a measurement."""
+        known: dict[tuple[str, str | None], int] = {}
+        if state is not None:
+            for message in state.messages:
+                if message.version is not None and self._key(message.identity) not in self._stale:
+                    known[(message.identity, message.version)] = message.size
         for entry in listed:  # what is spooled needs neither the memory nor a download
             spooled = self._spool.get(self._key(entry.id))
             if spooled is not None and spooled.version == entry.change_key:
@@ -82,27 +129,10 @@ class GraphMailbox:
             )
             for m in listed
         ]
-        self._sizes = {m.identity: m.size for m in result}
-        if memory is not None:
-            await memory.save(ListingState(self._token(), tuple(result)))
-        return result
+        return sorted(result, key=lambda m: (m.received or _EPOCH, m.identity))
 
     def _key(self, identity: str) -> str:
         return f"{self._user}\n{identity}"
-
-    def _token(self) -> str:
-        return json.dumps({"graph": 1, "folder": self._folder_id}, separators=(",", ":"))
-
-    async def _remembered(self, memory: ListingMemory | None) -> dict[tuple[str, str | None], int]:
-        """Sizes measured in earlier sessions of this folder, by (id, changeKey)."""
-        state = await memory.load() if memory is not None else None
-        if state is None or state.token != self._token():
-            return {}
-        return {
-            (m.identity, m.version): m.size
-            for m in state.messages
-            if m.version is not None and self._key(m.identity) not in self._stale
-        }
 
     async def _measure(self, todo: Iterable[Listed]) -> dict[str, int]:
         """Download, count and spool each message, `max_in_flight` at a time."""

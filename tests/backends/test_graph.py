@@ -10,6 +10,7 @@ categories merged, 412 retried, throttling within bounds, and the token's user c
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from popbridge.store.listings import MemoryListings
 from popbridge.store.uidl import is_valid_uidl, uidl_for
 from popbridge.upstream.settings import TableReader
 from tests.backends.contract import (
+    HIDDEN,
     BackendContract,
     Stored,
     Where,
@@ -169,7 +171,7 @@ async def test_sizes_are_measured_once_per_change_key(plain: GraphHarness) -> No
     try:
         assert await again.list(memory=memory) == listed
         assert plain.fake.downloads == 2  # nothing measured again
-        plain.fake.messages[0].change += 1  # content or properties changed upstream
+        plain.fake.touch(plain.fake.messages[0])  # content or properties changed upstream
         relisted = await again.list(memory=memory)
     finally:
         await again.close()
@@ -536,3 +538,65 @@ def test_the_deploy_example_is_valid(tmp_path: Path) -> None:
     accounts = parse_accounts(config.accounts_settings, source=config.source)
     provider = accounts.providers["microsoft-graph"]
     assert "https://graph.microsoft.com/Mail.ReadWrite" in provider.scope.split()
+
+
+# ------------------------------------------------------- incremental listing
+
+
+async def _listing(harness: GraphHarness, backend: Backend, **options: Any) -> list[Any]:
+    mailbox = await backend.open(harness.credentials)
+    try:
+        return list(await mailbox.list(**options))
+    finally:
+        await mailbox.close()
+
+
+async def test_delta_listing_equals_a_full_listing_whatever_changed(plain: GraphHarness) -> None:
+    rng = random.Random(1939)
+    plain.seed([message(f"s{n}") for n in range(6)])
+    memory = MemoryListings().for_account("alice")
+    backend = plain.backend(page_size=3)
+    done = plain.fake.folder("Done").id
+    inbox = plain.fake.folder("inbox").id
+    for step in range(30):
+        fake = plain.fake
+        action = rng.choice(["add", "remove", "move out", "move in", "read", "hide", "unhide"])
+        pick = rng.choice(fake.messages) if fake.messages else None
+        if action == "add" or pick is None:
+            fake.seed([message(f"new {step}")])
+        elif action == "remove":
+            fake.remove(pick)
+        elif action in ("move out", "move in"):
+            fake.touch(pick, folder=done if action == "move out" else inbox)
+        elif action == "read":
+            fake.touch(pick, is_read=True)
+        else:
+            fake.touch(pick, categories=[HIDDEN.upper()] if action == "hide" else [])
+        if step % 7 == 3:
+            fake.expire_delta_tokens()  # the token expired: a full round
+        incremental = await _listing(plain, backend, memory=memory, hidden_keyword=HIDDEN)
+        full = await _listing(plain, backend, hidden_keyword=HIDDEN)
+        assert incremental == full, (step, action)
+
+
+async def test_an_unchanged_folder_costs_one_delta_request(plain: GraphHarness) -> None:
+    plain.seed([message(f"u{n}") for n in range(10)])
+    memory = MemoryListings().for_account("alice")
+    backend = plain.backend()
+    first = await _listing(plain, backend, memory=memory)
+    plain.fake.requests.clear()
+    assert await _listing(plain, backend, memory=memory) == first
+    paths = [path for _, path, _ in plain.fake.requests]
+    assert sum("/messages/delta" in path for path in paths) == 1
+    assert not any(path.endswith("/$value") for path in paths)
+    assert not any("/messages?" in path for path in paths)
+
+
+async def test_messages_moved_away_are_removed_by_delta(plain: GraphHarness) -> None:
+    (away, stays) = plain.fake.seed([message("away"), message("stays")])
+    memory = MemoryListings().for_account("alice")
+    backend = plain.backend()
+    assert len(await _listing(plain, backend, memory=memory)) == 2
+    plain.fake.touch(away, folder=plain.fake.folder("Done").id)
+    (left,) = await _listing(plain, backend, memory=memory)
+    assert left.identity == stays.id
