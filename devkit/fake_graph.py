@@ -9,7 +9,8 @@ ending in "=") without it, either accepted; `$value` streamed without Content-Le
 HEAD, optionally written anew on every download; `permanentDelete`, `move` (the immutable id
 is kept, the classic one changes), PATCH `isRead`/`categories` (the list replaced) with
 scripted 412 ErrorIrresolvableConflict; `$batch` of at most 20 with scripted inner 429s;
-`messages/delta` with `@removed` entries and 410 for expired tokens; and Outlook's limit of
+`messages/delta` with `@removed` entries and 410 for expired tokens; a MAPI size property
+(0x0E08) that is not the MIME size; and Outlook's limit of
 four concurrent requests per mailbox, answered 429 ApplicationThrottled, Retry-After: 1.
 It records every request (method, path, whether Prefer was sent) for assertions.
 """
@@ -214,7 +215,10 @@ class FakeGraph:
         return self._tokens.get(token)
 
     def _resource(self, immutable: bool, message: FakeMessage) -> dict[str, Any]:
+        # PidTagMessageSize counts MAPI properties, not the MIME that $value returns
+        mapi = {"id": "Integer 0xe08", "value": str(len(message.mime) + 4096 + len(message.id))}
         return {
+            "singleValueExtendedProperties": [mapi],
             "id": message.id if immutable else message.classic,
             "changeKey": message.change_key,
             "receivedDateTime": message.received,
@@ -440,9 +444,14 @@ def _pick(resource: dict[str, Any], selected: set[str] | None) -> dict[str, Any]
     return {k: v for k, v in resource.items() if k in selected or k == "id"}
 
 
+def mapi_size(resource: dict[str, Any]) -> int:
+    """The message size property of a resource as the fake serves it."""
+    return int(resource["singleValueExtendedProperties"][0]["value"])
+
+
 def _link(request: web.Request, query: dict[str, str]) -> str:
     base = f"{request.scheme}://{request.host}{request.path}"
     return base + "?" + urlencode(query, safe="$,", quote_via=quote)
 
 
-__all__ = ["FakeFolder", "FakeGraph", "FakeMessage", "classic_id", "immutable_id"]
+__all__ = ["FakeFolder", "FakeGraph", "FakeMessage", "classic_id", "immutable_id", "mapi_size"]

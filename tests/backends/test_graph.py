@@ -19,7 +19,7 @@ import pytest
 
 from backends.graph import GraphBackend, create
 from devkit.dovecot import free_port, generate_message, wire_form
-from devkit.fake_graph import FakeGraph
+from devkit.fake_graph import FakeGraph, mapi_size
 from popbridge.accounts import generate_key
 from popbridge.accounts.settings import parse_accounts
 from popbridge.config import load_config
@@ -268,6 +268,18 @@ async def test_a_full_spool_still_sends_exactly_the_announced_octets(
     finally:
         await mailbox.close()
     assert not any(path.is_file() for path in plain.spool.rglob("*"))  # nothing was kept
+
+
+async def test_listed_sizes_are_the_mime_octets_not_the_mapi_size(plain: GraphHarness) -> None:
+    (stored,) = plain.fake.seed([message("sized", 30)])
+    mailbox = await plain.backend().open(plain.credentials)
+    try:
+        (entry,) = await mailbox.list()
+    finally:
+        await mailbox.close()
+    assert entry.size == len(stored.mime)
+    assert mapi_size(plain.fake._resource(True, stored)) != entry.size
+    assert not any("0x0E08" in path or "Extended" in path for _, path, _ in plain.fake.requests)
 
 
 async def test_unterminated_last_line_and_bare_cr_are_counted_as_sent(

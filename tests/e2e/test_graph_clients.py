@@ -19,6 +19,7 @@ import poplib
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -266,3 +267,37 @@ def _access_token(idp: FakeOAuthProvider, refresh: str) -> str:
     with urllib.request.urlopen(f"{idp.url}/token", data=form, timeout=10) as response:
         token: str = json.loads(response.read())["access_token"]
     return token
+
+
+async def test_a_revoked_access_token_is_refreshed_once_for_a_burst_of_logins(
+    bridge: StartBridge, graph: FakeGraph, idp: FakeOAuthProvider, expected: list[bytes]
+) -> None:
+    server = await bridge()
+    assert await asyncio.to_thread(_stat, server) == len(expected)
+    refreshes = idp.grants["refresh_token"]
+    idp.expire_access_tokens()  # revoked before its expiry: Graph answers 401
+    # the clients get their own threads: the bridge hashes passwords in the default executor
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(8) as pool:
+        counts = await asyncio.gather(
+            *(loop.run_in_executor(pool, _stat, server) for _ in range(8))
+        )
+    # every login got in or was told the maildrop is busy; none was refused its credentials
+    assert set(counts) <= {len(expected), -1} and len(expected) in counts
+    assert idp.grants["refresh_token"] == refreshes + 1  # one refresh for the whole burst
+
+
+def _stat(server: Pop3Server) -> int:
+    """Log in to the mapped account and STAT; -1 if the maildrop was in use, -2 if refused."""
+    host, port = server.addresses[0][:2]
+    client = poplib.POP3(host, port, timeout=20)
+    try:
+        client.user(LOCAL_USER)
+        try:
+            client.pass_(LOCAL_PASSWORD)
+        except poplib.error_proto as refused:
+            reply: bytes = refused.args[0]
+            return -1 if reply.startswith(b"-ERR [IN-USE]") else -2
+        return int(client.stat()[0])
+    finally:
+        client.quit()
