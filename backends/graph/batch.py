@@ -16,8 +16,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from backends.graph.transport import PREFER_IMMUTABLE, RETRIED, Transport, retry_after
+from backends.graph.transport import PREFER_IMMUTABLE, RETRIED, Transport
 from popbridge.errors import BackendFailure
+from popbridge.upstream.http import retry_after
 
 logger = logging.getLogger(__name__)
 

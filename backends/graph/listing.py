@@ -19,6 +19,7 @@ from urllib.parse import quote, urlencode
 
 from backends.graph.transport import Transport
 from popbridge.errors import BackendFailure, BackendUnavailable
+from popbridge.upstream.http import utc_datetime
 
 logger = logging.getLogger(__name__)
 
@@ -90,20 +91,9 @@ def listed_entry(entry: Any) -> Listed:
     return Listed(
         id=message_id,
         change_key=key if isinstance(key, str) else None,
-        received=parse_date(entry.get("receivedDateTime")),
+        received=utc_datetime(entry.get("receivedDateTime")),
         message_id=header if isinstance(header, str) and header else None,
         categories=tuple(c for c in categories if isinstance(c, str))
         if isinstance(categories, list)
         else (),
     )
-
-
-def parse_date(value: Any) -> datetime | None:
-    """A DateTimeOffset (ISO 8601, always UTC in Graph's replies) as an aware datetime."""
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("z", "Z"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)

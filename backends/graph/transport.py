@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +26,7 @@ from yarl import URL
 
 from backends.graph.config import GraphSettings
 from popbridge.errors import AuthFailed, BackendFailure, BackendUnavailable, BridgeError
+from popbridge.upstream.http import guarded, read_bounded, retry_after, timed_pieces
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +102,7 @@ class Transport:
         data = json.dumps(body).encode() if body is not None else None
         async with self._request(method, url, data) as response:
             async with guarded(url, self.settings.timeout):
-                payload = await _read_bounded(response, url)
+                payload = await read_bounded(response, url, MAX_JSON_OCTETS)
             return Reply(response.status, url, response.headers, payload)
 
     async def json(self, method: str, path: str, body: Any = None) -> Any:
@@ -124,18 +123,7 @@ class Transport:
             if response.status != 200:
                 code = await _error_code(response)
                 raise status_error(response.status, url, code, missing=missing)
-            yield self._pieces(response, url, chunk)
-
-    async def _pieces(
-        self, response: aiohttp.ClientResponse, url: str, chunk: int
-    ) -> AsyncIterator[bytes]:
-        pieces = response.content.iter_chunked(chunk)
-        while True:
-            async with guarded(url, self.settings.timeout):
-                piece = await anext(pieces, None)
-            if piece is None:
-                return
-            yield piece
+            yield timed_pieces(response, url, chunk, self.settings.timeout)
 
     @contextlib.asynccontextmanager
     async def _request(
@@ -194,20 +182,6 @@ def _origin(url: str) -> tuple[str, str]:
     return parts.scheme.lower(), parts.netloc.lower()
 
 
-def retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After value: delta-seconds or an HTTP-date (RFC 9110 10.2.3)."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(int(value))
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 def status_error(
     status: int, url: str, code: str, *, missing: type[BridgeError] = BackendFailure
 ) -> BridgeError:
@@ -233,39 +207,3 @@ async def _error_code(response: aiohttp.ClientResponse) -> str:
         return error_code(json.loads(data))
     except (TimeoutError, ValueError, UnicodeDecodeError, aiohttp.ClientError):
         return ""
-
-
-async def _read_bounded(response: aiohttp.ClientResponse, url: str) -> bytes:
-    declared = response.content_length
-    if declared is not None and declared > MAX_JSON_OCTETS:
-        raise BackendFailure(f"{url}: reply of {declared} octets is too large")
-    data = bytearray()
-    async for piece in response.content.iter_chunked(1 << 16):
-        data += piece
-        if len(data) > MAX_JSON_OCTETS:
-            raise BackendFailure(f"{url}: reply is larger than {MAX_JSON_OCTETS} octets")
-    return bytes(data)
-
-
-@contextlib.asynccontextmanager
-async def guarded(url: str, seconds: float) -> AsyncIterator[None]:
-    """Our own deadline, and connection-level failures as bridge errors. Past the deadline
-    the await is cancelled and aiohttp drops that connection, so a late reply is never read
-    as the answer to a later request. An untrusted certificate needs an operator."""
-    try:
-        async with asyncio.timeout(seconds):
-            yield
-    except TimeoutError:
-        raise BackendUnavailable(f"{url}: no answer within {seconds:g} s") from None
-    except aiohttp.ClientConnectorCertificateError as exc:
-        raise BackendFailure(
-            f"{url}: TLS certificate not trusted: {exc.certificate_error}"
-        ) from None
-    except aiohttp.ClientSSLError as exc:
-        raise BackendFailure(f"{url}: TLS handshake failed: {exc}") from None
-    except aiohttp.InvalidURL:
-        raise BackendFailure(f"{url}: not a usable URL") from None
-    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-        raise BackendUnavailable(f"{url}: connection failed: {exc!r}") from None
-    except aiohttp.ClientError as exc:
-        raise BackendFailure(f"{url}: unusable HTTP reply: {exc!r}") from None

@@ -1,0 +1,103 @@
+"""What the HTTP backends (JMAP, Graph) share: our deadlines, bounded reads, Retry-After.
+
+This module owns the pieces of an HTTP exchange that do not depend on the upstream's API:
+`guarded`, our own deadline around every await on the network with connection-level
+failures turned into the bridge's errors; `read_bounded`, a reply read whole only up to a
+limit; `timed_pieces`, a streamed body in bounded pieces, each within the deadline;
+`retry_after`, the Retry-After header (RFC 9110 section 10.2.3); and `utc_datetime`, the
+RFC 3339 timestamps both APIs use. It uses aiohttp, the core's HTTP client too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from popbridge.errors import BackendFailure, BackendUnavailable
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After value: delta-seconds or an HTTP-date (RFC 9110 10.2.3)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(int(value))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def utc_datetime(value: Any) -> datetime | None:
+    """An RFC 3339 timestamp as an aware datetime (UTC when it names no offset), or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("z", "Z"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+async def read_bounded(response: aiohttp.ClientResponse, url: str, limit: int) -> bytes:
+    """The whole body, refused (BackendFailure) as soon as it is known to exceed `limit`."""
+    declared = response.content_length
+    if declared is not None and declared > limit:
+        raise BackendFailure(f"{url}: reply of {declared} octets is too large")
+    data = bytearray()
+    async for piece in response.content.iter_chunked(1 << 16):
+        data += piece
+        if len(data) > limit:
+            raise BackendFailure(f"{url}: reply is larger than {limit} octets")
+    return bytes(data)
+
+
+async def timed_pieces(
+    response: aiohttp.ClientResponse, url: str, chunk: int, seconds: float
+) -> AsyncIterator[bytes]:
+    """The body in pieces of at most `chunk` octets, each within `seconds`."""
+    pieces = response.content.iter_chunked(chunk)
+    while True:
+        async with guarded(url, seconds):
+            piece = await anext(pieces, None)
+        if piece is None:
+            return
+        yield piece
+
+
+@contextlib.asynccontextmanager
+async def guarded(url: str, seconds: float) -> AsyncIterator[None]:
+    """Our own deadline, and connection-level failures as bridge errors.
+
+    Past the deadline the await is cancelled and aiohttp drops the connection it was using,
+    so a late reply can never be read as the answer to a later request. A certificate that
+    does not verify needs an operator; a refused or lost connection is temporary.
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        raise BackendUnavailable(f"{url}: no answer within {seconds:g} s") from None
+    except aiohttp.ClientConnectorCertificateError as exc:
+        raise BackendFailure(
+            f"{url}: TLS certificate not trusted: {exc.certificate_error}"
+        ) from None
+    except aiohttp.ClientSSLError as exc:
+        raise BackendFailure(f"{url}: TLS handshake failed: {exc}") from None
+    except aiohttp.InvalidURL:
+        raise BackendFailure(f"{url}: not a usable URL") from None
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        raise BackendUnavailable(f"{url}: connection failed: {exc!r}") from None
+    except aiohttp.ClientResponseError as exc:
+        raise BackendFailure(f"{url}: unusable HTTP reply: {exc.message}") from None
+    except aiohttp.ClientError as exc:
+        raise BackendUnavailable(f"{url}: HTTP client error: {exc!r}") from None
