@@ -1,1 +1,5 @@
-"""Backends: one module per upstream kind, each implementing popbridge.contract.Backend."""
+"""Backends: one package per upstream kind, each implementing popbridge.contract.Backend.
+
+`backends.http` holds what the HTTP backends (JMAP, Graph) share: deadlines, bounded reads
+and Retry-After.
+"""

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from backends.graph.transport import PREFER_IMMUTABLE, RETRIED, Transport
+from backends.http import retry_after
 from popbridge.errors import BackendFailure
-from popbridge.upstream.http import retry_after
 
 logger = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 EXPIRED_CODES = frozenset({"SyncStateNotFound", "syncStateNotFound", "SyncStateInvalid"})
 MAX_PAGES = 10_000
+MAX_WITHHELD = 10_000  # hidden ids kept in the token; past it the token keeps none
 
 
 class DeltaExpired(Exception):
@@ -43,14 +44,18 @@ class Round:
 
 @dataclass(frozen=True, slots=True)
 class Token:
-    """What the listing memory keeps besides the messages."""
+    """What the listing memory keeps besides the messages: the folder, the hidden category,
+    the delta link, and the ids hidden by that category (up to MAX_WITHHELD of them)."""
 
     folder: str
     hidden: str | None
     link: str
+    withheld: frozenset[str] = frozenset()
 
     def dump(self) -> str:
-        data = {"graph": 2, "folder": self.folder, "hidden": self.hidden, "delta": self.link}
+        withheld = sorted(self.withheld) if len(self.withheld) <= MAX_WITHHELD else []
+        data = {"graph": 2, "folder": self.folder, "hidden": self.hidden, "delta": self.link,
+                "withheld": withheld}  # fmt: skip
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
@@ -64,7 +69,9 @@ class Token:
         folder, hidden, link = data.get("folder"), data.get("hidden"), data.get("delta")
         if not isinstance(folder, str) or not isinstance(link, str):
             return None
-        return cls(folder, hidden if isinstance(hidden, str) else None, link)
+        ids = data.get("withheld")
+        withheld = frozenset(i for i in ids if isinstance(i, str)) if isinstance(ids, list) else ()
+        return cls(folder, hidden if isinstance(hidden, str) else None, link, frozenset(withheld))
 
 
 def first_link(folder_id: str) -> str:
@@ -121,15 +128,22 @@ def _as_listed(message: RemoteMessage) -> Listed:
     return Listed(message.identity, message.version, message.received, message.message_id, ())
 
 
-def merge(known: dict[str, Listed], rounds: list[Round], hidden: str | None) -> list[Listed]:
-    """What was known with `rounds` applied: the folder now, without `hidden` messages."""
+def merge(
+    known: dict[str, Listed], withheld: frozenset[str], rounds: list[Round], hidden: str | None
+) -> tuple[list[Listed], frozenset[str]]:
+    """What was known with `rounds` applied: the folder now without `hidden` messages, and
+    the ids of those hidden ones."""
     current = dict(known)
+    held = set(withheld)
     for found in rounds:
         for gone in found.removed:
             current.pop(gone, None)
+            held.discard(gone)
         for message_id, listed in found.changed.items():
             if hidden is None or hidden not in {c.casefold() for c in listed.categories}:
                 current[message_id] = listed
+                held.discard(message_id)
             else:
                 current.pop(message_id, None)
-    return list(current.values())
+                held.add(message_id)
+    return list(current.values()), frozenset(held)

@@ -18,8 +18,8 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from backends.graph.transport import Transport
+from backends.http import utc_datetime
 from popbridge.errors import BackendFailure, BackendUnavailable
-from popbridge.upstream.http import utc_datetime
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from backends.graph import delta, dispose
 from backends.graph.dispose import message_path
 from backends.graph.listing import Listed, list_messages
-from backends.graph.spool import Normaliser, Spool, TopCut, file_pieces, read_pieces
+from backends.graph.spool import Normaliser, Spool, file_pieces, read_pieces
 from backends.graph.transport import Transport, status_error
 from popbridge.contract import (
     DisposeResult,
@@ -35,6 +35,7 @@ from popbridge.contract import (
     RemoteMessage,
 )
 from popbridge.errors import BackendUnavailable, MessageGone
+from popbridge.upstream.lines import TopCut
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ class GraphMailbox:
         self._stale = stale  # spool keys whose remembered size a download contradicted
         self._user = user.casefold()
         self._sizes: dict[str, int] = {}  # identity -> the size this session announced
+        # in the folder but hidden by the last listing (see popbridge.contract.withheld_by)
+        self.withheld: frozenset[str] = frozenset()
         self._closed = False
 
     async def list(
@@ -77,20 +80,26 @@ class GraphMailbox:
         state = await memory.load() if memory is not None else None
         if memory is None:
             page = self._transport.settings.page_size
-            listed = _visible(await list_messages(self._transport, self._folder_id, page), hidden)
-            link = ""
+            everything = await list_messages(self._transport, self._folder_id, page)
+            listed = _visible(everything, hidden)
+            shown = {m.id for m in listed}
+            token = delta.Token(
+                self._folder_id, hidden, "", frozenset(m.id for m in everything) - shown
+            )
         else:
-            listed, link = await self._synced(state, hidden)
+            listed, token = await self._synced(state, hidden)
         result = await self._sized(listed, state)
         self._sizes = {m.identity: m.size for m in result}
+        self.withheld = token.withheld
         if memory is not None:
-            token = delta.Token(self._folder_id, hidden, link)
             await memory.save(ListingState(token.dump(), tuple(result)))
         return result
 
-    async def _synced(self, state: ListingState | None, hidden: str | None) -> tuple[_Listed, str]:
+    async def _synced(
+        self, state: ListingState | None, hidden: str | None
+    ) -> tuple[_Listed, delta.Token]:
         """The folder now, from the remembered listing and a delta round when the token
-        still serves; otherwise from a full round. Also the new delta link."""
+        still serves; otherwise from a full round. Also the token to remember."""
         token = delta.Token.load(state.token) if state is not None else None
         usable = token is not None and (token.folder, token.hidden) == (self._folder_id, hidden)
         if state is not None and token is not None and usable:
@@ -99,13 +108,15 @@ class GraphMailbox:
             except delta.DeltaExpired as expired:
                 logger.info("delta token no longer accepted (%s): listing everything", expired)
             else:
-                return delta.merge(delta.remembered(state), [found], hidden), found.link
+                listed, held = delta.merge(delta.remembered(state), token.withheld, [found], hidden)
+                return listed, delta.Token(self._folder_id, hidden, found.link, held)
         try:
             first = await delta.run(self._transport, delta.first_link(self._folder_id))
             again = await delta.run(self._transport, first.link)
         except delta.DeltaExpired as expired:
             raise BackendUnavailable(f"a fresh delta round was refused: {expired}") from None
-        return delta.merge({}, [first, again], hidden), again.link
+        listed, held = delta.merge({}, frozenset(), [first, again], hidden)
+        return listed, delta.Token(self._folder_id, hidden, again.link, held)
 
     async def _sized(self, listed: _Listed, state: ListingState | None) -> _Remote:
         """The listing, sorted, with sizes from the spool, the memory or a measurement."""

@@ -30,7 +30,6 @@ from typing import IO, BinaryIO
 
 CRLF = b"\r\n"
 _LINE_END = re.compile(rb"\r\n|\r|\n")
-_HEADER_END = b"\r\n\r\n"
 _SERIAL = itertools.count()
 
 
@@ -64,34 +63,6 @@ class Normaliser:
             self.octets += len(data)
             self._last = data[-2:]
         return data
-
-
-class TopCut:
-    """Where the header and `lines` body lines end in normalised bytes (RFC 1939 TOP)."""
-
-    def __init__(self, lines: int) -> None:
-        self._lines = lines
-        self._tail = b""
-        self._in_body = False
-
-    def cut(self, piece: bytes) -> int | None:
-        """The offset in `piece` after which nothing more is needed, or None."""
-        position = 0
-        if not self._in_body:
-            window = self._tail + piece
-            end = window.find(_HEADER_END)
-            if end < 0:
-                self._tail = window[-3:]
-                return None
-            self._in_body = True
-            position = end + 4 - len(self._tail)
-        while self._lines > 0:
-            newline = piece.find(b"\n", position)
-            if newline < 0:
-                return None
-            self._lines -= 1
-            position = newline + 1
-        return position
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,8 +25,8 @@ import aiohttp
 from yarl import URL
 
 from backends.graph.config import GraphSettings
+from backends.http import guarded, read_bounded, retry_after, timed_pieces
 from popbridge.errors import AuthFailed, BackendFailure, BackendUnavailable, BridgeError
-from popbridge.upstream.http import guarded, read_bounded, retry_after, timed_pieces
 
 logger = logging.getLogger(__name__)
 

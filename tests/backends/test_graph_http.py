@@ -1,4 +1,4 @@
-"""The HTTP helpers the Graph and JMAP backends share (`popbridge.upstream.http`).
+"""The HTTP helpers the Graph and JMAP backends share (`backends.http`).
 
 This module owns the unit tests of Retry-After parsing, RFC 3339 timestamps, bounded reads
 and our deadline around network awaits, against a small aiohttp server on loopback.
@@ -16,9 +16,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from backends.http import guarded, read_bounded, retry_after, timed_pieces, utc_datetime
 from devkit.dovecot import free_port
 from popbridge.errors import BackendFailure, BackendUnavailable
-from popbridge.upstream.http import guarded, read_bounded, retry_after, timed_pieces, utc_datetime
 
 
 @pytest.mark.parametrize(

@@ -44,9 +44,9 @@ from popbridge.accounts.passwords import PasswordHasher, ScryptParams
 from popbridge.config import Config, ListenerConfig, MaildropConfig, ServerConfig
 from popbridge.contract import Disposition, DispositionKind, load_backend
 from popbridge.frontend.server import Pop3Server
-from popbridge.frontend.throttle import Throttle, ThrottlePolicy
 from popbridge.oauth2 import Provider
 from popbridge.session.session import Services
+from popbridge.session.throttle import Throttle, ThrottlePolicy
 from popbridge.store import MemoryAccountRecords
 
 pytestmark = pytest.mark.clients

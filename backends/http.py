@@ -5,7 +5,8 @@ This module owns the pieces of an HTTP exchange that do not depend on the upstre
 failures turned into the bridge's errors; `read_bounded`, a reply read whole only up to a
 limit; `timed_pieces`, a streamed body in bounded pieces, each within the deadline;
 `retry_after`, the Retry-After header (RFC 9110 section 10.2.3); and `utc_datetime`, the
-RFC 3339 timestamps both APIs use. It uses aiohttp, the core's HTTP client too.
+RFC 3339 timestamps both APIs use. Like the backends, it imports only `popbridge.errors`
+of the core.
 """
 
 from __future__ import annotations
