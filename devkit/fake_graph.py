@@ -11,12 +11,14 @@ is kept, the classic one changes), PATCH `isRead`/`categories` (the list replace
 scripted 412 ErrorIrresolvableConflict; `$batch` of at most 20 with scripted inner 429s;
 `messages/delta` with `@removed` entries and 410 for expired tokens; a MAPI size property
 (0x0E08) that is not the MIME size; and Outlook's limit of
-four concurrent requests per mailbox, answered 429 ApplicationThrottled, Retry-After: 1.
+four concurrent requests per mailbox, answered 429 ApplicationThrottled, Retry-After: 1; and
+a `$value` body that stalls or is cut after its first piece.
 It records every request (method, path, whether Prefer was sent) for assertions.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -96,6 +98,8 @@ class FakeGraph:
         self.conflicts: dict[str, int] = {}  # message id -> 412s still to answer a PATCH
         self.batch_throttle = 0  # inner batch requests still to answer 429
         self.on_page: Callable[[int], None] | None = None  # called before each message page
+        self.misbehave: str | None = None  # "stall" or "cut" a $value after its first piece
+        self._released = asyncio.Event()
         self.delta_generation = 0  # tokens of an older generation are answered 410
         self.requests: list[tuple[str, str, bool]] = []  # method, path, Prefer sent
         self.downloads = 0
@@ -132,6 +136,7 @@ class FakeGraph:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._released.set()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -334,8 +339,20 @@ class FakeGraph:
         response.enable_chunked_encoding()  # no Content-Length: the size is not known ahead
         await response.prepare(request)
         for start in range(0, len(mime), 65536):
+            if self.misbehave is not None and start >= 65536:
+                return await self._misbehave(request, response)
             await response.write(mime[start : start + 65536])
         await response.write_eof()
+        return response
+
+    async def _misbehave(
+        self, request: web.Request, response: web.StreamResponse
+    ) -> web.StreamResponse:
+        """After the first piece of a body: fall silent, or cut the connection."""
+        if self.misbehave == "stall":
+            await self._released.wait()
+        elif request.transport is not None:
+            request.transport.abort()
         return response
 
     async def _patch(self, request: web.Request) -> web.Response:

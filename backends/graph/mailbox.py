@@ -54,6 +54,12 @@ def _visible(listed: list[Listed], hidden: str | None) -> list[Listed]:
     return [m for m in listed if hidden not in {c.casefold() for c in m.categories}]
 
 
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first error of a task group, unwrapped (nested groups included)."""
+    error = group.exceptions[0]
+    return _first(error) if isinstance(error, BaseExceptionGroup) else error
+
+
 class GraphMailbox:
     """One Graph mail folder of one mailbox; identities are immutable message ids."""
 
@@ -160,9 +166,12 @@ class GraphMailbox:
                     sizes[entry.id] = await self._spool.measure(key, entry.change_key, raw)
                 self._stale.discard(key)
 
-        async with asyncio.TaskGroup() as group:
-            for _ in range(min(len(queue), self._transport.settings.max_in_flight)):
-                group.create_task(worker())
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(len(queue), self._transport.settings.max_in_flight)):
+                    group.create_task(worker())
+        except BaseExceptionGroup as failed:
+            raise _first(failed) from None  # one bridge error leaves, as from any call
         return sizes
 
     def _download(

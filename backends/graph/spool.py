@@ -112,11 +112,15 @@ class Spool:
         normaliser = Normaliser()
         keep = self._limit > 0
         with self._file(key) as (path, handle):
-            async for piece in pieces:
-                data = normaliser.feed(piece)
-                keep = keep and normaliser.octets <= self._limit
-                if keep:
-                    handle.write(data)
+            try:
+                async for piece in pieces:
+                    data = normaliser.feed(piece)
+                    keep = keep and normaliser.octets <= self._limit
+                    if keep:
+                        handle.write(data)
+            except BaseException:
+                path.unlink(missing_ok=True)  # a download cut short is never kept
+                raise
             data = normaliser.finish()
             keep = keep and normaliser.octets <= self._limit
             if keep:

@@ -32,7 +32,14 @@ from popbridge.contract import (
     load_backend,
     withheld_by,
 )
-from popbridge.errors import AuthFailed, BackendUnavailable, ConfigError, MessageGone
+from popbridge.errors import (
+    AuthFailed,
+    BackendFailure,
+    BackendUnavailable,
+    Code,
+    ConfigError,
+    MessageGone,
+)
 from popbridge.oauth2.providers import parse_provider
 from popbridge.store.listings import MemoryListings
 from popbridge.store.uidl import is_valid_uidl, uidl_for
@@ -435,13 +442,13 @@ async def test_concurrency_429s_are_waited_out(plain: GraphHarness) -> None:
 
 
 async def test_never_more_than_four_requests_in_flight(plain: GraphHarness) -> None:
-    plain.seed([message(f"f{n}", 50) for n in range(40)])
+    plain.seed([message(f"f{n}", 5) for n in range(300)])
     mailbox = await plain.backend().open(plain.credentials)
     try:
         listed = await mailbox.list()
     finally:
         await mailbox.close()
-    assert len(listed) == 40
+    assert len(listed) == 300 and plain.fake.downloads == 300
     assert plain.fake.in_flight_peak <= 4
 
 
@@ -484,6 +491,26 @@ async def test_a_token_refused_mid_session_is_auth_failed(plain: GraphHarness) -
             await mailbox.list()
     finally:
         await mailbox.close()
+
+
+async def test_a_mailbox_without_rest_is_permanent_failure(plain: GraphHarness) -> None:
+    plain.fake.statuses = [(404, "MailboxNotEnabledForRESTAPI")]
+    with pytest.raises(BackendFailure) as caught:
+        await plain.backend().open(plain.credentials)
+    assert caught.value.code is Code.SYS_PERM
+
+
+@pytest.mark.parametrize("how", ["stall", "cut"])
+async def test_a_download_that_stalls_or_is_cut_is_temporary(plain: GraphHarness, how: str) -> None:
+    plain.seed([message("big", 20_000)])  # several pieces
+    plain.fake.misbehave = how
+    mailbox = await plain.backend(timeout=0.5).open(plain.credentials)
+    try:
+        with pytest.raises(BackendUnavailable):
+            await mailbox.list()  # measuring downloads it
+    finally:
+        await mailbox.close()
+    assert not any(path.is_file() for path in plain.spool.rglob("*"))  # nothing half kept
 
 
 async def test_missing_scope_is_auth_failed(plain: GraphHarness) -> None:
