@@ -98,6 +98,7 @@ class FakeGraph:
         self.conflicts: dict[str, int] = {}  # message id -> 412s still to answer a PATCH
         self.batch_throttle = 0  # inner batch requests still to answer 429
         self.on_page: Callable[[int], None] | None = None  # called before each message page
+        self.foreign_links = False  # nextLinks to another origin
         self.misbehave: str | None = None  # "stall" or "cut" a $value after its first piece
         self._released = asyncio.Event()
         self.delta_generation = 0  # tokens of an older generation are answered 410
@@ -290,6 +291,8 @@ class FakeGraph:
         if skip + top < len(found):
             following = dict(query) | {"$skip": str(skip + top)}
             body["@odata.nextLink"] = _link(request, following)
+            if self.foreign_links:  # a hostile or broken server points the client elsewhere
+                body["@odata.nextLink"] = "https://collector.example/v1.0/me/messages?$skip=1"
         return web.json_response(body)
 
     async def _delta(self, request: web.Request) -> web.Response:

@@ -10,14 +10,18 @@ categories merged, 412 retried, throttling within bounds, and the token's user c
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from backends.graph import GraphBackend, create
+from backends.graph.spool import Normaliser
 from devkit.dovecot import free_port, generate_message, wire_form
 from devkit.fake_graph import FakeGraph, mapi_size
 from popbridge.accounts import generate_key
@@ -41,6 +45,7 @@ from popbridge.errors import (
     MessageGone,
 )
 from popbridge.oauth2.providers import parse_provider
+from popbridge.pop3.wire import BodyEncoder, normalised_size
 from popbridge.store.listings import MemoryListings
 from popbridge.store.uidl import is_valid_uidl, uidl_for
 from popbridge.upstream.settings import TableReader
@@ -336,6 +341,55 @@ async def test_small_pages_follow_next_links(plain: GraphHarness) -> None:
     finally:
         await mailbox.close()
     assert any("%24skip=6" in p or "$skip=6" in p for _, p, _ in plain.fake.requests)
+
+
+async def test_a_next_link_to_another_origin_is_refused(plain: GraphHarness) -> None:
+    plain.seed([message(f"l{n}") for n in range(3)])
+    plain.fake.foreign_links = True
+    mailbox = await plain.backend(page_size=1).open(plain.credentials)
+    try:
+        with pytest.raises(BackendFailure, match="points elsewhere"):
+            await mailbox.list()
+    finally:
+        await mailbox.close()
+
+
+async def test_no_token_or_body_reaches_the_log(
+    plain: GraphHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    plain.seed([message("secret body line", 3)])
+    plain.fake.statuses = [(429, "ApplicationThrottled")]
+    mailbox = await plain.backend().open(plain.credentials)
+    try:
+        listed = await mailbox.list(memory=MemoryListings().for_account("alice"))
+        await read_all(mailbox, listed[0].identity)
+        plain.fake.batch_throttle = 1
+        assert (await mailbox.dispose([listed[0].identity], Disposition(DispositionKind.SEEN))).ok
+    finally:
+        await mailbox.close()
+    with pytest.raises(AuthFailed):
+        await plain.backend().open(Credentials(USER, OTHER_TOKEN, "oauth2"))
+    assert caplog.records
+    assert TOKEN not in caplog.text and OTHER_TOKEN not in caplog.text
+    assert "secret body line" not in caplog.text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.lists(st.integers(1, 40), max_size=20))
+def test_the_spool_counts_as_the_pop3_encoder_sends(data: bytes, cuts: list[int]) -> None:
+    pieces, rest = [], data
+    for size in cuts:
+        pieces.append(rest[:size])
+        rest = rest[size:]
+    pieces.append(rest)
+    normaliser = Normaliser()
+    out = b"".join(normaliser.feed(piece) for piece in pieces) + normaliser.finish()
+    assert normaliser.octets == len(out) == normalised_size(data)
+    encoder = BodyEncoder()
+    sent = b"".join(encoder.feed(piece) for piece in [out]) + encoder.finish()
+    assert encoder.octets == len(out)  # the core sends exactly what was counted
+    assert sent.endswith(b".\r\n")
 
 
 async def test_a_folder_path_is_the_maildrop(plain: GraphHarness) -> None:
