@@ -1,34 +1,43 @@
 """A local Microsoft Graph (v1.0 mail) for tests, built from Graph's published documentation.
 
-This module owns `FakeGraph`: an aiohttp server with one mailbox per bearer token and the mail
-resources the Graph backend uses, behaving as Microsoft documents them and as public issue
-trackers observed them: `/me`; mail folders by well-known name, id, and `childFolders`;
-`messages` paged by offset (`$top`, `$skip` in `@odata.nextLink`, `$select`, `$orderby`);
-immutable ids (68 characters) with `Prefer: IdType="ImmutableId"` and classic ids (152,
-ending in "=") without it, either accepted; `$value` streamed without Content-Length, 405 on
-HEAD, optionally written anew on every download; `permanentDelete`, `move` (the immutable id
-is kept, the classic one changes), PATCH `isRead`/`categories` (the list replaced) with
-scripted 412 ErrorIrresolvableConflict; `$batch` of at most 20 with scripted inner 429s;
-`messages/delta` with `@removed` entries and 410 for expired tokens; a MAPI size property
-(0x0E08) that is not the MIME size; and Outlook's limit of
-four concurrent requests per mailbox, answered 429 ApplicationThrottled, Retry-After: 1; and
-a `$value` body that stalls or is cut after its first piece.
-It records every request (method, path, whether Prefer was sent) for assertions.
+This module owns `FakeGraph`: an aiohttp server holding one mailbox, whose bearer tokens
+each name a user (`/me`), with the mail resources the Graph backend uses, behaving as
+Microsoft documents them and as public issue trackers observed them: mail folders by
+well-known name, id, and `childFolders`; `messages` paged by offset (`$top`, `$skip` in
+`@odata.nextLink`, `$select`, `$orderby`); immutable ids (68 characters) with
+`Prefer: IdType="ImmutableId"` and classic ids (152, ending in "=") without it, either
+accepted; `$value` streamed without Content-Length, 405 on HEAD, optionally written anew on
+every download, or stalled or cut after its first piece; `permanentDelete`, `move` (the
+immutable id is kept, the classic one changes), PATCH `isRead`/`categories` (the list
+replaced) with scripted 412 ErrorIrresolvableConflict; `$batch` of at most 20 with scripted
+inner 429s; `messages/delta` with `@removed` entries and 410 for expired tokens; and
+Outlook's limit of four concurrent requests per mailbox, answered 429 ApplicationThrottled
+with Retry-After: 1. It records every request (method, path, whether Prefer was sent).
+The resources' data lives in `devkit.fake_graph_model`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode
+from urllib.parse import parse_qsl, unquote
 
 from aiohttp import web
+
+from devkit.fake_graph_model import (
+    FakeFolder,
+    FakeMessage,
+    classic_id,
+    error,
+    immutable_id,
+    link,
+    mapi_size,
+    pick,
+    select_of,
+)
 
 PREFER = 'IdType="ImmutableId"'
 WELL_KNOWN = ("inbox", "deleteditems", "archive", "junkemail", "sentitems", "drafts")
@@ -36,49 +45,6 @@ MAX_BATCH = 20
 _START = datetime(2024, 1, 1, tzinfo=UTC)
 _IMMUTABLE = web.RequestKey("immutable", bool)
 _USER = web.RequestKey("user", str)
-
-
-def _b64(size: int) -> str:
-    return base64.urlsafe_b64encode(os.urandom(size)).decode()
-
-
-def immutable_id() -> str:
-    """68 characters of URL-safe base64, as observed for immutable ids."""
-    return "AAkALg" + _b64(46)[:62]
-
-
-def classic_id() -> str:
-    """152 characters ending in "=", as observed for classic REST ids."""
-    return "AAMkAG" + _b64(108)[:142] + "AAA="
-
-
-@dataclass
-class FakeFolder:
-    id: str
-    name: str
-    well_known: str | None = None
-    parent: str | None = None
-
-
-@dataclass
-class FakeMessage:
-    mime: bytes
-    folder: str
-    received: str
-    id: str = field(default_factory=immutable_id)
-    classic: str = field(default_factory=classic_id)
-    change: int = 1
-    is_read: bool = False
-    categories: list[str] = field(default_factory=list)
-
-    @property
-    def change_key(self) -> str:
-        return f"CQAAABYAAAB{self.change:08d}"
-
-
-def error(status: int, code: str, message: str = "", **headers: str) -> web.Response:
-    body = {"error": {"code": code, "message": message or code, "innerError": {}}}
-    return web.json_response(body, status=status, headers=headers)
 
 
 class FakeGraph:
@@ -284,13 +250,13 @@ class FakeGraph:
         if query.get("$orderby", "").startswith("receivedDateTime"):
             found.sort(key=lambda m: m.received)
         page = found[skip : skip + top]
-        selected = _select(query.get("$select"))
+        selected = select_of(query.get("$select"))
         body: dict[str, Any] = {
-            "value": [_pick(self._resource(request[_IMMUTABLE], m), selected) for m in page]
+            "value": [pick(self._resource(request[_IMMUTABLE], m), selected) for m in page]
         }
         if skip + top < len(found):
             following = dict(query) | {"$skip": str(skip + top)}
-            body["@odata.nextLink"] = _link(request, following)
+            body["@odata.nextLink"] = link(request, following)
             if self.foreign_links:  # a hostile or broken server points the client elsewhere
                 body["@odata.nextLink"] = "https://collector.example/v1.0/me/messages?$skip=1"
         return web.json_response(body)
@@ -317,15 +283,16 @@ class FakeGraph:
                     values.append({"id": message_id, "@removed": {"reason": "deleted"}})
                 continue
             values.append(self._resource(request[_IMMUTABLE], message))
-        link = _link(request, {"$deltatoken": f"{self.delta_generation}-{len(self._changes)}"})
-        return web.json_response({"value": values, "@odata.deltaLink": link})
+        token = f"{self.delta_generation}-{len(self._changes)}"
+        following = link(request, {"$deltatoken": token})
+        return web.json_response({"value": values, "@odata.deltaLink": following})
 
     async def _get_message(self, request: web.Request) -> web.Response:
         message = self._message(request.match_info["id"])
         if isinstance(message, web.Response):
             return message
         resource = self._resource(request[_IMMUTABLE], message)
-        return web.json_response(_pick(resource, _select(request.query.get("$select"))))
+        return web.json_response(pick(resource, select_of(request.query.get("$select"))))
 
     async def _no_head(self, request: web.Request) -> web.Response:
         return error(405, "ErrorInvalidRequest", "HEAD is not supported")
@@ -442,8 +409,8 @@ class FakeGraph:
         action = parts[3] if len(parts) > 3 else ""
         body = entry.get("body") or {}
         if method == "GET" and not action:
-            select = _select(dict(parse_qsl(query)).get("$select"))
-            return web.json_response(_pick(self._resource(immutable, message), select))
+            select = select_of(dict(parse_qsl(query)).get("$select"))
+            return web.json_response(pick(self._resource(immutable, message), select))
         if method == "PATCH" and not action:
             return self._apply_patch(immutable, message, body)
         if method == "POST" and action == "permanentDelete":
@@ -452,26 +419,6 @@ class FakeGraph:
         if method == "POST" and action == "move":
             return self._apply_move(immutable, message, body)
         return error(400, "BadRequest", "unsupported in this fake")
-
-
-def _select(value: str | None) -> set[str] | None:
-    return None if not value else {part.strip() for part in value.split(",")}
-
-
-def _pick(resource: dict[str, Any], selected: set[str] | None) -> dict[str, Any]:
-    if selected is None:
-        return resource
-    return {k: v for k, v in resource.items() if k in selected or k == "id"}
-
-
-def mapi_size(resource: dict[str, Any]) -> int:
-    """The message size property of a resource as the fake serves it."""
-    return int(resource["singleValueExtendedProperties"][0]["value"])
-
-
-def _link(request: web.Request, query: dict[str, str]) -> str:
-    base = f"{request.scheme}://{request.host}{request.path}"
-    return base + "?" + urlencode(query, safe="$,", quote_via=quote)
 
 
 __all__ = ["FakeFolder", "FakeGraph", "FakeMessage", "classic_id", "immutable_id", "mapi_size"]

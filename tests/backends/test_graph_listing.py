@@ -1,0 +1,209 @@
+"""The Graph backend's listing: offset paging confirmed, delta rounds, folders, and logs.
+
+This module owns the tests of how the Graph backend lists a folder against the fake Graph:
+a listing disturbed while it is paged is redone, nextLinks are followed (never to another
+origin), folders are found by path, the delta listing equals a full one whatever changed,
+an unchanged folder costs one request, and nothing secret reaches the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from backends.graph.spool import Normaliser
+from popbridge.contract import (
+    Backend,
+    Credentials,
+    Disposition,
+    DispositionKind,
+    withheld_by,
+)
+from popbridge.errors import (
+    AuthFailed,
+    BackendFailure,
+)
+from popbridge.pop3.wire import BodyEncoder, normalised_size
+from popbridge.store.listings import MemoryListings
+from tests.backends.contract import (
+    HIDDEN,
+    by_subject,
+    message,
+    read_all,
+    subject_of,
+)
+from tests.backends.graph_harness import (  # noqa: F401  (fixtures, used by name)
+    CHUNK,
+    OTHER,
+    OTHER_TOKEN,
+    TOKEN,
+    USER,
+    GraphHarness,
+    fake_fixture,
+    harness_fixture,
+    plain_fixture,
+)
+
+# ------------------------------------------------------------------- listing
+
+
+async def test_a_listing_disturbed_while_paged_is_redone(plain: GraphHarness) -> None:
+    plain.seed([message(f"m{n:02}") for n in range(12)])
+    removed: list[str] = []
+
+    def remove_once(skip: int) -> None:
+        if skip == 5 and not removed:  # between pages: everything after shifts left by one
+            victim = plain.fake.in_folder("inbox")[0]
+            removed.append(subject_of(victim.mime))
+            plain.fake.remove(victim)
+
+    plain.fake.on_page = remove_once
+    mailbox = await plain.backend(page_size=5).open(plain.credentials)
+    try:
+        subjects = list(await by_subject(mailbox))
+    finally:
+        await mailbox.close()
+    assert removed == ["m00"]
+    assert subjects == [f"m{n:02}" for n in range(1, 12)]  # none skipped, none twice
+
+
+async def test_small_pages_follow_next_links(plain: GraphHarness) -> None:
+    plain.seed([message(f"p{n:02}") for n in range(7)])
+    mailbox = await plain.backend(page_size=2).open(plain.credentials)
+    try:
+        assert list(await by_subject(mailbox)) == [f"p{n:02}" for n in range(7)]
+    finally:
+        await mailbox.close()
+    assert any("%24skip=6" in p or "$skip=6" in p for _, p, _ in plain.fake.requests)
+
+
+async def test_a_next_link_to_another_origin_is_refused(plain: GraphHarness) -> None:
+    plain.seed([message(f"l{n}") for n in range(3)])
+    plain.fake.foreign_links = True
+    mailbox = await plain.backend(page_size=1).open(plain.credentials)
+    try:
+        with pytest.raises(BackendFailure, match="points elsewhere"):
+            await mailbox.list()
+    finally:
+        await mailbox.close()
+
+
+async def test_no_token_or_body_reaches_the_log(
+    plain: GraphHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    plain.seed([message("secret body line", 3)])
+    plain.fake.statuses = [(429, "ApplicationThrottled")]
+    mailbox = await plain.backend().open(plain.credentials)
+    try:
+        listed = await mailbox.list(memory=MemoryListings().for_account("alice"))
+        await read_all(mailbox, listed[0].identity)
+        plain.fake.batch_throttle = 1
+        assert (await mailbox.dispose([listed[0].identity], Disposition(DispositionKind.SEEN))).ok
+    finally:
+        await mailbox.close()
+    with pytest.raises(AuthFailed):
+        await plain.backend().open(Credentials(USER, OTHER_TOKEN, "oauth2"))
+    assert caplog.records
+    assert TOKEN not in caplog.text and OTHER_TOKEN not in caplog.text
+    assert "secret body line" not in caplog.text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.lists(st.integers(1, 40), max_size=20))
+def test_the_spool_counts_as_the_pop3_encoder_sends(data: bytes, cuts: list[int]) -> None:
+    pieces, rest = [], data
+    for size in cuts:
+        pieces.append(rest[:size])
+        rest = rest[size:]
+    pieces.append(rest)
+    normaliser = Normaliser()
+    out = b"".join(normaliser.feed(piece) for piece in pieces) + normaliser.finish()
+    assert normaliser.octets == len(out) == normalised_size(data)
+    encoder = BodyEncoder()
+    sent = b"".join(encoder.feed(piece) for piece in [out]) + encoder.finish()
+    assert encoder.octets == len(out)  # the core sends exactly what was counted
+    assert sent.endswith(b".\r\n")
+
+
+async def test_a_folder_path_is_the_maildrop(plain: GraphHarness) -> None:
+    scans = plain.fake.add_folder("Scans", parent=plain.fake.folder("inbox").id)
+    plain.fake.seed([message("scanned")], folder="Scans")
+    plain.seed([message("inbox")])
+    mailbox = await plain.backend(folder="inbox/Scans").open(plain.credentials)
+    try:
+        assert list(await by_subject(mailbox)) == ["scanned"]
+    finally:
+        await mailbox.close()
+    assert scans.name == "Scans"
+    with pytest.raises(Exception, match="no folder"):
+        await plain.backend(folder="inbox/Nope").open(plain.credentials)
+
+
+# ------------------------------------------------------- incremental listing
+
+
+async def _listing(harness: GraphHarness, backend: Backend, **options: Any) -> list[Any]:
+    """The listing, and as its last entry what the mailbox withheld (hidden messages)."""
+    mailbox = await backend.open(harness.credentials)
+    try:
+        return [*await mailbox.list(**options), withheld_by(mailbox)]
+    finally:
+        await mailbox.close()
+
+
+async def test_delta_listing_equals_a_full_listing_whatever_changed(plain: GraphHarness) -> None:
+    rng = random.Random(1939)
+    plain.seed([message(f"s{n}") for n in range(6)])
+    memory = MemoryListings().for_account("alice")
+    backend = plain.backend(page_size=3)
+    done = plain.fake.folder("Done").id
+    inbox = plain.fake.folder("inbox").id
+    for step in range(30):
+        fake = plain.fake
+        action = rng.choice(["add", "remove", "move out", "move in", "read", "hide", "unhide"])
+        pick = rng.choice(fake.messages) if fake.messages else None
+        if action == "add" or pick is None:
+            fake.seed([message(f"new {step}")])
+        elif action == "remove":
+            fake.remove(pick)
+        elif action in ("move out", "move in"):
+            fake.touch(pick, folder=done if action == "move out" else inbox)
+        elif action == "read":
+            fake.touch(pick, is_read=True)
+        else:
+            fake.touch(pick, categories=[HIDDEN.upper()] if action == "hide" else [])
+        if step % 7 == 3:
+            fake.expire_delta_tokens()  # the token expired: a full round
+        incremental = await _listing(plain, backend, memory=memory, hidden_keyword=HIDDEN)
+        full = await _listing(plain, backend, hidden_keyword=HIDDEN)
+        assert incremental == full, (step, action)
+
+
+async def test_an_unchanged_folder_costs_one_delta_request(plain: GraphHarness) -> None:
+    plain.seed([message(f"u{n}") for n in range(10)])
+    memory = MemoryListings().for_account("alice")
+    backend = plain.backend()
+    first = await _listing(plain, backend, memory=memory)
+    assert first[-1] == frozenset()
+    plain.fake.requests.clear()
+    assert await _listing(plain, backend, memory=memory) == first
+    paths = [path for _, path, _ in plain.fake.requests]
+    assert sum("/messages/delta" in path for path in paths) == 1
+    assert not any(path.endswith("/$value") for path in paths)
+    assert not any("/messages?" in path for path in paths)
+
+
+async def test_messages_moved_away_are_removed_by_delta(plain: GraphHarness) -> None:
+    (away, stays) = plain.fake.seed([message("away"), message("stays")])
+    memory = MemoryListings().for_account("alice")
+    backend = plain.backend()
+    assert len(await _listing(plain, backend, memory=memory)) == 3
+    plain.fake.touch(away, folder=plain.fake.folder("Done").id)
+    (left, _) = await _listing(plain, backend, memory=memory)
+    assert left.identity == stays.id
