@@ -37,15 +37,12 @@ from tests.backends.contract import (
     read_all,
     subject_of,
 )
-from tests.backends.graph_harness import (  # noqa: F401  (fixtures, used by name)
-    CHUNK,
-    OTHER,
+from tests.backends.graph_harness import (  # noqa: F401  (used by name)
     OTHER_TOKEN,
     TOKEN,
     USER,
     GraphHarness,
     fake_fixture,
-    harness_fixture,
     plain_fixture,
 )
 

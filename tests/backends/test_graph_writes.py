@@ -37,15 +37,11 @@ from tests.backends.contract import (
     message,
     read_all,
 )
-from tests.backends.graph_harness import (  # noqa: F401  (fixtures, used by name)
-    CHUNK,
-    OTHER,
+from tests.backends.graph_harness import (  # noqa: F401  (used by name)
     OTHER_TOKEN,
-    TOKEN,
     USER,
     GraphHarness,
     fake_fixture,
-    harness_fixture,
     plain_fixture,
 )
 
