@@ -262,30 +262,44 @@ class FakeGraph:
         return web.json_response(body)
 
     async def _delta(self, request: web.Request) -> web.Response:
-        """messages/delta: all, then changes since a token; 410 for an expired token."""
+        """messages/delta: all, then changes since a token, in pages of `odata.maxpagesize`
+        (default 10) behind `$skiptoken`s; 410 for a token of an older generation."""
         folder = self._folder_by(request.match_info["folder"])
         if folder is None:
             return error(404, "ErrorItemNotFound")
-        token = request.query.get("$deltatoken")
-        generation, _, index = (token or "").partition("-")
-        if token is not None and (generation != str(self.delta_generation) or not index.isdigit()):
+        token = request.query.get("$deltatoken") or request.query.get("$skiptoken")
+        parts = (token or f"{self.delta_generation}-0-{len(self._changes)}-0").split("-")
+        parts += ["", "", ""][: max(0, 4 - len(parts))]
+        if parts[0] != str(self.delta_generation) or not all(p.isdigit() for p in parts[1:]):
             return error(410, "SyncStateNotFound", "The sync state is no longer available.")
-        since = int(index) if token is not None else 0
+        since = int(parts[1])
+        end = int(parts[2]) if "$skiptoken" in request.query else len(self._changes)
+        offset = int(parts[3]) if "$skiptoken" in request.query else 0
+        values = self._delta_values(request, folder, since, end, initial=since == 0)
+        size = _max_page_size(request.headers.get("Prefer", "")) or 10
+        if offset + size < len(values):
+            skip = f"{self.delta_generation}-{since}-{end}-{offset + size}"
+            page = {"@odata.nextLink": link(request, {"$skiptoken": skip})}
+        else:
+            page = {"@odata.deltaLink": link(request, {"$deltatoken": f"{parts[0]}-{end}-0-0"})}
+        return web.json_response({"value": values[offset : offset + size]} | page)
+
+    def _delta_values(
+        self, request: web.Request, folder: FakeFolder, since: int, end: int, *, initial: bool
+    ) -> list[dict[str, Any]]:
         values: list[dict[str, Any]] = []
         seen: set[str] = set()
-        for message_id, kind in self._changes[since:]:
+        for message_id, _ in self._changes[since:end]:
             if message_id in seen:
                 continue
             seen.add(message_id)
             message = self._find(message_id)
-            if kind == "removed" or message is None or message.folder != folder.id:
-                if token is not None:
+            if message is None or message.folder != folder.id:
+                if not initial:
                     values.append({"id": message_id, "@removed": {"reason": "deleted"}})
                 continue
             values.append(self._resource(request[_IMMUTABLE], message))
-        token = f"{self.delta_generation}-{len(self._changes)}"
-        following = link(request, {"$deltatoken": token})
-        return web.json_response({"value": values, "@odata.deltaLink": following})
+        return values
 
     async def _get_message(self, request: web.Request) -> web.Response:
         message = self._message(request.match_info["id"])
@@ -419,6 +433,14 @@ class FakeGraph:
         if method == "POST" and action == "move":
             return self._apply_move(immutable, message, body)
         return error(400, "BadRequest", "unsupported in this fake")
+
+
+def _max_page_size(prefer: str) -> int | None:
+    for preference in prefer.split(","):
+        name, _, value = preference.strip().partition("=")
+        if name == "odata.maxpagesize" and value.isdigit():
+            return int(value)
+    return None
 
 
 __all__ = ["FakeFolder", "FakeGraph", "FakeMessage", "classic_id", "immutable_id", "mapi_size"]

@@ -1,7 +1,8 @@
 """Incremental listing: the folder as it was last time, brought up to date with a delta query.
 
-This module owns `messages/delta` (Graph delta-query-messages): a round follows
-`@odata.nextLink` until an `@odata.deltaLink`, which the listing memory keeps for the next
+This module owns `messages/delta` (Graph delta-query-messages): a round asks for pages of
+`page_size` (`Prefer: odata.maxpagesize`) and follows `@odata.nextLink` until an
+`@odata.deltaLink`, which the listing memory keeps for the next
 login. Entries with `@removed` left the folder (deleted or moved away); any other entry was
 created or changed and carries the selected properties. A delta round may repeat an entry,
 so changes are applied by id. A token Graph no longer accepts (410 Gone, SyncStateNotFound)
@@ -83,10 +84,11 @@ async def run(transport: Transport, link: str) -> Round:
     """One delta round from `link`; DeltaExpired if Graph refuses the token."""
     found = Round()
     current: str | None = link
+    page_size = transport.settings.page_size
     for _ in range(MAX_PAGES):
         if current is None:
             return found
-        reply = await transport.call("GET", current)
+        reply = await transport.call("GET", current, page_size=page_size)
         if reply.status == 410 or (reply.status >= 400 and reply.code in EXPIRED_CODES):
             raise DeltaExpired(reply.code or str(reply.status))
         if reply.status >= 300:

@@ -95,12 +95,17 @@ class Transport:
             raise BackendFailure(f"{self.settings.peer}: a link points elsewhere: {path[:80]!r}")
         return path
 
-    async def call(self, method: str, path: str, body: Any = None) -> Reply:
+    async def call(
+        self, method: str, path: str, body: Any = None, *, page_size: int | None = None
+    ) -> Reply:
         """One request with a JSON body (or none) whose whole, bounded reply is read.
         429/503/504 are retried or become BackendUnavailable; other statuses are returned."""
         url = self.url(path)
         data = json.dumps(body).encode() if body is not None else None
-        async with self._request(method, url, data) as response:
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        if page_size is not None:  # server-side paging (delta): ask for pages this large
+            headers["Prefer"] = f"{PREFER_IMMUTABLE}, odata.maxpagesize={page_size}"
+        async with self._request(method, url, data, headers) as response:
             async with guarded(url, self.settings.timeout):
                 payload = await read_bounded(response, url, MAX_JSON_OCTETS)
             return Reply(response.status, url, response.headers, payload)
@@ -119,7 +124,7 @@ class Transport:
         """GET `path` and yield its body in pieces of at most `chunk` octets, each within
         the deadline. Leaving early drops the connection (an unread body cannot be reused)."""
         url = self.url(path)
-        async with self._request("GET", url, None) as response:
+        async with self._request("GET", url, None, {}) as response:
             if response.status != 200:
                 code = await _error_code(response)
                 raise status_error(response.status, url, code, missing=missing)
@@ -127,7 +132,7 @@ class Transport:
 
     @contextlib.asynccontextmanager
     async def _request(
-        self, method: str, url: str, body: bytes | None
+        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send within a slot, retrying 429/503/504; the slot is held while the caller reads
         and given back while we wait out a Retry-After."""
@@ -136,7 +141,7 @@ class Transport:
         waited = 0.0
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             async with self._slots:
-                response = await self._send(method, url, body)
+                response = await self._send(method, url, body, headers)
                 try:
                     if response.status not in RETRIED:
                         yield response
@@ -161,8 +166,9 @@ class Transport:
         logger.info("%s: HTTP %d, retrying in %.1f s", url, status, delay)
         return waited + delay
 
-    async def _send(self, method: str, url: str, body: bytes | None) -> aiohttp.ClientResponse:
-        headers = {"Content-Type": "application/json"} if body is not None else None
+    async def _send(
+        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+    ) -> aiohttp.ClientResponse:
         async with guarded(url, self.settings.timeout):
             # encoded=True: sent as built (ids percent-encoded) or as Graph linked it
             return await self._session.request(
