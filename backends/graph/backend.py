@@ -49,6 +49,16 @@ class GraphBackend:
         self._stale: set[str] = set()  # spool keys whose remembered size proved wrong
         self._spool = Spool(settings.spool_dir, settings.spool_limit)
 
+    @property
+    def expire(self) -> str | None:
+        """RFC 2449 §6.7: messages leave a date window after its days; a window of the
+        newest N moves with every arrival, which no day count describes."""
+        if self.settings.window_newest is not None:
+            return None
+        if self.settings.window_days is not None:
+            return str(self.settings.window_days)
+        return "NEVER"
+
     async def open(self, credentials: Credentials) -> GraphMailbox:
         """Check the token's user and find the folder; AuthFailed, BackendUnavailable/Failure."""
         transport = Transport(self.settings, bearer(credentials))

@@ -5,7 +5,8 @@ through `TableReader`, so a mistake names the file and the key and unknown keys 
 `url` is the Graph service root with its version (`https://graph.microsoft.com/v1.0`; a
 national cloud or a test server otherwise). Certificate and host name verification are
 always on; `ca_file` only adds a CA. `max_in_flight` is capped at 4: Outlook allows an
-application four concurrent requests per mailbox and answers more with 429.
+application four concurrent requests per mailbox and answers more with 429. The optional
+window (`window_newest`, `window_days`) bounds what a login shows, and so what it measures.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class GraphSettings:
     max_in_flight: int
     spool_dir: Path
     spool_limit: int
+    window_newest: int | None = None  # show only the newest N messages
+    window_days: int | None = None  # show only messages received in the last D days
     ca_file: Path | None = None
     tls_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
@@ -74,6 +77,8 @@ def parse_settings(settings: Mapping[str, Any], *, source: str) -> GraphSettings
         max_in_flight=table.integer("max_in_flight", MAX_IN_FLIGHT, minimum=1, maximum=4),
         spool_dir=spool_dir,
         spool_limit=table.integer("spool_limit", 256 << 20, minimum=0),
+        window_newest=_window(table, settings, "window_newest"),
+        window_days=_window(table, settings, "window_days"),
         ca_file=ca_file,
         tls_context=_tls_context(table, ca_file),
     )
@@ -100,6 +105,11 @@ def _service_root(table: TableReader) -> str:
     except ValueError:
         raise table.error("url", "has an invalid port") from None
     return value.rstrip("/")
+
+
+def _window(table: TableReader, settings: Mapping[str, Any], key: str) -> int | None:
+    """An optional positive integer (absent: no limit)."""
+    return table.integer(key, minimum=1) if key in settings else None
 
 
 def _tls_context(table: TableReader, ca_file: Path | None) -> ssl.SSLContext:

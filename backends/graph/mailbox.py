@@ -20,7 +20,7 @@ import contextlib
 import logging
 import tempfile
 from collections.abc import AsyncIterator, Collection, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from backends.graph import delta, dispose
 from backends.graph.dispose import message_path
@@ -54,6 +54,15 @@ def _visible(listed: list[Listed], hidden: str | None) -> list[Listed]:
     return [m for m in listed if hidden not in {c.casefold() for c in m.categories}]
 
 
+def _window(listed: _Listed, newest: int | None, days: int | None) -> _Listed:
+    """The messages of the window: received in the last `days`, then the newest `newest`
+    (`listed` is oldest first)."""
+    if days is not None:
+        cutoff = datetime.now(UTC) - timedelta(days=days)
+        listed = [m for m in listed if m.received is None or m.received >= cutoff]
+    return listed if newest is None else listed[-newest:]
+
+
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The first error of a task group, unwrapped (nested groups included)."""
     error = group.exceptions[0]
@@ -84,14 +93,16 @@ class GraphMailbox:
         date with a delta query and sizes measured before are kept."""
         hidden = hidden_keyword.casefold() if hidden_keyword is not None else None
         state = await memory.load() if memory is not None else None
-        if memory is None:
-            page = self._transport.settings.page_size
-            everything = await list_messages(self._transport, self._folder_id, page)
+        settings = self._transport.settings
+        windowed = settings.window_newest is not None or settings.window_days is not None
+        if memory is None or windowed:
+            # a window needs the whole folder each time: delta would not bring back the
+            # older messages that slide into a window of the newest N
+            everything = await list_messages(self._transport, self._folder_id, settings.page_size)
             listed = _visible(everything, hidden)
-            shown = {m.id for m in listed}
-            token = delta.Token(
-                self._folder_id, hidden, "", frozenset(m.id for m in everything) - shown
-            )
+            listed = _window(listed, settings.window_newest, settings.window_days)
+            withheld = frozenset(m.id for m in everything) - {m.id for m in listed}
+            token = delta.Token(self._folder_id, hidden, "", withheld)
         else:
             listed, token = await self._synced(state, hidden)
         result = await self._sized(listed, state)
@@ -107,7 +118,11 @@ class GraphMailbox:
         """The folder now, from the remembered listing and a delta round when the token
         still serves; otherwise from a full round. Also the token to remember."""
         token = delta.Token.load(state.token) if state is not None else None
-        usable = token is not None and (token.folder, token.hidden) == (self._folder_id, hidden)
+        usable = (
+            token is not None
+            and token.link != ""
+            and (token.folder, token.hidden) == (self._folder_id, hidden)
+        )
         if state is not None and token is not None and usable:
             try:
                 found = await delta.run(self._transport, token.link)

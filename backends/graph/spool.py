@@ -128,6 +128,7 @@ class Spool:
         if not keep:
             path.unlink(missing_ok=True)
             return normaliser.octets
+        self.discard(key)  # another session of the same mailbox may have measured it too
         self._make_room(normaliser.octets)
         self._used += normaliser.octets
         self._entries[key] = Spooled(path, version, normaliser.octets)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -204,3 +205,32 @@ async def test_messages_moved_away_are_removed_by_delta(plain: GraphHarness) -> 
     plain.fake.touch(away, folder=plain.fake.folder("Done").id)
     (left, _) = await _listing(plain, backend, memory=memory)
     assert left.identity == stays.id
+
+
+# -------------------------------------------------------------------- windows
+
+
+async def test_a_window_of_the_newest_shows_and_measures_only_those(plain: GraphHarness) -> None:
+    stored = plain.fake.seed([message(f"w{n}") for n in range(6)])
+    memory = MemoryListings().for_account("alice")
+    backend = plain.backend(window_newest=3)
+    assert backend.expire is None  # RFC 2449 §6.7: no day count describes this window
+    *listed, withheld = await _listing(plain, backend, memory=memory)
+    assert [m.identity for m in listed] == [m.id for m in stored[3:]]
+    assert withheld == {m.id for m in stored[:3]}
+    assert plain.fake.downloads == 3  # the messages outside the window cost nothing
+    plain.fake.remove(stored[5])  # an older message slides into the window
+    *listed, _ = await _listing(plain, backend, memory=memory)
+    assert [m.identity for m in listed] == [m.id for m in stored[2:5]]
+    assert plain.fake.downloads == 4
+
+
+async def test_a_window_of_days_shows_only_recent_messages(plain: GraphHarness) -> None:
+    old, recent = plain.fake.seed([message("old"), message("recent")])
+    recent.received = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    backend = plain.backend(window_days=2)
+    assert backend.expire == "2"
+    *listed, withheld = await _listing(plain, backend)
+    assert [m.identity for m in listed] == [recent.id]
+    assert withheld == {old.id}
+    assert plain.backend().expire == "NEVER"

@@ -229,7 +229,8 @@ async def test_a_malformed_id_is_message_gone(plain: GraphHarness) -> None:
 @pytest.mark.parametrize(
     ("key", "value"),
     [("url", "ftp://graph"), ("max_in_flight", 5), ("page_size", 1001), ("folder", "a\x00b"),
-     ("url", "https://user:pw@graph.example/v1.0"), ("bogus", 1)],
+     ("url", "https://user:pw@graph.example/v1.0"), ("bogus", 1), ("window_newest", 0),
+     ("window_days", "7")],
 )  # fmt: skip
 def test_bad_settings_are_refused(key: str, value: Any) -> None:
     with pytest.raises(ConfigError, match=key):
