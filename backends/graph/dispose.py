@@ -44,7 +44,9 @@ class _Plan:
     def request(self, message_id: str, categories: list[str]) -> Inner:
         body = self.body
         if self.keyword is not None:
-            merged = categories if self.keyword in categories else [*categories, self.keyword]
+            # categories compare without case in Outlook: never add a second spelling
+            known = {c.casefold() for c in categories}
+            merged = categories if self.keyword.casefold() in known else [*categories, self.keyword]
             body = {"categories": merged}
         return Inner(self.method, message_path(message_id) + self.suffix, body)
 

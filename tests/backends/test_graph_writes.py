@@ -51,6 +51,8 @@ from tests.backends.graph_harness import (  # noqa: F401  (used by name)
 async def test_categories_are_merged_and_conflicts_retried(plain: GraphHarness) -> None:
     (first, second) = plain.fake.seed([message("a"), message("b")])
     first.categories = ["Red category"]
+    third = plain.fake.seed([message("c")])[0]
+    third.categories = ["POPBRIDGE-DONE"]  # already there, spelled otherwise
     plain.fake.conflicts[first.id] = 2  # two 412 ErrorIrresolvableConflict, then success
     mailbox = await plain.backend().open(plain.credentials)
     try:
@@ -61,6 +63,7 @@ async def test_categories_are_merged_and_conflicts_retried(plain: GraphHarness) 
         await mailbox.close()
     assert first.categories == ["Red category", "popbridge-done"]
     assert second.categories == ["popbridge-done"]
+    assert third.categories == ["POPBRIDGE-DONE"]
 
 
 async def test_dispose_leaves_messages_moved_out_of_the_maildrop(plain: GraphHarness) -> None:
