@@ -64,6 +64,7 @@ class FakeGraph:
         self.conflicts: dict[str, int] = {}  # message id -> 412s still to answer a PATCH
         self.batch_throttle = 0  # inner batch requests still to answer 429
         self.on_page: Callable[[int], None] | None = None  # called before each message page
+        self.on_value: Callable[[str], None] | None = None  # called before each $value
         self.foreign_links = False  # nextLinks to another origin
         self.misbehave: str | None = None  # "stall" or "cut" a $value after its first piece
         self._released = asyncio.Event()
@@ -312,6 +313,8 @@ class FakeGraph:
         return error(405, "ErrorInvalidRequest", "HEAD is not supported")
 
     async def _value(self, request: web.Request) -> web.StreamResponse:
+        if self.on_value is not None:
+            self.on_value(request.match_info["id"])  # e.g. another client deletes it now
         message = self._message(request.match_info["id"])
         if isinstance(message, web.Response):
             return message

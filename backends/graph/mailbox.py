@@ -150,7 +150,8 @@ class GraphMailbox:
             spooled = self._spool.get(self._key(entry.id))
             if spooled is not None and spooled.version == entry.change_key:
                 known[(entry.id, entry.change_key)] = spooled.size
-        sizes = await self._measure(m for m in listed if (m.id, m.change_key) not in known)
+        sizes, gone = await self._measure(m for m in listed if (m.id, m.change_key) not in known)
+        listed = [m for m in listed if m.id not in gone]  # deleted since it was listed
         result = [
             RemoteMessage(
                 identity=m.id,
@@ -166,10 +167,13 @@ class GraphMailbox:
     def _key(self, identity: str) -> str:
         return f"{self._user}\n{identity}"
 
-    async def _measure(self, todo: Iterable[Listed]) -> dict[str, int]:
-        """Download, count and spool each message, `max_in_flight` at a time."""
+    async def _measure(self, todo: Iterable[Listed]) -> tuple[dict[str, int], set[str]]:
+        """Download, count and spool each message, `max_in_flight` at a time; the sizes,
+        and the ids of messages deleted before they could be downloaded."""
+        settings = self._transport.settings
         queue = list(todo)
         sizes: dict[str, int] = {}
+        gone: set[str] = set()
         if queue:
             logger.info("measuring %d message(s) not measured before", len(queue))
 
@@ -177,17 +181,21 @@ class GraphMailbox:
             while queue:
                 entry = queue.pop()
                 key = self._key(entry.id)
-                async with self._download(entry.id, self._transport.settings.fetch_chunk) as raw:
-                    sizes[entry.id] = await self._spool.measure(key, entry.change_key, raw)
+                try:
+                    async with self._download(entry.id, settings.fetch_chunk) as raw:
+                        sizes[entry.id] = await self._spool.measure(key, entry.change_key, raw)
+                except MessageGone:
+                    gone.add(entry.id)
+                    continue
                 self._stale.discard(key)
 
         try:
             async with asyncio.TaskGroup() as group:
-                for _ in range(min(len(queue), self._transport.settings.max_in_flight)):
+                for _ in range(min(len(queue), settings.max_in_flight)):
                     group.create_task(worker())
         except BaseExceptionGroup as failed:
             raise _first(failed) from None  # one bridge error leaves, as from any call
-        return sizes
+        return sizes, gone
 
     def _download(
         self, identity: str, chunk: int

@@ -80,6 +80,22 @@ async def test_small_pages_follow_next_links(plain: GraphHarness) -> None:
     assert any("%24skip=6" in p or "$skip=6" in p for _, p, _ in plain.fake.requests)
 
 
+@pytest.mark.parametrize("remembered", [False, True], ids=["full", "delta"])
+async def test_a_message_deleted_before_it_is_measured_is_not_listed(
+    plain: GraphHarness, remembered: bool
+) -> None:
+    doomed, kept = plain.fake.seed([message("doomed"), message("kept")])
+
+    def delete_doomed(message_id: str) -> None:
+        if message_id == doomed.id and doomed in plain.fake.messages:
+            plain.fake.remove(doomed)  # another client, between the listing and the download
+
+    plain.fake.on_value = delete_doomed
+    memory = MemoryListings().for_account("alice") if remembered else None
+    *listed, _ = await _listing(plain, plain.backend(), memory=memory)
+    assert [m.identity for m in listed] == [kept.id]
+
+
 async def test_a_next_link_to_another_origin_is_refused(plain: GraphHarness) -> None:
     plain.seed([message(f"l{n}") for n in range(3)])
     plain.fake.foreign_links = True
