@@ -5,9 +5,9 @@ TLS files all live in one temp directory (nothing is read from /etc/imapd.conf),
 HTTP and HTTPS (JMAP, RFC 8620/8621, served by Cyrus' httpd) on free 127.0.0.1 ports, plus
 the helpers tests use to put mail in (one IMAP MULTIAPPEND, RFC 3502, with an increasing
 internal date per message, so JMAP's receivedAt order is the seeding order) and to read the
-upstream state back over IMAP. Debian's cyrus-imapd conflicts with dovecot-imapd, so when its
-imapd is missing, the binary is unpacked from the package's .deb into a cache directory
-instead of installing the package. Cyrus only logs to syslog; its messages are dropped here.
+upstream state back over IMAP. Debian's cyrus-imapd conflicts with dovecot-imapd, so
+`scripts/bootstrap` unpacks its imapd from the package's .deb into a cache directory instead of
+installing the package. Cyrus only logs to syslog; its messages are dropped here.
 """
 
 from __future__ import annotations
@@ -32,11 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from .dovecot import free_port, generate_message, wire_form
+from .imap_peer import wait_ready
+from .installed import require, unpacked
 from .tlsca import TestPki, make_test_pki
 
 CYRUS_BIN = Path("/usr/lib/cyrus/bin")
 SASLPASSWD2 = Path("/usr/sbin/saslpasswd2")
-PACKAGES = ("cyrus-common", "cyrus-caldav", "sasl2-bin", "libsasl2-modules")
 FOLDERS = ("INBOX", "Trash", "Archive")
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
@@ -90,55 +91,19 @@ EVENTS {
 """)
 
 
-def _run(*argv: str, cwd: Path | None = None) -> None:
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(argv, check=True, env=env, stdin=subprocess.DEVNULL, cwd=cwd)
-
-
-def _missing_packages() -> list[str]:
-    query = ["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", *PACKAGES]
-    out = subprocess.run(query, capture_output=True, text=True, check=False).stdout
-    installed = {line.split()[0] for line in out.splitlines() if line.endswith(" installed")}
-    return [name for name in PACKAGES if name not in installed]
-
-
 def ensure_installed() -> Path:
-    """apt-get install Cyrus (without cyrus-imapd) when missing; returns the imapd to run."""
-    missing = _missing_packages()
-    if missing:
-        if os.geteuid() != 0:
-            raise RuntimeError(f"need {' '.join(missing)} installed (apt-get needs root)")
-        _run("apt-get", "update")
-        _run("apt-get", "install", "-y", "--no-install-recommends", *missing)
+    """The imapd to run, from what `scripts/bootstrap` installed (Cyrus without the cyrus-imapd
+    package) and unpacked (cyrus-imapd of the installed cyrus-common's version). Raises
+    `NotInstalled` naming `scripts/bootstrap` when something is missing."""
+    what = "Cyrus (cyrus-common, cyrus-caldav, sasl2-bin)"
+    require([CYRUS_BIN / "master", CYRUS_BIN / "httpd", SASLPASSWD2], what)
     packaged = CYRUS_BIN / "imapd"
-    return packaged if packaged.exists() else _unpacked_imapd()
-
-
-def _cache_dir() -> Path:
-    # As root, master drops to the cyrus user, who must be able to run the binary: not ~root.
-    if os.geteuid() == 0:
-        return Path("/var/cache/popbridge-tests")
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "popbridge-tests"
-
-
-def _unpacked_imapd() -> Path:
-    """imapd from the cyrus-imapd .deb of the installed cyrus-common's version, cached."""
+    if packaged.exists():
+        return packaged
     query = ["dpkg-query", "-W", "-f=${Version}", "cyrus-common"]
     version = subprocess.run(query, capture_output=True, text=True, check=True).stdout.strip()
-    root = _cache_dir() / f"cyrus-imapd-{version.replace(':', '_')}"
-    imapd = root / "usr/lib/cyrus/bin/imapd"
-    if imapd.exists():
-        return imapd
-    root.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    with tempfile.TemporaryDirectory(dir=root.parent) as scratch:
-        work = Path(scratch)
-        work.chmod(0o755)  # apt-get download runs as _apt and must write here
-        _run("apt-get", "download", f"cyrus-imapd={version}", cwd=work)
-        (deb,) = work.glob("cyrus-imapd_*.deb")
-        _run("dpkg-deb", "-x", str(deb), str(work / "tree"))
-        (work / "tree").chmod(0o755)
-        with contextlib.suppress(FileExistsError, OSError):
-            (work / "tree").rename(root)  # another run may have won the race: use theirs
+    imapd = unpacked("cyrus-imapd", version) / "usr/lib/cyrus/bin/imapd"
+    require([imapd], what)
     return imapd
 
 
@@ -360,21 +325,6 @@ def _launch(directory: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def _wait_ready(process: subprocess.Popen[bytes], ports: Sequence[int]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    pending = list(ports)
-    while pending:
-        if process.poll() is not None:
-            raise ChildProcessError(f"cyrus master exited with status {process.returncode}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"cyrus ports {pending} not accepting")
-        try:
-            socket.create_connection(("127.0.0.1", pending[0]), timeout=1).close()
-            pending.pop(0)
-        except OSError:
-            time.sleep(0.05)
-
-
 def _first_login(cyrus: Cyrus, user: str) -> None:
     """Log in once over IMAP (creates INBOX), then add Trash (\\Trash, RFC 6154) and Archive."""
     with cyrus.session(user) as client:
@@ -417,7 +367,7 @@ def start_cyrus(users: dict[str, str], *, parent: Path | None = None) -> Cyrus:
         raise
     cyrus = Cyrus(directory, imap, http, https, pki, process, dict(users))
     try:
-        _wait_ready(process, [imap, http, https])
+        wait_ready(process, [imap, http, https], "cyrus master")
         for user in users:
             _first_login(cyrus, user)
     except BaseException:

@@ -1,4 +1,4 @@
-"""A real, throw-away PostgreSQL server for the store tests: installed, started and stopped here.
+"""A real, throw-away PostgreSQL server for the store tests: started and stopped here.
 
 This module owns one PostgreSQL cluster per test session: `initdb` into a fresh temp
 directory, then `postgres` in the foreground on a free 127.0.0.1 port with its Unix socket
@@ -7,7 +7,7 @@ that trade durability for speed. PostgreSQL refuses to run as root, so as root t
 belongs to the `postgres` user the Debian package creates (or `nobody`), and the directory
 lives under the system temp dir where that user can reach it. The server dies with the
 test process (PR_SET_PDEATHSIG) and `stop()` ends it by PID and removes the directory.
-When no PostgreSQL is installed, `ensure_installed` runs apt-get (as root).
+PostgreSQL itself is installed by `scripts/bootstrap`, never here.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ import asyncpg
 import pytest
 
 from .dovecot import free_port
+from .installed import NotInstalled
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
 USER = "popbridge"
-PACKAGES = ("postgresql",)
 
 
 def find_bin() -> Path | None:
@@ -51,18 +51,11 @@ def find_bin() -> Path | None:
 
 
 def ensure_installed() -> Path:
-    """The bin directory, after `apt-get install postgresql` if there is none (needs root)."""
-    found = find_bin()
-    if found is not None:
-        return found
-    if os.geteuid() != 0:
-        raise RuntimeError("need PostgreSQL installed (apt-get install postgresql needs root)")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for args in (["update"], ["install", "-y", "--no-install-recommends", *PACKAGES]):
-        subprocess.run(["apt-get", *args], check=True, env=env, stdin=subprocess.DEVNULL)
+    """The bin directory of the installed PostgreSQL; `NotInstalled` (naming
+    `scripts/bootstrap`) when there is none. Nothing is installed here."""
     found = find_bin()
     if found is None:
-        raise RuntimeError("apt-get installed postgresql but no initdb was found")
+        raise NotInstalled("PostgreSQL (postgresql): no initdb found; run scripts/bootstrap")
     return found
 
 

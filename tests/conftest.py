@@ -1,6 +1,7 @@
-"""Fixtures shared by the real-server tests: one Dovecot per test session, and bridges
-started in-process in front of it with the real IMAP backend, found through the
-backend registry exactly as `popbridge serve` finds it."""
+"""Fixtures shared by the real-server tests: one Dovecot, one Courier IMAP and one GNU Mailutils
+imap4d per test session (each started when a test first needs it), and bridges started
+in-process in front of them with the real IMAP backend, found through the backend registry
+exactly as `popbridge serve` finds it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from typing import Any
 
 import pytest
 
-from devkit.dovecot import Dovecot, ensure_installed, start_dovecot
+from devkit.courier import start_courier
+from devkit.dovecot import Dovecot, start_dovecot
+from devkit.imap_peer import ImapPeer
+from devkit.mailutils import DOMAIN, start_imap4d
 from devkit.servers import Servers
 from popbridge.config import Config, ListenerConfig, MaildropConfig, ServerConfig
 from popbridge.contract import load_backend
@@ -18,14 +22,29 @@ from popbridge.session.throttle import ThrottlePolicy
 
 NO_DELAY = ThrottlePolicy(base_delay=0)
 USERS = {"alice": "secret", "bob": "hunter2", "carol": "c4rol pw"}
+# imap4d's users live in a virtual domain: its logins are user@domain.
+IMAP4D_USERS = {f"{user}@{DOMAIN}": password for user, password in USERS.items()}
 
 StartBridge = Callable[..., Awaitable[Pop3Server]]
 
 
 @pytest.fixture(scope="session")
 def dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
-    ensure_installed()
     server = start_dovecot(tmp_path_factory.mktemp("dovecot"), dict(USERS))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def courier() -> Iterator[ImapPeer]:
+    server = start_courier(dict(USERS))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def imap4d() -> Iterator[ImapPeer]:
+    server = start_imap4d(dict(IMAP4D_USERS))
     yield server
     server.stop()
 

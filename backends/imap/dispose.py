@@ -29,7 +29,7 @@ BATCH = 500
 class _Plan:
     """How to act on one batch of UIDs, and the UID SEARCH keys of those not yet done."""
 
-    act: Callable[[list[int]], Awaitable[None]]
+    act: Callable[[list[int]], Awaitable[bool]]  # False: the server refused a command
     pending: tuple[str, ...]
     done: str
 
@@ -78,10 +78,15 @@ async def _dispose_uids(
     plan = await _plan(connection, how, folder)
     if isinstance(plan, str):
         return uids, plan
+    refused: list[int] = []
     for batch in wire.batches(uids, BATCH):
-        await plan.act(batch)
-    survivors = await _pending(connection, uids, plan.pending)
-    return survivors, f"{len(survivors)} of {len(uids)} message(s) not {plan.done}"
+        if not await plan.act(batch):
+            refused.extend(batch)
+    # A refused command changed nothing (RFC 3501 7.1.2, 7.1.3; UIDs that no longer exist are
+    # no reason to refuse, 6.4.8), whatever the verifying SEARCH says: GNU Mailutils imap4d
+    # refuses a keyword it cannot keep, and then finds no message for NOT KEYWORD.
+    left = sorted(set(await _pending(connection, uids, plan.pending)) | set(refused))
+    return left, f"{len(left)} of {len(uids)} message(s) not {plan.done}"
 
 
 async def _plan(connection: Connection, how: Disposition, source: Folder) -> _Plan | str:
@@ -119,10 +124,11 @@ def _expunge(connection: Connection) -> _Plan:
         logger.warning("%s: no UIDPLUS: leaving \\Deleted set without expunging", connection.peer)
     flag = _flagger(connection, "\\Deleted")
 
-    async def act(batch: list[int]) -> None:
-        await flag(batch)
+    async def act(batch: list[int]) -> bool:
+        flagged = await flag(batch)
         if uidplus:
-            await _attempt(connection, "EXPUNGE", wire.uid_set(batch))
+            return await _attempt(connection, "EXPUNGE", wire.uid_set(batch)) and flagged
+        return flagged
 
     return _Plan(act, () if uidplus else ("NOT", "DELETED"), "expunged")
 
@@ -135,25 +141,26 @@ def _transfer(connection: Connection, target: str, source: Folder) -> _Plan | st
     uidplus = "UIDPLUS" in connection.capabilities
     flag = _flagger(connection, "\\Deleted")
 
-    async def act(batch: list[int]) -> None:
+    async def act(batch: list[int]) -> bool:
         uids = wire.uid_set(batch)
         if move:
             # RFC 6851 3.3: each message is either moved or unaffected, never lost.
-            await _attempt(connection, "MOVE", uids, target)
-        elif await _attempt(connection, "COPY", uids, target):
-            await flag(batch)
-            if uidplus:
-                await _attempt(connection, "EXPUNGE", uids)
+            return await _attempt(connection, "MOVE", uids, target)
+        if not await _attempt(connection, "COPY", uids, target) or not await flag(batch):
+            return False
+        return await _attempt(connection, "EXPUNGE", uids) if uidplus else True
 
     if not (move or uidplus):
         logger.warning("%s: no MOVE/UIDPLUS: originals stay flagged \\Deleted", connection.peer)
     return _Plan(act, () if move or uidplus else ("NOT", "DELETED"), f"moved to {target}")
 
 
-def _flagger(connection: Connection, flag: str) -> Callable[[list[int]], Awaitable[None]]:
-    async def store(batch: list[int]) -> None:
+def _flagger(connection: Connection, flag: str) -> Callable[[list[int]], Awaitable[bool]]:
+    async def store(batch: list[int]) -> bool:
         # .SILENT: no FETCH per message in the reply (RFC 3501 6.4.6).
-        await _attempt(connection, "STORE", wire.uid_set(batch), "+FLAGS.SILENT", f"({flag})")
+        return await _attempt(
+            connection, "STORE", wire.uid_set(batch), "+FLAGS.SILENT", f"({flag})"
+        )
 
     return store
 

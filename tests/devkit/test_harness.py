@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from devkit import dovecot
+from devkit import dovecot, installed
 from devkit.clients import (
     ClientFailed,
     Pop3Target,
@@ -33,6 +33,7 @@ from devkit.clients import (
     strip_client_additions,
 )
 from devkit.dovecot import Dovecot, pid_running, start_dovecot, wire_form
+from devkit.installed import NotInstalled
 
 pytestmark = pytest.mark.dovecot
 USER, PASSWORD = "alice", "s3cret pass"
@@ -243,17 +244,35 @@ def test_strip_client_additions_removes_folded_fields() -> None:
     assert strip_client_additions("curl", b"a\r\n") == b"a\r\n"
 
 
-def test_ensure_installed_updates_apt_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[str, ...]] = []
-    monkeypatch.setattr(dovecot, "_apt_get", lambda *args: calls.append(args))
-    monkeypatch.setattr(dovecot, "_apt_updated", False)
-    monkeypatch.setattr(dovecot, "REQUIRED_PROGRAMS", ("/nonexistent/dovecot",))
-    monkeypatch.setattr("os.geteuid", lambda: 0)
-    dovecot.ensure_installed()
-    dovecot.ensure_installed()
-    install = ("install", "-y", "--no-install-recommends", *dovecot.PACKAGES)
-    assert calls == [("update",), install, install]
-    assert "getmail6" in dovecot.PACKAGES
+def test_missing_programs_name_bootstrap_and_install_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ran: list[object] = []
+    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: ran.append(args))
+    monkeypatch.setattr(dovecot, "REQUIRED_PROGRAMS", ("/nonexistent/dovecot", "no-such-client"))
+    with pytest.raises(NotInstalled, match=r"/nonexistent/dovecot, no-such-client .*scripts/boot"):
+        dovecot.ensure_installed()
+    monkeypatch.setattr(installed, "cache_dir", lambda: tmp_path)
+    with pytest.raises(NotInstalled, match=r"courier-imap .*run scripts/bootstrap"):
+        installed.unpacked("courier-imap")
+    (tmp_path / "cyrus-imapd-1_2.3" / "usr").mkdir(parents=True)
+    assert installed.unpacked("cyrus-imapd", "1:2.3") == tmp_path / "cyrus-imapd-1_2.3"
+    with pytest.raises(NotInstalled, match=r"cyrus-imapd 1:2.4 "):
+        installed.unpacked("cyrus-imapd", "1:2.4")
+    assert ran == []
+
+
+def test_launchers_install_nothing() -> None:
+    """Only scripts/bootstrap installs system packages; the launchers only start servers."""
+    devkit_dir = Path(dovecot.__file__).parent
+    for source in devkit_dir.glob("*.py"):
+        assert "apt-get" not in source.read_text(), source.name
+    bootstrap = (devkit_dir.parent / "scripts" / "bootstrap").read_text()
+    for package in ("dovecot-imapd", "cyrus-imapd", "courier-imap", "mailutils-imap4d",
+                    "postgresql", "haproxy", "chromium", "prometheus", "fetchmail", "mpop",
+                    "getmail6", "curl", "openssl"):  # fmt: skip
+        assert package in bootstrap
+    assert "scripts/bootstrap" in (devkit_dir.parent / "scripts" / "test").read_text()
 
 
 def test_cli_starts_and_stops_an_instance(tmp_path: Path) -> None:
