@@ -143,6 +143,7 @@ def start_imap4d(users: Mapping[str, str], *, parent: Path | None = None) -> Ima
             dict(users),
             dict(FOLDERS),
             group=True,
+            settle=True,
             log_files=("imap4d.log",),
         )
     )

@@ -133,3 +133,43 @@ def test_imap4d_offers_none_of_uidplus_move_special_use_condstore(imap4d: ImapPe
 
 async def test_starttls_on_the_plain_port(harness: PeerHarness) -> None:
     await assert_starttls_works(harness)
+
+
+# ------------------------------------------------- what this server gets wrong, pinned
+
+
+def test_imap4d_renumbers_the_newest_message_of_new_at_its_first_select(
+    imap4d: ImapPeer,
+) -> None:
+    """Why the launcher settles what it seeds: imap4d 3.15 gives the newest message in
+    Maildir's new/ another UID when a read-write SELECT moves it to cur/ (RFC 3501 2.3.1.1
+    wants UIDs that persist), so a bridge that EXAMINEs first would list a UIDL that changes."""
+    imap4d.reset_mailbox(USER)
+    imap4d.settle = False
+    try:
+        imap4d.seed(USER, [message("one"), message("two")])
+    finally:
+        imap4d.settle = True
+    before = sorted(imap4d.uids(USER))  # EXAMINE, as the bridge lists
+    with imap4d.session(USER) as client:
+        client.select("INBOX")
+    after = sorted(imap4d.uids(USER))
+    assert before[0] == after[0]
+    assert before[1] != after[1]
+
+
+def test_imap4d_uid_search_reads_a_uid_set_as_sequence_numbers(harness: PeerHarness) -> None:
+    """Why the dispose verification cannot be trusted here, and a refused command counts as
+    not done: in UID SEARCH, imap4d 3.15 matches the UID key (RFC 3501 6.4.4) against
+    message sequence numbers."""
+    harness.seed([message("gone one"), message("gone two")])
+    harness.peer.reset_mailbox(USER)  # expunged: from here UIDs and numbers differ
+    harness.seed([message("one"), message("two")])
+    uids = sorted(harness.peer.uids(USER))
+    assert uids[0] > 2
+    with harness.peer.session(USER) as client:
+        client.select("INBOX", readonly=True)
+        by_uid = client.uid("SEARCH", "UID", f"{uids[0]}:{uids[1]}")[1][0]
+        by_number = client.uid("SEARCH", "UID", "1:2")[1][0]
+    assert by_uid == b""
+    assert by_number == f"{uids[0]} {uids[1]}".encode()

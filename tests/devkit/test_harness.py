@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,8 +32,11 @@ from devkit.clients import (
     run_mpop,
     strip_client_additions,
 )
+from devkit.courier import start_courier
 from devkit.dovecot import Dovecot, pid_running, start_dovecot, wire_form
+from devkit.imap_peer import ImapPeer
 from devkit.installed import NotInstalled
+from devkit.mailutils import start_imap4d
 
 pytestmark = pytest.mark.dovecot
 USER, PASSWORD = "alice", "s3cret pass"
@@ -100,7 +103,7 @@ def test_imap_has_special_use_folders_and_extensions(reference: Dovecot) -> None
         _, folders = client.list()
     finally:
         client.logout()
-    assert {"UIDPLUS", "MOVE", "SPECIAL-USE"} <= set(caps[0].decode().split())
+    assert {"UIDPLUS", "MOVE", "SPECIAL-USE", "CONDSTORE"} <= set(caps[0].decode().split())
     listing = b"\n".join(f for f in folders if isinstance(f, bytes))
     for folder in (b"\\Trash", b"\\Junk", b"Archive"):
         assert folder in listing
@@ -290,3 +293,38 @@ def test_cli_starts_and_stops_an_instance(tmp_path: Path) -> None:
     finally:
         subprocess.run([*cli, "stop", str(directory)], cwd=root, check=True, timeout=60)
     assert not pid_running(info["pid"])
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes() and pid_running(int(cmdline.parent.name)):
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue  # the process ended while we looked
+    return found
+
+
+@pytest.mark.parametrize(
+    ("launch", "user"),
+    [
+        pytest.param(start_courier, "dan", marks=pytest.mark.courier, id="courier"),
+        pytest.param(start_imap4d, "dan@example.org", marks=pytest.mark.mailutils, id="imap4d"),
+    ],
+)
+def test_peer_stops_by_pid_with_every_process_it_started(
+    launch: Callable[[dict[str, str]], ImapPeer], user: str
+) -> None:
+    peer = launch({user: "pw 1"})
+    try:
+        peer.seed(user, [b"Subject: s\n\nbody\n"])
+        open_session = peer.imap(user, tls=True)  # a child serving a connection
+        assert [m.subject for m in peer.stored(user)] == ["s"]
+        assert _processes_mentioning(str(peer.directory))
+    finally:
+        peer.stop()
+    open_session.shutdown()
+    assert not pid_running(peer.pid)
+    assert not peer.directory.exists()
+    assert _processes_mentioning(str(peer.directory)) == []
