@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,7 +104,10 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 def test_secret_from_file_env_or_inline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "pw").write_text("from-file\nignored\n")
     monkeypatch.setenv("POPBRIDGE_TEST_SECRET", "from-env")
-    read = lambda table: TableReader(table, source="f.toml", path="backend").secret("password")  # noqa: E731
+
+    def read(table: dict[str, Any]) -> str | None:
+        return TableReader(table, source="f.toml", path="backend").secret("password")
+
     assert read({"password_file": str(tmp_path / "pw")}) == "from-file"
     assert read({"password_env": "POPBRIDGE_TEST_SECRET"}) == "from-env"
     assert read({"password": "inline"}) == "inline"

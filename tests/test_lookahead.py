@@ -21,7 +21,8 @@ from popbridge.contract import (
     close_chunks,
 )
 from popbridge.pop3.wire import BodyEncoder
-from popbridge.session.lookahead import Budget, Lookahead
+from popbridge.session.lookahead import Lookahead
+from popbridge.upstream.budget import Budget
 
 MSG1 = b"Subject: a\r\n\r\nhi\r\n"  # 18 octets
 MSG2 = b"Subject: b\n\n.dot\nlast"  # LF only, no final newline: 26 octets on the wire
@@ -76,7 +77,7 @@ class WatchedBackend(MemoryBackend):
         super().__init__()
         self.watched: list[Watched] = []
 
-    async def open(self, credentials: Credentials) -> Watched:  # type: ignore[override]
+    async def open(self, credentials: Credentials) -> Watched:
         watched = Watched(await super().open(credentials))
         self.watched.append(watched)
         return watched

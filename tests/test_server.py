@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import poplib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
 
 import pytest
 
@@ -25,7 +26,7 @@ MESSAGES = [
 ]
 TOTAL = sum(normalised_size(m) for m in MESSAGES)
 
-MakeServer = Callable[..., "asyncio.Future[Pop3Server]"]
+MakeServer = Callable[..., Awaitable[Pop3Server]]
 
 
 @pytest.fixture
@@ -36,7 +37,9 @@ def backend() -> MemoryBackend:
 
 
 @pytest.fixture
-async def make_server(backend: MemoryBackend) -> AsyncIterator[Callable[..., object]]:
+async def make_server(
+    backend: MemoryBackend,
+) -> AsyncIterator[MakeServer]:
     servers = Servers()
 
     async def start(**server_options: object) -> Pop3Server:
@@ -77,9 +80,9 @@ def poplib_session(port: int) -> tuple[list[bytes], list[bytes], list[bytes]]:
 
 
 async def test_poplib_session_retrieves_every_byte(
-    make_server: Callable[..., object], backend: MemoryBackend
+    make_server: MakeServer, backend: MemoryBackend
 ) -> None:
-    server: Pop3Server = await make_server()  # type: ignore[misc]
+    server: Pop3Server = await make_server()
     bodies, uidls, top = await asyncio.to_thread(poplib_session, server.addresses[0][1])
     assert bodies == [normalise(m) for m in MESSAGES]
     assert uidls == [b"1 m1", b"2 m2", b"3 m3"]
@@ -87,8 +90,10 @@ async def test_poplib_session_retrieves_every_byte(
     assert backend.stores["alice"].mutations == [("expunge", ("m1",))]
 
 
-async def test_pipelined_commands_answered_in_order(make_server: Callable[..., object]) -> None:
-    server: Pop3Server = await make_server()  # type: ignore[misc]
+async def test_pipelined_commands_answered_in_order(
+    make_server: MakeServer,
+) -> None:
+    server: Pop3Server = await make_server()
     reader, writer = await connect(server)
     writer.write(b"USER alice\r\nPASS secret\r\nSTAT\r\nRETR 1\r\nBOGUS\r\nNOOP\r\nQUIT\r\n")
     data = await asyncio.wait_for(reader.read(), 5)
@@ -100,9 +105,9 @@ async def test_pipelined_commands_answered_in_order(make_server: Callable[..., o
 
 
 async def test_idle_timeout_closes_silently_and_applies_nothing(
-    make_server: Callable[..., object], backend: MemoryBackend
+    make_server: MakeServer, backend: MemoryBackend
 ) -> None:
-    server: Pop3Server = await make_server(idle_timeout=0.5)  # type: ignore[misc]
+    server: Pop3Server = await make_server(idle_timeout=0.5)
     reader, writer = await connect(server)
     writer.write(b"USER alice\r\nPASS secret\r\nDELE 1\r\n")
     await reader.readline(), await reader.readline(), await reader.readline()
@@ -118,8 +123,10 @@ async def test_idle_timeout_closes_silently_and_applies_nothing(
     writer2.close()
 
 
-async def test_commands_reset_the_idle_timer(make_server: Callable[..., object]) -> None:
-    server: Pop3Server = await make_server(idle_timeout=0.4)  # type: ignore[misc]
+async def test_commands_reset_the_idle_timer(
+    make_server: MakeServer,
+) -> None:
+    server: Pop3Server = await make_server(idle_timeout=0.4)
     reader, writer = await connect(server)
     for _ in range(5):
         await asyncio.sleep(0.2)
@@ -128,8 +135,8 @@ async def test_commands_reset_the_idle_timer(make_server: Callable[..., object])
     writer.close()
 
 
-async def test_connection_cap(make_server: Callable[..., object]) -> None:
-    server: Pop3Server = await make_server(max_connections=1)  # type: ignore[misc]
+async def test_connection_cap(make_server: MakeServer) -> None:
+    server: Pop3Server = await make_server(max_connections=1)
     _, first = await connect(server)
     host, port = server.addresses[0]
     reader, _ = await asyncio.open_connection(host, port)
@@ -138,16 +145,16 @@ async def test_connection_cap(make_server: Callable[..., object]) -> None:
 
 
 async def test_listening_socket_gets_the_configured_backlog(
-    make_server: Callable[..., object], monkeypatch: pytest.MonkeyPatch
+    make_server: MakeServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The kernel does not report a socket's backlog back; what listen() was given is seen
     # on its way through asyncio.
     loop = asyncio.get_running_loop()
     create_server, backlogs = loop.create_server, []
 
-    async def recording(*args: object, **kwargs: object) -> asyncio.Server:
+    async def recording(*args: Any, **kwargs: Any) -> asyncio.Server:
         backlogs.append(kwargs.get("backlog"))
-        return await create_server(*args, **kwargs)  # type: ignore[arg-type]
+        return await create_server(*args, **kwargs)
 
     monkeypatch.setattr(loop, "create_server", recording)
     await make_server(listen_backlog=700)
@@ -155,9 +162,9 @@ async def test_listening_socket_gets_the_configured_backlog(
 
 
 async def test_dropped_connection_releases_lock_and_applies_nothing(
-    make_server: Callable[..., object], backend: MemoryBackend
+    make_server: MakeServer, backend: MemoryBackend
 ) -> None:
-    server: Pop3Server = await make_server()  # type: ignore[misc]
+    server: Pop3Server = await make_server()
     reader, writer = await connect(server)
     writer.write(b"USER alice\r\nPASS secret\r\nDELE 1\r\nDELE 2\r\n")
     for _ in range(4):
@@ -172,9 +179,9 @@ async def test_dropped_connection_releases_lock_and_applies_nothing(
 
 
 async def test_shutdown_cancels_sessions_without_update(
-    make_server: Callable[..., object], backend: MemoryBackend
+    make_server: MakeServer, backend: MemoryBackend
 ) -> None:
-    server: Pop3Server = await make_server()  # type: ignore[misc]
+    server: Pop3Server = await make_server()
     reader, writer = await connect(server)
     writer.write(b"USER alice\r\nPASS secret\r\nDELE 1\r\n")
     for _ in range(3):
@@ -207,12 +214,14 @@ async def test_sasl_offer_is_what_both_listener_and_authenticator_allow(
 
 
 async def test_client_that_stops_reading_is_closed_by_the_idle_timer(
-    make_server: Callable[..., object], backend: MemoryBackend
+    make_server: MakeServer, backend: MemoryBackend
 ) -> None:
     backend.stores["alice"].add(b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 20000)  # 20 MB
-    server: Pop3Server = await make_server(idle_timeout=1.0)  # type: ignore[misc]
+    server: Pop3Server = await make_server(idle_timeout=1.0)
     _, writer = await connect(server)
-    writer.transport.pause_reading()  # never read: the server's writes back up
+    cast(
+        asyncio.Transport, writer.transport
+    ).pause_reading()  # never read: the server's writes back up
     writer.write(b"USER alice\r\nPASS secret\r\n" + b"RETR 4\r\n" * 5)
     for _ in range(100):
         if backend.opened and backend.opened[-1].closed:
@@ -224,7 +233,9 @@ async def test_client_that_stops_reading_is_closed_by_the_idle_timer(
 
 
 async def test_quit_answers_and_closes_before_a_slow_logout_ends(
-    make_server: Callable[..., object], backend: MemoryBackend, monkeypatch: pytest.MonkeyPatch
+    make_server: MakeServer,
+    backend: MemoryBackend,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The upstream LOGOUT waits until the test has seen the client's connection end: a
     # bridge that held the client until LOGOUT finished never lets this test release it.
@@ -243,7 +254,7 @@ async def test_quit_answers_and_closes_before_a_slow_logout_ends(
         return mailbox
 
     monkeypatch.setattr(backend, "open", open_with_slow_logout)
-    server: Pop3Server = await make_server()  # type: ignore[misc]
+    server: Pop3Server = await make_server()
     reader, writer = await connect(server)
     writer.write(b"USER alice\r\nPASS secret\r\nDELE 1\r\nQUIT\r\n")
     data = await asyncio.wait_for(reader.read(), 10)  # read() returns at the server's close

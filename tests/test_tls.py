@@ -12,6 +12,7 @@ import ssl
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,10 +40,10 @@ async def start(pki: TestPki) -> AsyncIterator[Callable[..., object]]:
     async def start(*listeners: ListenerConfig, **server: object) -> Pop3Server:
         backend = MemoryBackend()
         backend.user("alice", "secret", MESSAGE)
-        options: dict[str, object] = {"throttle": ThrottlePolicy(base_delay=0), **server}
+        options: dict[str, Any] = {"throttle": ThrottlePolicy(base_delay=0), **server}
         config = Config(
             source="t", backend_type="memory", listeners=listeners, server=ServerConfig(**options)
-        )  # type: ignore[arg-type]
+        )
         return await servers.start(config, backend)
 
     yield start

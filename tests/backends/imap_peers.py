@@ -104,22 +104,21 @@ async def dispose_a_and_b(
         await again.close()
 
 
-class WithoutTrashFolder:
-    """For servers with no folder carrying `\\Trash` (RFC 6154): `trash` touches nothing."""
-
-    async def test_trash_moves_to_the_trash_folder(
-        self, harness: PeerHarness, caplog: pytest.LogCaptureFixture
-    ) -> None:
-        how = Disposition(DispositionKind.TRASH)
-        result, listed = await dispose_a_and_b(harness, how, recorded=True)
-        assert not result.ok
-        assert len(result.failed) == 2
-        assert "no \\Trash special-use folder" in result.detail
-        assert listed == {"a", "b", "c"}
-        assert subjects(harness.stored(), deleted=False) == ["a", "b", "c"]
-        assert harness.stored("trash") == []
-        assert not {"UID STORE", "UID COPY", "UID MOVE", "UID EXPUNGE"} & set(harness.commands())
-        assert "not trash" in caplog.text
+async def assert_trash_touches_nothing(
+    harness: PeerHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """For servers with no folder carrying `\\Trash` (RFC 6154): `trash` touches nothing and
+    reports every message as not done."""
+    how = Disposition(DispositionKind.TRASH)
+    result, listed = await dispose_a_and_b(harness, how, recorded=True)
+    assert not result.ok
+    assert len(result.failed) == 2
+    assert "no \\Trash special-use folder" in result.detail
+    assert listed == {"a", "b", "c"}
+    assert subjects(harness.stored(), deleted=False) == ["a", "b", "c"]
+    assert harness.stored("trash") == []
+    assert not {"UID STORE", "UID COPY", "UID MOVE", "UID EXPUNGE"} & set(harness.commands())
+    assert "not trash" in caplog.text
 
 
 async def assert_starttls_works(harness: PeerHarness) -> None:

@@ -18,8 +18,8 @@ from popbridge.contract import Disposition, DispositionKind
 from tests.backends.contract import BackendContract, message
 from tests.backends.imap_peers import (
     PeerHarness,
-    WithoutTrashFolder,
     assert_starttls_works,
+    assert_trash_touches_nothing,
     dispose_a_and_b,
     subjects,
 )
@@ -36,8 +36,13 @@ async def harness(courier: ImapPeer) -> AsyncIterator[PeerHarness]:
         yield PeerHarness(courier, USER, proxy)
 
 
-class TestCourierContract(WithoutTrashFolder, BackendContract):
+class TestCourierContract(BackendContract):
     """The contract suite on Courier's IMAPS port."""
+
+    async def test_trash_moves_to_the_trash_folder(
+        self, harness: PeerHarness, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        await assert_trash_touches_nothing(harness, caplog)
 
     @pytest.mark.xfail(
         strict=True,

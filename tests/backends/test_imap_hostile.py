@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from backends.imap import create, wire
+from backends.imap.backend import ImapBackend
 from backends.imap.protocol import ImapProtocol
 from devkit.fake_imap import FakeImap, Handler, reply
 from popbridge.contract import Backend, Credentials
@@ -250,5 +251,7 @@ def test_max_literal_size_is_checked(table: dict[str, Any], message: str) -> Non
 
 
 def test_max_literal_size_has_a_generous_default() -> None:
-    settings = create({"type": "imap", "host": "127.0.0.1"}, source="t.toml").settings
+    backend = create({"type": "imap", "host": "127.0.0.1"}, source="t.toml")
+    assert isinstance(backend, ImapBackend)
+    settings = backend.settings
     assert settings.max_literal_size >= 4 * (64 << 20)  # well above the largest fetch_chunk

@@ -14,7 +14,7 @@ SIZES = dict.fromkeys(ORDER, 100)
 
 
 def planner(**options: int) -> ReadAhead:
-    ahead = ReadAhead(budget=Budget(10_000), **options)  # type: ignore[arg-type]
+    ahead = ReadAhead(budget=Budget(10_000), **options)
     ahead.listed(ORDER, dict(SIZES))
     return ahead
 

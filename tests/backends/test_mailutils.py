@@ -19,8 +19,8 @@ from popbridge.errors import MessageGone
 from tests.backends.contract import HIDDEN, BackendContract, by_subject, message, read_all
 from tests.backends.imap_peers import (
     PeerHarness,
-    WithoutTrashFolder,
     assert_starttls_works,
+    assert_trash_touches_nothing,
     dispose_a_and_b,
     subjects,
 )
@@ -39,8 +39,13 @@ async def harness(imap4d: ImapPeer) -> AsyncIterator[PeerHarness]:
         yield PeerHarness(imap4d, USER, proxy)
 
 
-class TestMailutilsContract(WithoutTrashFolder, BackendContract):
+class TestMailutilsContract(BackendContract):
     """The contract suite on imap4d's IMAPS port, with the no-UIDPLUS outcomes."""
+
+    async def test_trash_moves_to_the_trash_folder(
+        self, harness: PeerHarness, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        await assert_trash_touches_nothing(harness, caplog)
 
     async def test_expunge_removes_exactly_the_given_messages(
         self, harness: PeerHarness, caplog: pytest.LogCaptureFixture

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import poplib
 import re
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 import pytest
 
@@ -18,6 +20,9 @@ from popbridge.config import MaildropConfig
 from popbridge.contract import Disposition, DispositionKind
 from popbridge.frontend.server import Pop3Server
 from tests.conftest import StartBridge
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 pytestmark = pytest.mark.dovecot
 
@@ -29,8 +34,8 @@ def pop(server: Pop3Server, user: str = "alice", password: str = "secret") -> po
     return client
 
 
-async def in_thread(function, *args):  # type: ignore[no-untyped-def]
-    return await asyncio.to_thread(function, *args)
+async def in_thread(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    return await asyncio.to_thread(function, *args, **kwargs)
 
 
 @pytest.fixture
