@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import pwd
 import shlex
@@ -28,7 +29,8 @@ import signal
 import string
 import subprocess
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .imap_peer import ImapPeer, NotInstalled, free_ports, ready, require, unpacked
@@ -127,6 +129,20 @@ def _prepare(directory: Path, users: Mapping[str, str]) -> None:
         os.chown(path, uid, gid)
 
 
+def _seed_maildir(directory: Path, user: str, messages: Sequence[bytes]) -> None:
+    """Deliver `messages` as Maildir files, as an MDA would: Courier gives them UIDs in name
+    order when a session next opens the folder, so each name gets its own second. One APPEND
+    each took Courier 15 ms per message."""
+    cur = directory / "mail" / user / "Maildir" / "cur"
+    uid, gid = _account()
+    start = int(time.time()) - len(messages) - 1
+    for i, message in enumerate(messages):
+        data = message.replace(b"\r\n", b"\n")  # Courier keeps LF on disk
+        path = cur / f"{start + i}.M{i:06d}P{os.getpid()}.popbridge-seed,S={len(data)}:2,"
+        path.write_bytes(data)
+        os.chown(path, uid, gid)
+
+
 def _start_script(directory: Path, imapd: Path, ports: dict[str, int]) -> str:
     tcpd = [str(COURIERTCPD), "-address=127.0.0.1", "-nodnslookup", "-noidentlookup"]
     tcpd += ["-maxprocs=200", "-maxperip=200", f"-stderr={directory / 'imapd.log'}"]
@@ -203,6 +219,7 @@ def start_courier(users: Mapping[str, str], *, parent: Path | None = None) -> Im
             dict(users),
             dict(FOLDERS),
             stop_signal=signal.SIGKILL,
+            bulk_seed=functools.partial(_seed_maildir, directory),
             log_files=("courier.out", "authdaemond.log", "imapd.log"),
         )
     )

@@ -13,14 +13,17 @@ signals as a whole.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import pwd
+import re
 import shutil
 import signal
 import string
 import subprocess
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .imap_peer import ImapPeer, NotInstalled, free_ports, ready, require
@@ -91,6 +94,29 @@ def _prepare(directory: Path, users: Mapping[str, str]) -> None:
         os.chown(path, uid, gid)
 
 
+def _seed_maildir(directory: Path, user: str, messages: Sequence[bytes]) -> None:
+    """Write `messages` into the user's INBOX as imap4d would after a SELECT: into cur/, each
+    with its UID in the name (`,u=N`), and `uidnext` moved on in `.mu-prop`. One APPEND each
+    costs imap4d a rescan of the folder: 3,000 took two minutes, this takes a fraction of one.
+    For a mailbox no session has open."""
+    inbox = directory / "mail" / user.partition("@")[0] / "INBOX"
+    prop = inbox / ".mu-prop"
+    fresh = f"uidnext: 1\nversion: 3.15\nuid-validity: {int(time.time())}\n"
+    text = prop.read_text() if prop.exists() else fresh
+    found = re.search(r"^uidnext: (\d+)$", text, re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"{prop}: no uidnext line")
+    first = int(found.group(1))
+    uid, gid = _account()
+    stamp = int(time.time())
+    for i, message in enumerate(messages):
+        path = inbox / "cur" / f"{stamp}.M{i:06d}P{os.getpid()}.popbridge-seed,u={first + i}:2,"
+        path.write_bytes(message.replace(b"\r\n", b"\n"))  # stored with LF, like its APPEND
+        os.chown(path, uid, gid)
+    prop.write_text(text.replace(found.group(0), f"uidnext: {first + len(messages)}", 1))
+    os.chown(prop, uid, gid)
+
+
 def _pdeathsig() -> None:
     # Runs in the child after the uid change, so it survives exec: SIGTERM the daemon if the
     # test process dies, so a killed pytest leaves no imap4d behind. Linux prctl(PR_SET_PDEATHSIG).
@@ -144,6 +170,7 @@ def start_imap4d(users: Mapping[str, str], *, parent: Path | None = None) -> Ima
             dict(FOLDERS),
             group=True,
             settle=True,
+            bulk_seed=functools.partial(_seed_maildir, directory),
             log_files=("imap4d.log",),
         )
     )
