@@ -23,6 +23,7 @@ from popbridge.contract import (
     Credentials,
     Disposition,
     DispositionKind,
+    expire_policy,
     withheld_by,
 )
 from popbridge.errors import (
@@ -230,7 +231,7 @@ async def test_a_window_of_the_newest_shows_and_measures_only_those(plain: Graph
     stored = plain.fake.seed([message(f"w{n}") for n in range(6)])
     memory = MemoryListings().for_account("alice")
     backend = plain.backend(window_newest=3)
-    assert backend.expire is None  # RFC 2449 §6.7: no day count describes this window
+    assert expire_policy(backend) is None  # RFC 2449 §6.7: no day count describes this window
     *listed, withheld = await _listing(plain, backend, memory=memory)
     assert [m.identity for m in listed] == [m.id for m in stored[3:]]
     assert withheld == {m.id for m in stored[:3]}
@@ -245,8 +246,8 @@ async def test_a_window_of_days_shows_only_recent_messages(plain: GraphHarness) 
     old, recent = plain.fake.seed([message("old"), message("recent")])
     recent.received = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     backend = plain.backend(window_days=2)
-    assert backend.expire == "2"
+    assert expire_policy(backend) == "2"
     *listed, withheld = await _listing(plain, backend)
     assert [m.identity for m in listed] == [recent.id]
     assert withheld == {old.id}
-    assert plain.backend().expire == "NEVER"
+    assert expire_policy(plain.backend()) == "NEVER"

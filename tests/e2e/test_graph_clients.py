@@ -237,7 +237,8 @@ def xoauth2(server: Pop3Server, user: str, token: str) -> tuple[bytes, int]:
     client = poplib.POP3(host, port, timeout=20)
     try:
         blob = base64.b64encode(f"user={user}\x01auth=Bearer {token}\x01\x01".encode())
-        reply = client._shortcmd("AUTH XOAUTH2 " + blob.decode())
+        # poplib has no AUTH; _shortcmd sends one line and checks the +OK (typeshed omits it)
+        reply = client._shortcmd("AUTH XOAUTH2 " + blob.decode())  # type: ignore[attr-defined]
         return reply, client.stat()[0]
     except poplib.error_proto as refused:
         return refused.args[0], -1
