@@ -141,6 +141,7 @@ async def test_second_session_gets_in_use_only_with_right_password(backend: Memo
     )  # fmt: skip
     assert backend.opened[-1].closed  # the second mailbox was released
     await assert_dialogue(first, out1, "C: QUIT", "S: +OK bye")
+    await first.abort()  # the connection's end: LOGOUT, then the lock is free
     third, out3 = make_session(backend, services=services)
     await assert_dialogue(third, out3, *LOGIN)
 
@@ -267,6 +268,7 @@ async def test_misreported_size_is_corrected_for_later_sessions(backend: MemoryB
         "C: RETR 2", "S: +OK 24 octets", "S: Subject: b", "S: ", "S: ..dot", "S: last", "S: .",
         "C: QUIT", "S: +OK bye",
     )  # fmt: skip
+    await first.abort()
     second, out2 = make_session(backend, services=services)
     await assert_dialogue(second, out2, *LOGIN, "C: LIST 2", "S: +OK 2 26")
 

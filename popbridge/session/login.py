@@ -23,6 +23,7 @@ from popbridge.pop3.replies import Continue, Err, Ok, Reply
 from popbridge.session.services import Services
 from popbridge.store.locks import Lease
 
+LOGOUT_DEADLINE: Final = 10.0  # seconds an upstream LOGOUT may take before it is abandoned
 PLAINTEXT_REFUSED: Final = "Plaintext authentication disallowed on non-secure (SSL/TLS) connections"
 
 
@@ -140,5 +141,6 @@ class Login:
                 if lease is not None:
                     await lease.release()
             finally:
-                await mailbox.close()  # the only close: `enter` failed, nothing else owns it
+                # the only close: `enter` failed, nothing else owns it; our own deadline
+                await asyncio.wait_for(mailbox.close(), LOGOUT_DEADLINE)
             raise

@@ -165,7 +165,9 @@ class Session:
         except BaseException:
             await self.abort()
             raise
-        await transaction.release_lock()
+        # The lock is kept until the LOGOUT ends: some servers (GNU Mailutils imap4d) store
+        # flag changes only when the IMAP session ends, so a POP3 session let in earlier
+        # could still list what this one just deleted.
         if failed:
             return Err("some deleted messages not removed", Code.SYS_TEMP)
         return Ok("bye")

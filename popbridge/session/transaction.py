@@ -10,6 +10,7 @@ exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 
@@ -17,7 +18,7 @@ from popbridge.contract import Mailbox, withheld_by
 from popbridge.pop3 import commands as c
 from popbridge.pop3.engine import Pop3Engine
 from popbridge.pop3.replies import Err, Ok, Reply
-from popbridge.session.login import Held
+from popbridge.session.login import LOGOUT_DEADLINE, Held
 from popbridge.session.lookahead import Lookahead
 from popbridge.session.retrieval import Output, send_message
 from popbridge.session.services import Services, SessionPolicy
@@ -120,11 +121,6 @@ class Transaction:
         """Let a RETR answer in preparation finish: the mailbox serves one call at a time."""
         await self._lookahead.settle()
 
-    async def release_lock(self) -> None:
-        """UPDATE is done: let the next session in before this one's LOGOUT ends."""
-        if self._held is not None:
-            await self._held.lease.release()  # a Lease's release is idempotent
-
     async def close(self) -> None:
         """Release the lock and close the mailbox, once; later calls do nothing."""
         held, self._held = self._held, None
@@ -134,6 +130,7 @@ class Transaction:
             await self.settle()
         finally:
             try:
-                await held.lease.release()
+                # our own deadline on the LOGOUT; the lock outlives it (see Session._quit)
+                await asyncio.wait_for(held.mailbox.close(), LOGOUT_DEADLINE)
             finally:
-                await held.mailbox.close()
+                await held.lease.release()
