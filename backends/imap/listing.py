@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from backends.imap import wire
 from backends.imap.connection import Connection, Selected
 from backends.imap.folders import Folder, Folders, Listed, Window
+from backends.imap.protocol import Reply
 from popbridge.contract import ListingMemory, ListingState, RemoteMessage
 
 logger = logging.getLogger(__name__)
@@ -163,7 +164,12 @@ class _Lister:
         kept = self._kept(folder)
         if now == Mark(mark.uidvalidity, mark.modseq, mark.uidnext, mark.count):
             return _Result(_ordered(folder, kept), mark)  # nothing changed: no command at all
-        delta = await self._delta(mark, now)
+        try:
+            delta = await self._delta(mark, now)
+        except _Refused as refused:
+            logger.info("%s: %s refused (%s); listing %r in full",
+                        self._connection.peer, refused.command, refused, folder.name)  # fmt: skip
+            return None
         if delta is None:
             logger.info("%s: %r changed while listing; listing it in full",
                         self._connection.peer, folder.name)  # fmt: skip
@@ -211,9 +217,7 @@ class _Lister:
 
     async def _changed(self, modseq: int) -> dict[int, frozenset[str]]:
         """UID -> flags of every message changed or arrived since `modseq` (RFC 7162 3.1.4.1)."""
-        reply = await self._connection.run(
-            "FETCH", "1:*", "(UID FLAGS)", f"(CHANGEDSINCE {modseq})", uid=True
-        )
+        reply = await self._run("FETCH", "1:*", "(UID FLAGS)", f"(CHANGEDSINCE {modseq})")
         changed: dict[int, frozenset[str]] = {}
         for fetched in wire.parse_fetches(reply.data):
             flags = wire.flags(fetched)
@@ -226,10 +230,20 @@ class _Lister:
         offered, else the plain `UID SEARCH` list."""
         span = f"1:{uidnext - 1}"
         if "ESEARCH" in self._connection.capabilities:
-            reply = await self._connection.run("SEARCH", "RETURN", "(ALL)", "UID", span, uid=True)
-            return _Uids(wire.esearch_all(reply.data, limit=exists))
-        reply = await self._connection.run("SEARCH", "UID", span, uid=True)
+            reply = await self._run("SEARCH", "RETURN", "(ALL)", "UID", span)
+            try:
+                return _Uids(wire.esearch_all(reply.data, limit=exists))
+            except wire.ProtocolError as error:
+                raise _Refused("UID SEARCH RETURN", str(error)) from None
+        reply = await self._run("SEARCH", "UID", span)
         return _Uids([(uid, uid) for uid in wire.search_uids(reply.data)])
+
+    async def _run(self, name: str, *args: str) -> Reply:
+        """A UID command of the incremental path; its refusal means a full listing."""
+        reply = await self._connection.run(name, *args, uid=True, check=False)
+        if not reply.ok:
+            raise _Refused(f"UID {name}", reply.describe())
+        return reply
 
     async def fetch(self, folder: Folder, uids: Sequence[int]) -> list[Listed]:
         """The listing items of `uids` (some may be gone), with exact sizes."""
@@ -296,6 +310,14 @@ def _comparable(folder: Folder, mark: Mark, status: wire.Status) -> Mark | None:
     if modseq == mark.modseq and uidnext != mark.uidnext:
         return None
     return Mark(mark.uidvalidity, modseq, uidnext, exists)
+
+
+class _Refused(Exception):
+    """The server refused (or garbled) a command only the incremental path sends."""
+
+    def __init__(self, command: str, detail: str) -> None:
+        super().__init__(detail)
+        self.command = command
 
 
 @dataclass(frozen=True, slots=True)
