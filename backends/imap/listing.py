@@ -25,7 +25,7 @@ from bisect import bisect_right
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from backends.imap import wire
+from backends.imap import tails, wire
 from backends.imap.connection import Connection, Selected
 from backends.imap.folders import Folder, Folders, Listed, Window
 from backends.imap.protocol import Reply
@@ -36,9 +36,6 @@ logger = logging.getLogger(__name__)
 # UIDs per UID FETCH while listing: bounds each reply (aioimaplib keeps whole replies in
 # memory and parses them recursively).
 LIST_BATCH = 500
-# The widest band of sizes read with one partial FETCH to learn the last two octets: each
-# message of the band sends at most this many octets, and each band costs a round trip.
-TAIL_SPAN = 512
 TOKEN_VERSION = 1
 
 
@@ -272,28 +269,10 @@ class _Lister:
                 found[uid] = _resized(entry, remembered.size)
             elif message.size > 0:
                 unknown.append((uid, message.size))
-        for start, length, uids in _bands(unknown):
-            extra = await self._tails(uids, start, length)
+        for band in tails.bands(unknown):
+            extra = await tails.read(self._connection, band)
             for uid, added in extra.items():
                 found[uid] = _resized(found[uid], found[uid].message.size + added)
-
-    async def _tails(self, uids: Sequence[int], start: int, length: int) -> dict[int, int]:
-        """The octets POP3 adds at the end of each message (0, 1 or 2), from one partial
-        FETCH of `[start, start+length)`: each message's data ends with its last octets."""
-        reply = await self._connection.run(
-            "FETCH", wire.uid_set(uids), f"(BODY.PEEK[]<{start}.{length}>)", uid=True,
-            check=False,
-        )  # fmt: skip
-        if not reply.ok:  # the listed sizes stand; RETR measures and remembers (sizes.py)
-            logger.info("%s: last octets not read: %s", self._connection.peer, reply.describe())
-            return {}
-        wanted = set(uids)
-        extra: dict[int, int] = {}
-        for fetched in wire.parse_fetches(reply.data):
-            data = fetched.body("", start)
-            if fetched.uid in wanted and data:
-                extra[fetched.uid] = _added(bytes(data[-2:]))
-        return extra
 
 
 def _comparable(folder: Folder, mark: Mark, status: wire.Status) -> Mark | None:
@@ -378,35 +357,3 @@ def _resized(entry: Listed, size: int) -> Listed:
     message = entry.message
     resized = RemoteMessage(message.identity, size, message.message_id, message.received)
     return Listed(resized, entry.folder, entry.uid)
-
-
-def _bands(sized: list[tuple[int, int]]) -> list[tuple[int, int, list[int]]]:
-    """(start, length, UIDs): messages of similar size share one partial FETCH whose range
-    covers each one's last two octets; at most `TAIL_SPAN` + 2 octets each, `LIST_BATCH`
-    UIDs each."""
-    bands: list[tuple[int, int, list[int]]] = []
-    ordered = sorted(sized, key=lambda pair: pair[1])
-    index = 0
-    while index < len(ordered):
-        low = ordered[index][1]
-        start = max(0, low - 2)
-        uids: list[int] = []
-        high = low
-        while index < len(ordered) and ordered[index][1] <= low + TAIL_SPAN:
-            if len(uids) == LIST_BATCH:
-                break
-            uids.append(ordered[index][0])
-            high = ordered[index][1]
-            index += 1
-        bands.append((start, high - start, uids))
-    return bands
-
-
-def _added(tail: bytes) -> int:
-    """Octets POP3 adds after a message ending in `tail` (what `BodyEncoder.finish` does:
-    a lone CR or LF becomes CRLF, a last line without one gets CRLF)."""
-    if tail.endswith(b"\r\n"):
-        return 0
-    if tail.endswith((b"\r", b"\n")):
-        return 1
-    return 2
