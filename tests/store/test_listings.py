@@ -56,6 +56,13 @@ def _blob(count: int, body: bytes, kind: int = listings.FORMAT) -> bytes:
     return struct.pack("<BI", kind, count) + zlib.compress(body)
 
 
+def _two_names_one_count() -> bytes:
+    texts = [b"t", b"1.1\x001.2", b"\x01", b"\x01"]
+    lengths = struct.pack("<4q", *(len(t) for t in texts))
+    numbers = struct.pack("<qdi", 5, 0.0, 0)
+    return _blob(1, lengths + b"".join(texts) + numbers)
+
+
 GOOD = listings.encode(ListingState("t", (RemoteMessage("1.1", 5, "<m>", None),)))
 
 
@@ -70,6 +77,7 @@ GOOD = listings.encode(ListingState("t", (RemoteMessage("1.1", 5, "<m>", None),)
         _blob(1, zlib.decompress(GOOD[5:]) + b"x"),  # trailing data
         _blob(2, zlib.decompress(GOOD[5:])),  # counts that disagree with the columns
         _blob(1, b"\xff" * 32),  # absurd text lengths
+        _two_names_one_count(),
     ],
 )
 def test_a_damaged_blob_is_no_memory(blob: bytes, caplog: pytest.LogCaptureFixture) -> None:
