@@ -101,12 +101,8 @@ async def list_maildrop(
     listed: list[Listed] = []
     marks: dict[str, Mark] = {}
     for folder in folders:
-        selected = opened if opened is not None and connection.selected == folder.name else None
-        if selected is None:
-            selected = await connection.select(read_only=True, folder=folder.name, condstore=True)
+        status = await _examined(connection, folder, opened)
         opened = None
-        folder.uidvalidity = selected.uidvalidity
-        status = wire.selected_status(selected.data)
         mark = token.marks.get(folder.name) if usable and token is not None else None
         result = None
         if mark is not None and not windowed:
@@ -118,9 +114,20 @@ async def list_maildrop(
             marks[folder.name] = result.mark
     chosen = window.select(listed, merged=folders.merged)
     if memory is not None:
-        state = Token(keyword, windowed, marks).dumps()
-        await memory.save(ListingState(state, tuple(entry.message for entry in chosen)))
+        state = ListingState(Token(keyword, windowed, marks).dumps(),
+                             tuple(entry.message for entry in chosen))  # fmt: skip
+        if state != previous:  # an unchanged folder's listing is the very same objects
+            await memory.save(state)
     return chosen
+
+
+async def _examined(connection: Connection, folder: Folder, opened: Selected | None) -> wire.Status:
+    """The folder EXAMINEd (asking for HIGHESTMODSEQ), or what the login's EXAMINE said."""
+    selected = opened if opened is not None and connection.selected == folder.name else None
+    if selected is None:
+        selected = await connection.select(read_only=True, folder=folder.name, condstore=True)
+    folder.uidvalidity = selected.uidvalidity
+    return wire.selected_status(selected.data)
 
 
 def visible(flags: Collection[str], keyword: str | None) -> bool:
@@ -205,11 +212,16 @@ class _Lister:
         return _Delta(mark.uidnext, changed, survivors, old + arrived)
 
     def _kept(self, folder: Folder) -> dict[int, RemoteMessage]:
+        """The remembered messages of `folder` under its current UIDVALIDITY, by UID (a
+        prefix test, not `Folders.locate`: this runs once per message of a large folder)."""
+        prefix = folder.identity(0)[:-1]  # "[<tag>/]<uidvalidity>."
+        start = len(prefix)
         kept: dict[int, RemoteMessage] = {}
         for identity, message in self._known.items():
-            located = self._folders.locate(identity)
-            if located is not None and located[0] is folder:
-                kept[located[1]] = message
+            if identity.startswith(prefix):
+                uid = identity[start:]
+                if uid.isascii() and uid.isdigit() and len(uid) <= 10:
+                    kept[int(uid)] = message
         return kept
 
     async def _changed(self, modseq: int) -> dict[int, frozenset[str]]:

@@ -98,8 +98,9 @@ async def listing(api: Api, query: Query, memory: ListingMemory | None) -> list[
         full = await list_emails(api, query.condition, query.page_size, by_id=query.by_id)
         messages, state = [remote(entry) for entry in full.listed], full.state
     if memory is not None and state is not None:
-        token = Token(query.mailbox, query.keyword, state)
-        await memory.save(ListingState(token.dumps(), tuple(messages)))
+        kept = ListingState(Token(query.mailbox, query.keyword, state).dumps(), tuple(messages))
+        if kept != previous:
+            await memory.save(kept)
     return messages
 
 

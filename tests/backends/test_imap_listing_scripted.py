@@ -16,7 +16,7 @@ import pytest
 from backends.imap import create
 from backends.imap.listing import Mark, Token
 from devkit.fake_imap import FakeImap, reply
-from popbridge.contract import Credentials, ListingState, RemoteMessage
+from popbridge.contract import Credentials, ListingMemory, ListingState, RemoteMessage
 from popbridge.store.listings import MemoryListings
 
 ALICE = Credentials("alice", "pw")
@@ -100,10 +100,33 @@ async def test_what_the_shortcut_cannot_trust_means_a_full_listing(
     assert Token.loads(saved.token) == Token(None, False, {"INBOX": Mark(42, modseq, 4, exists)})
 
 
+class Saves(MemoryListings):
+    """Memory that counts what is written to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saved: list[ListingState] = []
+
+    def for_account(self, account: str) -> ListingMemory:
+        inner = super().for_account(account)
+        saved = self.saved
+
+        class Counted:
+            async def load(self) -> ListingState | None:
+                return await inner.load()
+
+            async def save(self, state: ListingState) -> None:
+                saved.append(state)
+                await inner.save(state)
+
+        return Counted()
+
+
 async def test_an_unchanged_folder_is_listed_from_memory_alone() -> None:
-    listings, state = remembered()
+    listings, state = Saves(), remembered()[1]
     await listings.for_account("alice").save(state)
     async with FakeImap(capabilities=CAPABILITIES, replies={"EXAMINE": examine(3, 4, 9)}) as server:
         assert await listed(server, listings) == list(state.messages)
+    assert listings.saved == [state]  # nothing written again: the store row stays as it is
     assert [v for v in server.verbs if v.startswith("UID")] == []
     assert "(CONDSTORE)" in server.received[1].decode()  # EXAMINE asked for HIGHESTMODSEQ
