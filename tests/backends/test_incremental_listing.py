@@ -65,16 +65,19 @@ def server(request: pytest.FixtureRequest) -> Server:
 
 @pytest.fixture(
     params=["dovecot/imap", "cyrus/imap", "cyrus/jmap", "dovecot/imap-ESEARCH",
-            "cyrus/imap-CONDSTORE"]
+            "cyrus/imap-CONDSTORE", "dovecot/imap+merged"]
 )  # fmt: skip
 def upstream(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Upstream:
     """A server and protocol; `-X`: as if the server did not offer extension X (its
-    fallback: a plain UID SEARCH for expunges; without CONDSTORE, full listings)."""
+    fallback: a plain UID SEARCH for expunges; without CONDSTORE, full listings);
+    `+merged`: a maildrop of two folders, each with its own mark."""
     name, protocol = request.param.split("/")
+    protocol, _, merged = protocol.partition("+")
     protocol, _, missing = protocol.partition("-")
     if missing:
         hide(monkeypatch, missing)
-    return Upstream(request.getfixturevalue(name), protocol)
+    folders = (FOLDER, f"{FOLDER}2") if merged else (FOLDER,)
+    return Upstream(request.getfixturevalue(name), protocol, folders)
 
 
 def hide(monkeypatch: pytest.MonkeyPatch, capability: str) -> None:
@@ -93,26 +96,35 @@ class Upstream:
 
     server: Server
     protocol: str = "imap"
+    folders: tuple[str, ...] = (FOLDER,)
     sent: dict[str, bytes] = field(default_factory=dict)
     serial: Iterator[int] = field(default_factory=itertools.count)
 
-    def client(self) -> imaplib.IMAP4:
+    def client(self, folder: str) -> imaplib.IMAP4:
         client = self.server.imap(USER)
-        client.select(FOLDER)
+        client.select(folder)
         return client
 
-    def recreate(self, keep: bool = True) -> None:
+    def settings(self) -> dict[str, Any]:
+        return {"folders": list(self.folders)} if len(self.folders) > 1 else {}
+
+    def start(self) -> None:
+        self.sent.clear()
+        for folder in self.folders:
+            self.recreate(folder, keep=False)
+
+    def recreate(self, folder: str, keep: bool = True) -> None:
         """Replace the folder by a new one (a new UIDVALIDITY), putting its mail back."""
         client = self.server.imap(USER)
         try:
-            client.select(FOLDER, readonly=True)
+            client.select(folder, readonly=True)
             present = self._bodies(client) if keep else []
             client.select("INBOX", readonly=True)
             # RENAME, not DELETE: Cyrus's delayed delete refuses a second one in a second
-            client.rename(FOLDER, f"Gone-{uuid.uuid4().hex}")
-            assert client.create(FOLDER)[0] == "OK"
+            client.rename(folder, f"Gone-{uuid.uuid4().hex}")
+            assert client.create(folder)[0] == "OK"
             for body in present:
-                client.append(FOLDER, "", None, body)
+                client.append(folder, "", None, body)
         finally:
             client.logout()
 
@@ -124,26 +136,27 @@ class Upstream:
         _, data = client.uid("SEARCH", "ALL")
         return [int(u) for u in (data[0] or b"").split()]
 
-    def arrive(self, size: int, terminated: bool) -> None:
+    def arrive(self, size: int, terminated: bool, folder: str = FOLDER) -> None:
         mid = f"<{next(self.serial)}.{id(self)}@listing.test>"
         text = b"y" * size + (b"\r\n" if terminated else b"")
         body = f"Message-ID: {mid}\r\nSubject: s\r\n\r\n".encode() + text
         self.sent[mid] = body
-        client = self.client()
+        client = self.client(folder)
         try:
-            client.append(FOLDER, "", None, body)
+            client.append(folder, "", None, body)
         finally:
             client.logout()
 
     def act(self, step: tuple[Any, ...]) -> None:
         kind, pick = step[0], step[1]
+        folder = self.folders[pick // 7 % len(self.folders)]
         if kind == "arrive":
-            self.arrive(pick % 700, bool(step[2]))
+            self.arrive(pick % 700, bool(step[2]), folder)
             return
         if kind == "reset":
-            self.recreate()
+            self.recreate(folder)
             return
-        client = self.client()
+        client = self.client(folder)
         try:
             uids = self.uids(client)
             if not uids:
@@ -176,8 +189,9 @@ async def listing(
         table = {"type": "jmap", "url": server.http_url, "timeout": 10, "mailbox": FOLDER}
         backend = load_backend("jmap", table, source="test.toml")
     else:
-        table = {"type": "imap", "host": server.host, "port": server.imap_port, "tls": "none",
-                 "timeout": 10, "folder": FOLDER} | overrides  # fmt: skip
+        where = {} if "folders" in overrides else {"folder": FOLDER}
+        address = {"host": server.host, "port": server.imap_port, "tls": "none"}
+        table = {"type": "imap", "timeout": 10, **address, **where, **overrides}
         backend = create(table, source="test.toml")
     mailbox = await backend.open(Credentials(USER, server.users[USER]))
     try:
@@ -214,8 +228,11 @@ class Recorded(logging.Handler):
 def check_against_full(upstream: Upstream, memories: MemoryListings) -> None:
     async def both() -> tuple[list[RemoteMessage], list[RemoteMessage]]:
         memory = memories.for_account(USER)
-        server, protocol = upstream.server, upstream.protocol
-        return await listing(server, memory, protocol), await listing(server, None, protocol)
+        server, protocol, more = upstream.server, upstream.protocol, upstream.settings()
+        return (
+            await listing(server, memory, protocol, **more),
+            await listing(server, None, protocol, **more),
+        )
 
     with Recorded() as fallbacks:
         incremental, full = asyncio.run(both())
@@ -239,8 +256,7 @@ def check_against_full(upstream: Upstream, memories: MemoryListings) -> None:
 def test_incremental_listing_equals_a_full_one(
     upstream: Upstream, steps: list[tuple[Any, ...]], seed: list[bool]
 ) -> None:
-    upstream.sent.clear()
-    upstream.recreate(keep=False)
+    upstream.start()
     for terminated in seed:
         upstream.arrive(40, terminated)
     memories = MemoryListings()
@@ -252,7 +268,7 @@ def test_incremental_listing_equals_a_full_one(
 
 async def test_an_unchanged_folder_costs_no_command_after_the_examine(server: Server) -> None:
     upstream = Upstream(server)
-    upstream.recreate(keep=False)
+    upstream.start()
     for size in (10, 11, 600):
         upstream.arrive(size, size != 11)
     memories = MemoryListings()
@@ -267,7 +283,7 @@ async def test_an_unchanged_folder_costs_no_command_after_the_examine(server: Se
 
 async def test_a_changed_folder_costs_only_its_changes(server: Server) -> None:
     upstream = Upstream(server)
-    upstream.recreate(keep=False)
+    upstream.start()
     for size in range(30):
         upstream.arrive(size, True)
     memories = MemoryListings()
@@ -285,7 +301,7 @@ async def test_a_changed_folder_costs_only_its_changes(server: Server) -> None:
 
 async def test_jmap_lists_in_full_only_once(cyrus: Cyrus, monkeypatch: pytest.MonkeyPatch) -> None:
     upstream = Upstream(cyrus, "jmap")
-    upstream.recreate(keep=False)
+    upstream.start()
     upstream.arrive(10, True)
     full_listings = []
     list_emails = changes.list_emails
