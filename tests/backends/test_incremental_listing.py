@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from backends.imap import create
 from backends.imap.connection import Connection
 from backends.jmap import changes
+from backends.jmap import listing as listing_module
 from devkit.cyrus import Cyrus, start_cyrus
 from devkit.fake_imap import RecordingProxy
 from popbridge.contract import Credentials, RemoteMessage, load_backend
@@ -304,7 +305,7 @@ async def test_jmap_lists_in_full_only_once(cyrus: Cyrus, monkeypatch: pytest.Mo
     upstream.start()
     upstream.arrive(10, True)
     full_listings = []
-    list_emails = changes.list_emails
+    list_emails = listing_module.list_emails
 
     async def counted(*args: Any, **kwargs: Any) -> Any:
         full_listings.append(args)
