@@ -1,4 +1,5 @@
-"""An incremental listing equals a full one: IMAP on real Dovecot and Cyrus, JMAP on Cyrus.
+"""An incremental listing equals a full one: IMAP on real Dovecot, Cyrus and Courier (no
+CONDSTORE: full listings that reuse remembered sizes), JMAP on Cyrus.
 
 This module owns the model-equality proof of `backends.imap.listing` and
 `backends.jmap.changes`: between logins,
@@ -58,6 +59,11 @@ def cyrus() -> Iterator[Cyrus]:
     server.stop()
 
 
+def login(server: Server) -> str:
+    """The test user's login on `server` (some servers' logins are `user@domain`)."""
+    return next(name for name in server.users if name.partition("@")[0] == USER)
+
+
 @pytest.fixture(params=["dovecot", "cyrus"])
 def server(request: pytest.FixtureRequest) -> Server:
     found: Server = request.getfixturevalue(request.param)
@@ -66,7 +72,7 @@ def server(request: pytest.FixtureRequest) -> Server:
 
 @pytest.fixture(
     params=["dovecot/imap", "cyrus/imap", "cyrus/jmap", "dovecot/imap-ESEARCH",
-            "cyrus/imap-CONDSTORE", "dovecot/imap+merged"]
+            "cyrus/imap-CONDSTORE", "dovecot/imap+merged", "courier/imap"]
 )  # fmt: skip
 def upstream(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Upstream:
     """A server and protocol; `-X`: as if the server did not offer extension X (its
@@ -77,8 +83,12 @@ def upstream(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     protocol, _, missing = protocol.partition("-")
     if missing:
         hide(monkeypatch, missing)
-    folders = (FOLDER, f"{FOLDER}2") if merged else (FOLDER,)
-    return Upstream(request.getfixturevalue(name), protocol, folders)
+    server = request.getfixturevalue(name)
+    # Courier keeps every folder under "INBOX." (its trash is "INBOX.Trash")
+    trash = getattr(server, "folders", {}).get("trash", "Trash")
+    base = trash[: -len("Trash")] + FOLDER
+    folders = (base, f"{base}2") if merged else (base,)
+    return Upstream(server, protocol, folders)
 
 
 def hide(monkeypatch: pytest.MonkeyPatch, capability: str) -> None:
@@ -102,12 +112,14 @@ class Upstream:
     serial: Iterator[int] = field(default_factory=itertools.count)
 
     def client(self, folder: str) -> imaplib.IMAP4:
-        client = self.server.imap(USER)
+        client = self.server.imap(login(self.server))
         client.select(folder)
         return client
 
     def settings(self) -> dict[str, Any]:
-        return {"folders": list(self.folders)} if len(self.folders) > 1 else {}
+        if len(self.folders) > 1:
+            return {"folders": list(self.folders)}
+        return {"folder": self.folders[0]}
 
     def start(self) -> None:
         self.sent.clear()
@@ -116,13 +128,13 @@ class Upstream:
 
     def recreate(self, folder: str, keep: bool = True) -> None:
         """Replace the folder by a new one (a new UIDVALIDITY), putting its mail back."""
-        client = self.server.imap(USER)
+        client = self.server.imap(login(self.server))
         try:
             client.select(folder, readonly=True)
             present = self._bodies(client) if keep else []
             client.select("INBOX", readonly=True)
             # RENAME, not DELETE: Cyrus's delayed delete refuses a second one in a second
-            client.rename(folder, f"Gone-{uuid.uuid4().hex}")
+            client.rename(folder, f"{folder}-gone-{uuid.uuid4().hex}")
             assert client.create(folder)[0] == "OK"
             for body in present:
                 client.append(folder, "", None, body)
@@ -137,7 +149,8 @@ class Upstream:
         _, data = client.uid("SEARCH", "ALL")
         return [int(u) for u in (data[0] or b"").split()]
 
-    def arrive(self, size: int, terminated: bool, folder: str = FOLDER) -> None:
+    def arrive(self, size: int, terminated: bool, folder: str | None = None) -> None:
+        folder = folder or self.folders[0]
         mid = f"<{next(self.serial)}.{id(self)}@listing.test>"
         text = b"y" * size + (b"\r\n" if terminated else b"")
         body = f"Message-ID: {mid}\r\nSubject: s\r\n\r\n".encode() + text
@@ -168,8 +181,8 @@ class Upstream:
                 client.uid("EXPUNGE", uid)
             else:
                 flag = {"deleted": "\\Deleted", "keyword": KEYWORD, "seen": "\\Seen"}[kind]
-                client.uid("STORE", uid, "+FLAGS.SILENT" if step[2] else "-FLAGS.SILENT",
-                           f"({flag})")  # fmt: skip
+                change = "+FLAGS.SILENT" if step[2] else "-FLAGS.SILENT"
+                client.uid("STORE", uid, change, f"({flag})")
         finally:
             client.logout()
 
@@ -190,11 +203,12 @@ async def listing(
         table = {"type": "jmap", "url": server.http_url, "timeout": 10, "mailbox": FOLDER}
         backend = load_backend("jmap", table, source="test.toml")
     else:
-        where = {} if "folders" in overrides else {"folder": FOLDER}
+        where = {} if {"folder", "folders"} & overrides.keys() else {"folder": FOLDER}
         address = {"host": server.host, "port": server.imap_port, "tls": "none"}
         table = {"type": "imap", "timeout": 10, **address, **where, **overrides}
         backend = create(table, source="test.toml")
-    mailbox = await backend.open(Credentials(USER, server.users[USER]))
+    user = login(server)
+    mailbox = await backend.open(Credentials(user, server.users[user]))
     try:
         return list(await mailbox.list(hidden_keyword=KEYWORD, memory=memory))
     finally:
