@@ -32,6 +32,7 @@ async def build_services(config: Config) -> tuple[Services, Store]:
     mapped = isinstance(authenticator, MappedAuthenticator)
     services = Services(
         backend=backend, locks=store.locks, uidls=store.uidls, sizes=store.sizes,
+        listings=store.listings,
         authenticator=authenticator, throttle=Throttle(config.server.throttle),
         logins=LoginGate(config.server.max_logins_in_flight),
         sasl_mechanisms=PASSWORD_MECHANISMS if mapped else ALL_MECHANISMS,

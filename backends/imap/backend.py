@@ -48,13 +48,16 @@ class ImapBackend:
         folders = Folders(self.settings.maildrop_folders)
         try:
             first = next(iter(folders))
-            first.uidvalidity = (await connection.select(read_only=True)).uidvalidity
+            # CONDSTORE: the EXAMINE then tells HIGHESTMODSEQ (RFC 7162 3.1.8), so an
+            # unchanged maildrop costs the listing no further command.
+            opened = await connection.select(read_only=True, condstore=True)
+            first.uidvalidity = opened.uidvalidity
         except BaseException:
             connection.abort()
             raise
         window = Window(self.settings.window_newest, self.settings.window_days)
         again = functools.partial(self._logged_in, credentials)
-        return ImapMailbox(connection, folders, window, reconnect=again)
+        return ImapMailbox(connection, folders, window, reconnect=again, opened=opened)
 
     async def _logged_in(self, credentials: Credentials) -> Connection:
         """A new connection, logged in as `credentials`; nothing is left open on failure."""

@@ -42,6 +42,7 @@ class Selected:
 
     uidvalidity: int
     read_only: bool
+    data: tuple[wire.Part, ...] = ()  # the untagged lines (EXISTS, UIDNEXT, HIGHESTMODSEQ)
 
 
 class Connection:
@@ -238,15 +239,19 @@ class Connection:
         self._protocol.sasl_response = response
         return await self.run("AUTHENTICATE", mechanism, check=False)
 
-    async def select(self, *, read_only: bool, folder: str | None = None) -> Selected:
+    async def select(
+        self, *, read_only: bool, folder: str | None = None, condstore: bool = False
+    ) -> Selected:
         """EXAMINE (read-only, RFC 3501 6.3.2) or SELECT `folder` (default: the configured one).
 
         `selected` then names the folder; a refused SELECT leaves none selected (6.3.1).
+        `condstore` asks for HIGHESTMODSEQ (RFC 7162 3.1.8) where the server offers it.
         """
         name = self.settings.folder if folder is None else folder
         verb = "EXAMINE" if read_only else "SELECT"
         self.selected = None
-        reply = await self.run(verb, wire.quote(wire.encode_mailbox(name)), check=False)
+        extra = ("(CONDSTORE)",) if condstore and "CONDSTORE" in self.capabilities else ()
+        reply = await self.run(verb, wire.quote(wire.encode_mailbox(name)), *extra, check=False)
         if not reply.ok:
             raise refusal(reply, f"{self.peer}: {verb} {name!r}")
         self._protocol.selected()
@@ -258,7 +263,7 @@ class Connection:
         ):
             logger.warning("%s: UIDNOTSTICKY: UIDs are not kept between sessions", self.peer)
         self.selected = name
-        return Selected(validity, read_only=reply.code == "READ-ONLY")
+        return Selected(validity, read_only=reply.code == "READ-ONLY", data=reply.data)
 
 
 def refusal(reply: Reply, what: str) -> BridgeError:

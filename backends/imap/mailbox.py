@@ -15,9 +15,9 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 
-from backends.imap import dispose, wire
+from backends.imap import dispose, listing, wire
 from backends.imap.connection import Connection, Selected
-from backends.imap.folders import Folder, Folders, Listed, Window
+from backends.imap.folders import Folder, Folders, Window
 from backends.imap.protocol import Reply
 from backends.imap.readahead import ReadAhead
 from popbridge.contract import DisposeResult, Disposition, ListingMemory, RemoteMessage
@@ -26,17 +26,12 @@ from popbridge.upstream.lines import TopCut
 
 logger = logging.getLogger(__name__)
 
-# UIDs per UID FETCH while listing: bounds each reply (aioimaplib keeps whole replies in
-# memory and parses them recursively).
-LIST_BATCH = 500
 # Loop turns a piece's FETCH may take to reach the wire (the fetch task, then the command's).
 _SEND_TURNS = 4
 # First guess of text octets per TOP line; doubled until enough lines have arrived.
 _TOP_OCTETS_PER_LINE = 128
 _TOP_MINIMUM = 4096
 # `list` is a method name in ImapMailbox, so its annotations use these.
-_Keys = list[str]
-_Listing = list[Listed]
 _Planned = list[tuple[int, int]]
 
 
@@ -46,8 +41,10 @@ class ImapMailbox:
     def __init__(
         self, connection: Connection, folders: Folders, window: Window, *,
         reconnect: Callable[[], Awaitable[Connection]] | None = None,
+        opened: Selected | None = None,
     ) -> None:  # fmt: skip
         self._connection = connection
+        self._opened = opened  # what the EXAMINE at login said, for the first listing
         self._reconnect = reconnect
         self._folders = folders
         self._window = window
@@ -60,48 +57,19 @@ class ImapMailbox:
     async def list(
         self, *, hidden_keyword: str | None = None, memory: ListingMemory | None = None
     ) -> list[RemoteMessage]:
-        """Visible messages, oldest first (RFC 3501 2.3.1.2), \\Deleted excluded (I-3)."""
+        """Visible messages, oldest first (RFC 3501 2.3.1.2), \\Deleted excluded (I-3);
+        from the last listing in `memory` where the server allows (`backends.imap.listing`)."""
         await self._settle()
-        criteria = ["NOT", "DELETED"]
-        if hidden_keyword is not None:
-            if not wire.is_keyword(hidden_keyword):
-                raise BackendFailure(f"hidden keyword {hidden_keyword!r} is not an IMAP atom")
-            criteria += ["NOT", "KEYWORD", hidden_keyword]
-        criteria += self._window.search_since()
-        listed: list[Listed] = []
-        for folder in self._folders:
-            if self._connection.selected != folder.name:
-                folder.uidvalidity = (await self._examine(folder)).uidvalidity
-            listed += await self._list_folder(folder, criteria)
-        chosen = self._window.select(listed, merged=self._folders.merged)
+        if hidden_keyword is not None and not wire.is_keyword(hidden_keyword):
+            raise BackendFailure(f"hidden keyword {hidden_keyword!r} is not an IMAP atom")
+        opened, self._opened = self._opened, None
+        chosen = await listing.list_maildrop(
+            self._connection, self._folders, self._window, keyword=hidden_keyword,
+            memory=memory, opened=opened,
+        )  # fmt: skip
+        self._sizes = {(entry.folder, entry.uid): entry.message.size for entry in chosen}
         self._ahead.listed([(entry.folder, entry.uid) for entry in chosen], self._sizes)
         return [entry.message for entry in chosen]
-
-    async def _list_folder(self, folder: Folder, criteria: _Keys) -> _Listing:
-        found = await self._connection.run("SEARCH", *criteria, uid=True)
-        messages: dict[int, Listed] = {}
-        for batch in wire.batches(self._window.trim(wire.search_uids(found.data)), LIST_BATCH):
-            reply = await self._connection.run(
-                "FETCH", wire.uid_set(batch), wire.LISTING_ITEMS, uid=True
-            )
-            wanted = set(batch)
-            for fetched in wire.parse_fetches(reply.data):
-                uid, size = fetched.uid, fetched.number("RFC822.SIZE")
-                # Unsolicited FETCHes (flag changes by other clients) carry no size.
-                if uid is not None and uid in wanted and size is not None:
-                    messages[uid] = Listed(
-                        self._listed(folder, uid, fetched, size), folder.index, uid
-                    )
-        return [messages[uid] for uid in sorted(messages)]
-
-    def _listed(self, folder: Folder, uid: int, fetched: wire.Fetched, size: int) -> RemoteMessage:
-        self._sizes[(folder.index, uid)] = size
-        return RemoteMessage(
-            identity=folder.identity(uid),
-            size=size,
-            message_id=wire.message_id(fetched.prefixed("BODY[HEADER.FIELDS")),
-            received=wire.internal_date(fetched.items.get("INTERNALDATE")),
-        )
 
     async def _examine(self, folder: Folder) -> Selected:
         return await self._connection.select(read_only=True, folder=folder.name)

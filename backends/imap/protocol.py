@@ -343,6 +343,8 @@ class ImapProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
             return _CredentialCommand(name, self.new_tag(), *args, **options)
         if name == "STORE":
             options["untagged_resp_name"] = "FETCH"  # as aioimaplib's own store() does
+        elif name == "SEARCH" and args[:1] == ("RETURN",):
+            options["untagged_resp_name"] = "ESEARCH"  # RFC 4731 3: answered by `* ESEARCH`
         return aioimaplib.Command(name, self.new_tag(), *args, **options)
 
     async def submit(self, command: Any) -> Reply:

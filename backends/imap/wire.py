@@ -378,3 +378,82 @@ def message_id(header: bytes | None) -> str | None:
     if match is None:
         return None
     return match.group(1).strip().decode("ascii", "replace")[:998] or None
+
+
+# ------------------------------------------------ what an incremental listing reads
+
+
+_UIDNEXT = re.compile(rb"\[UIDNEXT ([0-9]{1,10})\]", re.IGNORECASE)
+_HIGHESTMODSEQ = re.compile(rb"\[HIGHESTMODSEQ ([0-9]{1,19})\]", re.IGNORECASE)
+_EXISTS = re.compile(rb"\A(?:\* )?([0-9]{1,10}) EXISTS\s*\Z", re.IGNORECASE)
+_ESEARCH_ALL = re.compile(rb"\bALL ([0-9:,]{1,1000000})(?: |\Z)", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """What SELECT/EXAMINE said about the folder (RFC 3501 7.3.1, 7.1; RFC 7162 3.1.2.1).
+
+    `modseq` is None when the server keeps no mod-sequences (no CONDSTORE, or NOMODSEQ).
+    """
+
+    exists: int | None
+    uidnext: int | None
+    modseq: int | None
+
+
+def selected_status(data: Iterable[Part]) -> Status:
+    exists = uidnext = modseq = None
+    for line in data:
+        if not isinstance(line, bytes):
+            continue
+        if match := _EXISTS.match(line):
+            exists = int(match.group(1))
+        elif match := _UIDNEXT.search(line):
+            uidnext = int(match.group(1))
+        elif match := _HIGHESTMODSEQ.search(line):
+            modseq = int(match.group(1))
+    return Status(exists, uidnext, modseq)
+
+
+def esearch_all(data: Iterable[Part], *, limit: int) -> list[tuple[int, int]]:
+    """The `ALL` set of an ESEARCH response (RFC 4731 3.1) as sorted, merged UID ranges.
+
+    Ranges, not numbers: 100,000 surviving UIDs are a few ranges. A set naming more than
+    `limit` UIDs (the folder's EXISTS) cannot be true, and is refused before expanding.
+    """
+    ranges: list[tuple[int, int]] = []
+    answered = False
+    for line in data:
+        if not isinstance(line, bytes) or not line.upper().startswith(b"(TAG "):
+            continue
+        answered = True
+        match = _ESEARCH_ALL.search(line)
+        if match is None:
+            continue
+        for item in match.group(1).split(b","):
+            first, _, last = item.partition(b":")
+            if not first.isdigit() or (last and not last.isdigit()):
+                raise ProtocolError(f"malformed ESEARCH set {printable(line)}")
+            low, high = sorted((int(first), int(last or first)))
+            ranges.append((low, high))
+    if not answered:  # no `* ESEARCH (TAG ...)` line at all is not "nothing matched"
+        raise ProtocolError("UID SEARCH RETURN answered without an ESEARCH response")
+    ranges.sort()
+    merged: list[tuple[int, int]] = []
+    for low, high in ranges:
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(high, merged[-1][1]))
+        else:
+            merged.append((low, high))
+    if sum(high - low + 1 for low, high in merged) > limit:
+        raise ProtocolError("ESEARCH names more UIDs than the folder holds")
+    return merged
+
+
+def flags(fetched: Fetched) -> frozenset[str] | None:
+    """A FETCH response's FLAGS, upper-cased (flags and keywords match case-insensitively
+    in SEARCH, RFC 3501 6.4.4); None if the response carried none."""
+    value = fetched.items.get("FLAGS")
+    if not isinstance(value, list):
+        return None
+    return frozenset(f.decode("ascii", "replace").upper() for f in value if isinstance(f, bytes))

@@ -62,11 +62,21 @@ class _Pass:
 
     found: list[Listed] | None
     total: int | None = None
+    state: str | None = None  # the Email state of the first page
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A full listing, sorted by (receivedAt, id), and the Email state (RFC 8620 5.1) of
+    its first page: `Email/changes` from there names every Email that changed since."""
+
+    listed: list[Listed]
+    state: str | None
 
 
 async def list_emails(
     api: Api, condition: dict[str, Any], page_size: int, *, by_id: bool = False
-) -> list[Listed]:
+) -> Found:
     """All matching Emails, sorted by (receivedAt, id).
 
     `by_id`: the server can sort by id too (then ties keep one order from page to page). A
@@ -79,7 +89,8 @@ async def list_emails(
     for attempt in range(1, MAX_RESTARTS + 1):
         result = await _collect(api, condition, page, by_id)
         if result.found is not None:
-            return sorted(result.found, key=lambda m: (m.received or _EPOCH, m.id))
+            listed = sorted(result.found, key=lambda m: (m.received or _EPOCH, m.id))
+            return Found(listed, result.state)
         logger.info("Email/query: inconsistent pages, listing again (attempt %d)", attempt)
         if result.total is not None:
             page = max(page, min(result.total, largest))
@@ -89,11 +100,12 @@ async def list_emails(
 async def _collect(api: Api, condition: dict[str, Any], page: int, by_id: bool) -> _Pass:
     """One pass over the pages (RFC 8620 section 5.5: `position` and `limit`)."""
     found: dict[str, Listed] = {}
-    position, state, total = 0, None, None
+    position, state, total, emails = 0, None, None, None
     while position < MAX_MESSAGES:
         calls = _page_calls(api.account_id, condition, position, page, by_id)
         query, got = await api.call(*calls)
         state = query.get("queryState") if state is None else state
+        emails = got.get("state") if emails is None else emails
         total = _integer(query.get("total"))
         if query.get("queryState") != state:
             return _Pass(None, total)
@@ -101,25 +113,31 @@ async def _collect(api: Api, condition: dict[str, Any], page: int, by_id: bool) 
         if not isinstance(ids, list):
             raise BackendFailure("Email/query: no ids in the response")
         for entry in got.get("list") or []:
-            listed = _listed(entry)
+            listed = listed_entry(entry)
             found[listed.id] = listed
         position += len(ids)
         if _last_page(query, ids, page, position):
             complete = total is None or len(found) == total
-            return _Pass(list(found.values()) if complete else None, total)
+            kept = emails if isinstance(emails, str) else None
+            return _Pass(list(found.values()) if complete else None, total, kept)
     raise BackendFailure(f"Email/query: more than {MAX_MESSAGES} messages")
+
+
+def sort_order(by_id: bool) -> list[dict[str, Any]]:
+    """The Email/query sort (RFC 8621 4.4.2): receivedAt, then id where the server can."""
+    sort: list[dict[str, Any]] = [{"property": "receivedAt", "isAscending": True}]
+    if by_id:
+        sort.append({"property": "id", "isAscending": True})
+    return sort
 
 
 def _page_calls(
     account: str, condition: dict[str, Any], position: int, page: int, by_id: bool
 ) -> tuple[tuple[str, dict[str, Any]], tuple[str, dict[str, Any]]]:
-    sort = [{"property": "receivedAt", "isAscending": True}]
-    if by_id:
-        sort.append({"property": "id", "isAscending": True})
     query = {
         "accountId": account,
         "filter": condition,
-        "sort": sort,
+        "sort": sort_order(by_id),
         "collapseThreads": False,
         "position": position,
         "limit": page,
@@ -144,7 +162,7 @@ def _last_page(query: dict[str, Any], ids: list[Any], asked: int, position: int)
     return len(ids) < effective
 
 
-def _listed(entry: Any) -> Listed:
+def listed_entry(entry: Any) -> Listed:
     if not isinstance(entry, dict):
         raise BackendFailure("Email/get: an entry is not an object")
     email_id, size = entry.get("id"), entry.get("size")

@@ -19,9 +19,9 @@ import itertools
 import logging
 from collections.abc import AsyncIterator, Collection
 
-from backends.jmap import dispose
+from backends.jmap import changes, dispose
 from backends.jmap.api import Api
-from backends.jmap.listing import Listed, list_emails, query_filter
+from backends.jmap.listing import query_filter
 from popbridge.contract import DisposeResult, Disposition, ListingMemory, RemoteMessage
 from popbridge.errors import MessageGone
 from popbridge.upstream.lines import TopCut
@@ -53,11 +53,12 @@ class JmapMailbox:
         keyword = hidden_keyword.lower() if hidden_keyword is not None else None
         condition = query_filter(self._mailbox_id, keyword)
         by_id = "id" in self._api.session.sort_options
-        listed = await list_emails(self._api, condition, self._page_size, by_id=by_id)
-        ids = [entry.id for entry in listed]
+        query = changes.Query(self._mailbox_id, keyword, condition, self._page_size, by_id)
+        listed = await changes.listing(self._api, query, memory)
+        ids = [entry.identity for entry in listed]
         self._following = dict(itertools.pairwise(ids))
         self._located.clear()
-        return [_remote(entry) for entry in listed]
+        return listed
 
     async def fetch(self, identity: str, *, body_lines: int | None = None) -> AsyncIterator[bytes]:
         """Stream the Email's raw message; MessageGone if it left the Mailbox."""
@@ -131,9 +132,3 @@ class JmapMailbox:
 
     def __repr__(self) -> str:
         return f"<JmapMailbox {self._api.session.url} mailbox={self._mailbox_id}>"
-
-
-def _remote(entry: Listed) -> RemoteMessage:
-    return RemoteMessage(
-        identity=entry.id, size=entry.size, message_id=entry.message_id, received=entry.received
-    )

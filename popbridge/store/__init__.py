@@ -1,8 +1,9 @@
-"""The bridge's durable state behind one interface: UID maps, locks, sizes, accounts.
+"""The bridge's durable state behind one interface: UID maps, locks, sizes, accounts, listings.
 
 A `Store` bundles what must outlive a session: the UIDL of every message (RFC 1939
 section 7 wants them stable for as long as the maildrop exists), the maildrop locks
-(RFC 1939 section 4), exact sizes measured at RETR, and mapped-account records. The
+(RFC 1939 section 4), exact sizes measured at RETR, mapped-account records, and each
+maildrop's last listing with its change token (`popbridge.store.listings`). The
 in-memory store serves tests and single runs; SQLite (`popbridge.store.sqlite`) is the
 default for one instance and PostgreSQL (`popbridge.store.postgres`) lets several instances
 share state. `open_store` picks one from `[store]`; the UID map's rules are shared by both
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from popbridge.errors import BridgeError, Code, ConfigError
+from popbridge.store.listings import ListingMemories, MemoryListings
 from popbridge.store.locks import LocalLocks, MaildropLocks
 from popbridge.store.sizes import MemorySizeCache, SizeCache
 from popbridge.store.uidl import DerivedUidls, UidlMap
@@ -60,6 +62,9 @@ class Store(Protocol):
     @property
     def accounts(self) -> AccountRecords: ...
 
+    @property
+    def listings(self) -> ListingMemories: ...
+
     async def close(self) -> None: ...
 
 
@@ -88,6 +93,7 @@ class MemoryStore:
         self.locks: MaildropLocks = LocalLocks()
         self.sizes: SizeCache = MemorySizeCache()
         self.accounts: AccountRecords = MemoryAccountRecords()
+        self.listings: ListingMemories = MemoryListings()
 
     async def close(self) -> None:
         return None

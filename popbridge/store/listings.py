@@ -1,15 +1,32 @@
 """Each upstream mailbox's last listing, kept for the next login (`ListingMemory`).
 
 A backend that lists incrementally starts from the state saved here; every backend reuses
-the exact sizes it measured. This in-memory implementation serves one process; the SQL
-stores keep the same state durably so restarts and other instances share it.
+the exact sizes it measured. This module owns the in-memory implementation (one process)
+and the compact form both SQL stores keep, one row per mailbox: the listing column by
+column (identities, Message-IDs and versions as NUL-joined text, sizes and dates as packed
+numbers), compressed. A column-wise blob of 100,000 messages decodes in a handful of C
+calls, where one row per message or one JSON object per message costs a Python object per
+field; a blob that does not decode is treated as no memory (the next login lists in full).
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import struct
+import zlib
+from array import array
+from datetime import UTC, datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Protocol
 
-from popbridge.contract import ListingMemory, ListingState
+from popbridge.contract import ListingMemory, ListingState, RemoteMessage
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 1  # the first byte of a blob: the column layout below
+_HEADER = struct.Struct("<BI")  # format, message count
+_NONE = "\x01"  # an absent Message-ID or version (NUL separates, 0x01 never occurs in hints)
 
 
 class ListingMemories(Protocol):
@@ -38,3 +55,123 @@ class MemoryListings:
 
     def for_account(self, account: str) -> ListingMemory:
         return _AccountMemory(self._states, account)
+
+
+class KeptListings(Protocol):
+    """A store's table of listings, by account."""
+
+    async def load(self, account: str) -> ListingState | None: ...
+
+    async def save(self, account: str, state: ListingState) -> None: ...
+
+
+class Bound:
+    """The `ListingMemory` of one account in a store's `KeptListings`."""
+
+    def __init__(self, owner: KeptListings, account: str) -> None:
+        self._owner = owner
+        self._account = account
+
+    async def load(self) -> ListingState | None:
+        return await self._owner.load(self._account)
+
+    async def save(self, state: ListingState) -> None:
+        await self._owner.save(self._account, state)
+
+
+def encode(state: ListingState) -> bytes:
+    """The compact stored form of `state` (see the module docstring); ValueError for a
+    message whose identity or hints hold the separators (then nothing is kept)."""
+    messages = state.messages
+    for message in messages:
+        for text in (message.identity, message.message_id, message.version):
+            if text is not None and ("\0" in text or text == _NONE):
+                raise ValueError("a listed hint holds NUL or 0x01; not kept")
+    texts = [
+        state.token,
+        "\0".join(m.identity for m in messages),
+        "\0".join(_NONE if m.message_id is None else m.message_id for m in messages),
+        "\0".join(_NONE if m.version is None else m.version for m in messages),
+    ]
+    sizes = array("q", (m.size for m in messages))
+    stamps = array("d", (_stamp(m.received) for m in messages))
+    offsets = array("i", (_offset(m.received) for m in messages))
+    encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
+    lengths = array("q", (len(e) for e in encoded))
+    body = b"".join([lengths.tobytes(), *encoded, sizes.tobytes(), stamps.tobytes(),
+                     offsets.tobytes()])  # fmt: skip
+    return _HEADER.pack(FORMAT, len(messages)) + zlib.compress(body, 1)
+
+
+def encode_or_none(state: ListingState) -> bytes | None:
+    """`encode(state)`, or None (logged) when it cannot be kept: the stale row must go."""
+    try:
+        return encode(state)
+    except ValueError as error:
+        logger.warning("listing not kept: %s", error)
+        return None
+
+
+def decode(blob: bytes) -> ListingState | None:
+    """The state `encode` stored; None (logged) for a blob this version cannot read."""
+    try:
+        return _decode(blob)
+    except (ValueError, zlib.error, struct.error, UnicodeError, OverflowError) as error:
+        logger.warning("stored listing unreadable, listing in full: %s", error)
+        return None
+
+
+def _decode(blob: bytes) -> ListingState | None:
+    kind, count = _HEADER.unpack_from(blob)
+    if kind != FORMAT:
+        raise ValueError(f"unknown listing format {kind}")
+    body = memoryview(zlib.decompress(blob[_HEADER.size :]))
+    lengths = array("q")
+    lengths.frombytes(body[: 4 * 8])
+    at = 4 * 8
+    texts = []
+    for length in lengths:
+        texts.append(str(body[at : at + length], "utf-8", "surrogatepass"))
+        at += length
+    token, identities, hints, versions = texts
+    sizes, stamps, offsets = array("q"), array("d"), array("i")
+    for column in (sizes, stamps, offsets):
+        end = at + column.itemsize * count
+        column.frombytes(body[at:end])
+        at = end
+    if at != len(body):
+        raise ValueError("stored listing has trailing data")
+    names = identities.split("\0") if count else []
+    ids = hints.split("\0") if count else []
+    kept = versions.split("\0") if count else []
+    if not len(names) == len(ids) == len(kept) == len(sizes) == count:
+        raise ValueError("stored listing columns disagree")
+    messages = tuple(
+        RemoteMessage(name, size, None if mid == _NONE else mid, _received(stamp, offset),
+                      None if version == _NONE else version)
+        for name, size, mid, stamp, offset, version
+        in zip(names, sizes, ids, stamps, offsets, kept, strict=True)
+    )  # fmt: skip
+    return ListingState(token, messages)
+
+
+def _stamp(received: datetime | None) -> float:
+    if received is None:
+        return math.nan
+    return (received if received.tzinfo else received.replace(tzinfo=UTC)).timestamp()
+
+
+def _offset(received: datetime | None) -> int:
+    delta = received.utcoffset() if received is not None else None
+    return int(delta.total_seconds()) if delta is not None else 0
+
+
+def _received(stamp: float, offset: int) -> datetime | None:
+    if math.isnan(stamp):
+        return None
+    return datetime.fromtimestamp(stamp, _zone(offset))
+
+
+@lru_cache(maxsize=64)
+def _zone(offset: int) -> timezone:
+    return UTC if offset == 0 else timezone(timedelta(seconds=offset))

@@ -8,8 +8,9 @@ than this list is refused: an older popbridge must not write to a schema it does
 Migrations are only ever appended, never edited. Tables: `store_meta` (the store's random
 epoch), `uidls` (the live UID map: account, identity -> UIDL with the message's fingerprint
 and when it was last listed), `uidl_tombstones` (UIDLs that must never be handed out again,
-RFC 1939 section 7), `sizes` (octets measured at RETR) and `accounts` (opaque mapped-account
-records).
+RFC 1939 section 7), `sizes` (octets measured at RETR), `accounts` (opaque mapped-account
+records) and `listings` (each account's last listing and change token, one compact row per
+mailbox, see `popbridge.store.listings`).
 """
 
 from __future__ import annotations
@@ -63,6 +64,18 @@ MIGRATIONS: Final = (
             "CREATE TABLE sizes (account text NOT NULL, identity text NOT NULL,"
             " size bigint NOT NULL, PRIMARY KEY (account, identity))",
             "CREATE TABLE accounts (name text PRIMARY KEY, record bytea NOT NULL,"
+            " updated bigint NOT NULL)",
+        ),
+    ),
+    Migration(
+        2,
+        "last listing and change token per account",
+        sqlite=(
+            "CREATE TABLE listings (account TEXT PRIMARY KEY, state BLOB NOT NULL,"
+            " updated INTEGER NOT NULL)",
+        ),
+        postgres=(
+            "CREATE TABLE listings (account text PRIMARY KEY, state bytea NOT NULL,"
             " updated bigint NOT NULL)",
         ),
     ),

@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from popbridge.contract import RemoteMessage
+from popbridge.contract import ListingMemory, ListingState, RemoteMessage
 from popbridge.errors import ConfigError
-from popbridge.store import uidmap
+from popbridge.store import listings, uidmap
 from popbridge.store.migrations import SCHEMA_VERSION_POSTGRES, SchemaTooNew, pending
 from popbridge.store.pglocks import FAILURES, KEEPALIVE, PostgresLocks, guarded, lock_id
 
@@ -107,6 +107,7 @@ class PostgresStore:
         self.locks = locks
         self.sizes = PostgresSizes(pool)
         self.accounts = PostgresAccounts(pool, clock)
+        self.listings = PostgresListings(pool, clock)
 
     async def close(self) -> None:
         """Close the lock connection (freeing its locks) and the pool; idempotent."""
@@ -206,6 +207,38 @@ class PostgresSizes:
                 "INSERT INTO sizes (account, identity, size) VALUES ($1, $2, $3)"
                 " ON CONFLICT (account, identity) DO UPDATE SET size = excluded.size",
                 account, identity, size,
+            )  # fmt: skip
+
+
+class PostgresListings:
+    """`ListingMemories` in the shared database: one compact row per account's maildrop,
+    so every instance starts from the listing the last login left, wherever it ran."""
+
+    def __init__(self, pool: Any, clock: Clock) -> None:
+        self._pool = pool
+        self._clock = clock
+
+    def for_account(self, account: str) -> ListingMemory:
+        return listings.Bound(self, account)
+
+    async def load(self, account: str) -> ListingState | None:
+        async with guarded("listings"), self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as connection:
+            blob = await connection.fetchval(
+                "SELECT state FROM listings WHERE account = $1", account
+            )
+        return None if blob is None else listings.decode(bytes(blob))
+
+    async def save(self, account: str, state: ListingState) -> None:
+        blob = listings.encode_or_none(state)
+        async with guarded("listings"), self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as connection:
+            if blob is None:
+                await connection.execute("DELETE FROM listings WHERE account = $1", account)
+                return
+            await connection.execute(
+                "INSERT INTO listings (account, state, updated) VALUES ($1, $2, $3)"
+                " ON CONFLICT (account) DO UPDATE SET state = excluded.state,"
+                " updated = excluded.updated",
+                account, blob, int(self._clock()),
             )  # fmt: skip
 
 

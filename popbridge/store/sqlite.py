@@ -22,9 +22,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
-from popbridge.contract import RemoteMessage
+from popbridge.contract import ListingMemory, ListingState, RemoteMessage
 from popbridge.errors import ConfigError
-from popbridge.store import StoreUnavailable, uidmap
+from popbridge.store import StoreUnavailable, listings, uidmap
 from popbridge.store.locks import Lease
 from popbridge.store.migrations import SCHEMA_VERSION_SQLITE, SchemaTooNew, pending
 
@@ -67,6 +67,7 @@ class SqliteStore:
         self.locks = SqliteLocks(str(database.path.resolve()))
         self.sizes = SqliteSizes(database)
         self.accounts = SqliteAccounts(database, clock)
+        self.listings = SqliteListings(database, clock)
 
     async def close(self) -> None:
         """Release this store's locks and close the file; idempotent."""
@@ -255,6 +256,43 @@ class SqliteSizes:
 def _corrected(message: RemoteMessage, measured: dict[str, int]) -> RemoteMessage:
     size = measured.get(message.identity)
     return message if size is None or size == message.size else replace(message, size=size)
+
+
+class SqliteListings:
+    """`ListingMemories` in the store file: one compact row per account's maildrop."""
+
+    def __init__(self, database: _Database, clock: Clock) -> None:
+        self._database = database
+        self._clock = clock
+
+    def for_account(self, account: str) -> ListingMemory:
+        return listings.Bound(self, account)
+
+    async def load(self, account: str) -> ListingState | None:
+        def work(connection: sqlite3.Connection) -> bytes | None:
+            row = connection.execute(
+                "SELECT state FROM listings WHERE account = ?", (account,)
+            ).fetchone()
+            return None if row is None else bytes(row[0])
+
+        blob = await self._database.call(work)
+        return None if blob is None else listings.decode(blob)
+
+    async def save(self, account: str, state: ListingState) -> None:
+        blob = listings.encode_or_none(state)
+
+        def work(connection: sqlite3.Connection) -> None:
+            if blob is None:
+                connection.execute("DELETE FROM listings WHERE account = ?", (account,))
+                return
+            connection.execute(
+                "INSERT INTO listings (account, state, updated) VALUES (?, ?, ?)"
+                " ON CONFLICT (account) DO UPDATE SET state = excluded.state,"
+                " updated = excluded.updated",
+                (account, blob, int(self._clock())),
+            )
+
+        await self._database.call(work, write=True)
 
 
 class SqliteAccounts:

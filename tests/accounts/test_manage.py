@@ -85,6 +85,7 @@ async def test_build_services_with_mapped_accounts(
     try:
         assert isinstance(services.authenticator, MappedAuthenticator)
         assert services.logins.limit == 3
+        assert services.listings is store.listings  # kept in the store across restarts
     finally:
         await store.close()
     data["accounts"] = {"mode": "mapped"}

@@ -142,7 +142,7 @@ class DurableStore:
     def __init__(self) -> None:
         memory = MemoryStore()
         self.uidls, self.locks, self.sizes = memory.uidls, memory.locks, memory.sizes
-        self.accounts = memory.accounts
+        self.accounts, self.listings = memory.accounts, memory.listings
 
     async def close(self) -> None:
         return None

@@ -36,8 +36,10 @@ from tests.hardening.pop3client import Pop3Client
 pytestmark = pytest.mark.dovecot
 
 OWN_COMMAND = re.compile(
-    rb"[A-P]{3,4}[0-9]+ (CAPABILITY|AUTHENTICATE PLAIN [A-Za-z0-9+/]+=*|EXAMINE \"INBOX\""
-    rb"|UID SEARCH NOT DELETED|UID FETCH [0-9:,]+ \([A-Z0-9. ()\[\]<>-]+\)|LOGOUT)"
+    rb"[A-P]{3,4}[0-9]+ (CAPABILITY|AUTHENTICATE PLAIN [A-Za-z0-9+/]+=*"
+    rb"|EXAMINE \"INBOX\"(?: \(CONDSTORE\))?|UID SEARCH NOT DELETED"
+    rb"|UID SEARCH (?:RETURN \(ALL\) )?UID 1:[0-9]+"
+    rb"|UID FETCH [0-9:,*]+ \([A-Z0-9. ()\[\]<>-]+\)|LOGOUT)"
 )
 BASE64_RESPONSE = re.compile(rb"[A-Za-z0-9+/]*=*")
 

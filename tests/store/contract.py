@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Protocol
 
-from popbridge.contract import RemoteMessage
-from popbridge.store import Store
+from popbridge.contract import ListingState, RemoteMessage
+from popbridge.store import Store, listings
 from popbridge.store.uidl import uidl_for
 from popbridge.store.uidmap import RETENTION
 
@@ -360,3 +360,43 @@ class StoreContract:
         assert await records.names() == ["dev", "älter"]
         assert await records.delete("dev") is True
         assert await records.names() == ["älter"]
+
+    # ------------------------------------------------------------ listings
+
+    async def test_a_listing_persists_per_account_exactly(self, harness: StoreHarness) -> None:
+        east = timezone(timedelta(hours=5, minutes=30))
+        messages = (
+            mail(1),
+            RemoteMessage("100.2", 0, None, None, None),
+            RemoteMessage("x" * 300, 2**40, "<é@ü>", BASE.astimezone(east), "ck=1"),
+            RemoteMessage("g=raph/id+", 7, "", datetime(1970, 1, 1, tzinfo=UTC), ""),
+        )
+        state = ListingState('{"imap": [1, 2]}', messages)
+        store = await harness.open()
+        assert await store.listings.for_account(ACCOUNT).load() is None
+        await store.listings.for_account(ACCOUNT).save(ListingState("old", ()))
+        await store.listings.for_account(ACCOUNT).save(state)
+        await store.close()
+        store = await harness.open()
+        loaded = await store.listings.for_account(ACCOUNT).load()
+        assert loaded == state
+        assert loaded is not None and loaded.messages[2].received == BASE
+        assert [m.received.utcoffset() for m in loaded.messages if m.received][1] == east.utcoffset(
+            None
+        )
+        assert await store.listings.for_account("bob").load() is None
+
+    async def test_an_unkeepable_listing_leaves_no_stale_one(self, harness: StoreHarness) -> None:
+        store = await harness.open()
+        memory = store.listings.for_account(ACCOUNT)
+        await memory.save(ListingState("t1", (mail(1),)))
+        await memory.save(ListingState("t2", (RemoteMessage("1.1", 5, "<a\0b>"),)))
+        assert await memory.load() is None  # listed in full next time, never the old one
+
+    async def test_a_large_listing_round_trips_compactly(self, harness: StoreHarness) -> None:
+        messages = tuple(mail(n, f"1700000000.{n}") for n in range(1, 20_001))
+        store = await harness.open()
+        await store.listings.for_account(ACCOUNT).save(ListingState("big", messages))
+        loaded = await store.listings.for_account(ACCOUNT).load()
+        assert loaded is not None and loaded.messages == messages
+        assert len(listings.encode(ListingState("big", messages))) < 16 * len(messages)

@@ -28,6 +28,7 @@ from devkit.postgres import (
 )
 from popbridge.errors import ConfigError
 from popbridge.store import Store, StoreUnavailable, open_store
+from popbridge.store.migrations import MIGRATIONS
 from popbridge.store.pglocks import PostgresLocks
 from popbridge.store.postgres import PostgresStore, open_postgres_store, redact
 from tests.store.contract import ACCOUNT, Clock, StoreContract, eventually_acquire, mail
@@ -132,7 +133,8 @@ async def test_instances_starting_together_migrate_once(harness: PostgresHarness
     try:
         versions = await connection.fetch("SELECT version FROM schema_version")
         epochs = await connection.fetch("SELECT value FROM store_meta WHERE key = 'epoch'")
-        assert [row[0] for row in versions] == [1] and len(epochs) == 1
+        assert [row[0] for row in versions] == [m.version for m in MIGRATIONS]
+        assert len(epochs) == 1
         await connection.execute("INSERT INTO schema_version (version) VALUES (99)")
     finally:
         await connection.close()

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from popbridge.contract import RemoteMessage
+from popbridge.contract import ListingState, RemoteMessage
 from popbridge.errors import ConfigError
 from popbridge.store import MemoryStore, Store, StoreUnavailable, open_store
 from popbridge.store import sqlite as sqlite_store
+from popbridge.store.migrations import MIGRATIONS, SCHEMA_VERSION_SQLITE
 from popbridge.store.sqlite import SqliteStore, open_sqlite_store
 from tests.store.contract import ACCOUNT, Clock, StoreContract, mail
 
@@ -90,10 +91,25 @@ async def test_schema_version_is_recorded_once(tmp_path: Path) -> None:
     for _ in range(2):
         await (await open_sqlite_store(path)).close()
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        versions = db.execute("SELECT version FROM schema_version").fetchall()
+        assert versions == [(m.version,) for m in MIGRATIONS]
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         (epoch,) = db.execute("SELECT value FROM store_meta WHERE key = 'epoch'").fetchone()
     assert len(epoch) == 8
+
+
+async def test_a_version_1_file_gains_the_listings_table(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute(SCHEMA_VERSION_SQLITE)
+        for statement in MIGRATIONS[0].sqlite:
+            db.execute(statement)
+        db.execute("INSERT INTO schema_version (version, applied) VALUES (1, 0)")
+    store = await open_sqlite_store(path)
+    state = ListingState("t", (RemoteMessage("1.1", 5),))
+    await store.listings.for_account(ACCOUNT).save(state)
+    assert await store.listings.for_account(ACCOUNT).load() == state
+    await store.close()
 
 
 async def test_a_newer_schema_or_a_foreign_file_is_refused(tmp_path: Path) -> None:
@@ -135,7 +151,7 @@ SECOND_PROCESS = textwrap.dedent(
     """
     import asyncio, sys
     from pathlib import Path
-    from popbridge.contract import RemoteMessage
+    from popbridge.contract import ListingState, RemoteMessage
     from popbridge.store.sqlite import open_sqlite_store
 
     async def main():

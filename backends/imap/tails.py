@@ -1,0 +1,87 @@
+"""How many octets POP3 adds at the end of a message, learned without downloading it.
+
+This module owns the exact size of a message the bridge has never listed. RFC822.SIZE counts
+the message as stored, but POP3 ends a last line that lacks one with CRLF (RFC 1939 section
+3), so LIST would be short by up to two octets. One partial `UID FETCH` per band of similar
+sizes (`BODY.PEEK[]<start.length>`, RFC 3501 6.4.5; never sets \\Seen) returns each
+message's octets from the band's start to its own end: the last two tell. Bands are at most
+`TAIL_SPAN` octets wide and `LIST_BATCH` UIDs long, trading round trips against octets.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from backends.imap import wire
+from backends.imap.connection import Connection
+
+logger = logging.getLogger(__name__)
+
+# The widest band of sizes read with one partial FETCH: each message of the band sends at
+# most this many octets (plus two), and each band costs a round trip.
+TAIL_SPAN = 512
+LIST_BATCH = 500
+
+
+async def read(connection: Connection, band: Band) -> dict[int, int]:
+    """The octets POP3 adds at the end of each message (0, 1 or 2), from one partial
+    FETCH of `[start, start+length)`: each message's data ends with its last octets. A
+    message whose data is not as long as its listed size says is left out (the listed
+    size stands, and RETR measures it)."""
+    start = band.start
+    reply = await connection.run(
+        "FETCH", wire.uid_set(band.sizes), f"(BODY.PEEK[]<{start}.{band.length}>)", uid=True,
+        check=False,
+    )  # fmt: skip
+    if not reply.ok:  # the listed sizes stand; RETR measures and remembers (sizes.py)
+        logger.info("%s: last octets not read: %s", connection.peer, reply.describe())
+        return {}
+    extra: dict[int, int] = {}
+    for fetched in wire.parse_fetches(reply.data):
+        uid = fetched.uid
+        size = band.sizes.get(uid) if uid is not None else None
+        data = fetched.body("", start)
+        if uid is not None and size is not None and data and len(data) == size - start:
+            extra[uid] = added(bytes(data[-2:]))
+    return extra
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    """Messages (UID -> listed size) read from `start` for `length` octets."""
+
+    start: int
+    length: int
+    sizes: dict[int, int]
+
+
+def bands(sized: list[tuple[int, int]]) -> list[Band]:
+    """Messages of similar size share one partial FETCH whose range covers each one's last
+    two octets; at most `TAIL_SPAN` + 2 octets each, `LIST_BATCH` UIDs each."""
+    found: list[Band] = []
+    ordered = sorted(sized, key=lambda pair: pair[1])
+    index = 0
+    while index < len(ordered):
+        low = ordered[index][1]
+        start = max(0, low - 2)
+        sizes: dict[int, int] = {}
+        high = low
+        while index < len(ordered) and ordered[index][1] <= low + TAIL_SPAN:
+            if len(sizes) == LIST_BATCH:
+                break
+            uid, high = ordered[index]
+            sizes[uid] = high
+            index += 1
+        found.append(Band(start, high - start, sizes))
+    return found
+
+
+def added(tail: bytes) -> int:
+    """Octets POP3 adds after a message ending in `tail` (what `BodyEncoder.finish` does:
+    a lone CR or LF becomes CRLF, a last line without one gets CRLF)."""
+    if tail.endswith(b"\r\n"):
+        return 0
+    if tail.endswith((b"\r", b"\n")):
+        return 1
+    return 2
