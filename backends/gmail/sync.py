@@ -1,0 +1,164 @@
+"""The maildrop listing with exact sizes, full or brought up to date from a historyId.
+
+This module owns `Lister`: a full listing is users.messages.list on the maildrop label,
+minus the messages that also carry the hidden keyword's label (a second list with both
+labels: `labelIds` AND together), with the historyId read (users.getProfile) before the
+listing so nothing that changes during it is missed next time. With the store's listing
+memory and a historyId Gmail still accepts, only the messages history.list names are looked
+at again (one messages.get each); on 404 the listing is full. A message's content never
+changes in Gmail, so a size measured once (remembered in the listing memory) stays valid;
+a message never measured is downloaded once (`format=raw`), `max_in_flight` at a time.
+Cost for N new messages: 5 units and one download each (N = 3,000 is the per-user minute).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from backends.gmail.labels import USER_PATH
+from backends.gmail.listing import (
+    Described,
+    HistoryExpired,
+    Measured,
+    describe,
+    history,
+    list_ids,
+    measure,
+)
+from backends.gmail.transport import Transport
+from popbridge.contract import ListingState, RemoteMessage
+from popbridge.errors import BackendFailure
+
+logger = logging.getLogger(__name__)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """What the listing memory keeps besides the listing: the labels it was made for, the
+    historyId it is current at, and the messages in the maildrop it hid."""
+
+    label: str
+    hidden: str | None
+    history: str
+    withheld: frozenset[str]
+
+    def dump(self) -> str:
+        data = {"label": self.label, "hidden": self.hidden, "history": self.history,
+                "withheld": sorted(self.withheld)}  # fmt: skip
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def load(cls, text: str) -> Token | None:
+        try:
+            data = json.loads(text)
+            return cls(str(data["label"]), data["hidden"], str(data["history"]),
+                       frozenset(map(str, data["withheld"])))  # fmt: skip
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+async def bounded(
+    items: Iterable[str], work: Callable[[str], Awaitable[T]], limit: int
+) -> dict[str, T]:
+    """`work` on every item, at most `limit` at a time; the first error leaves."""
+    queue = list(items)
+    results: dict[str, T] = {}
+
+    async def worker() -> None:
+        while queue:
+            item = queue.pop()
+            results[item] = await work(item)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(len(queue), limit)):
+                group.create_task(worker())
+    except BaseExceptionGroup as failed:
+        error: BaseException = failed
+        while isinstance(error, BaseExceptionGroup):
+            error = error.exceptions[0]
+        raise error from None
+    return results
+
+
+class Lister:
+    """Lists one maildrop label for one opened mailbox."""
+
+    def __init__(self, transport: Transport, label: str) -> None:
+        self._transport = transport
+        self._label = label
+
+    async def listing(
+        self, hidden: str | None, state: ListingState | None
+    ) -> tuple[list[RemoteMessage], Token]:
+        known = {m.identity: m for m in state.messages} if state is not None else {}
+        token = Token.load(state.token) if state is not None else None
+        if token is not None and (token.label, token.hidden) == (self._label, hidden):
+            try:
+                return await self._changed(token, known, hidden)
+            except HistoryExpired as expired:
+                logger.info("historyId %s no longer accepted: listing everything", expired)
+        return await self._full(hidden, known)
+
+    async def _full(
+        self, hidden: str | None, known: dict[str, RemoteMessage]
+    ) -> tuple[list[RemoteMessage], Token]:
+        profile = await self._transport.call("GET", f"{USER_PATH}/profile", "getProfile")
+        current = profile.get("historyId") if isinstance(profile, dict) else None
+        if not isinstance(current, (str, int)):
+            raise BackendFailure("getProfile: no historyId")
+        ids = await list_ids(self._transport, [self._label])
+        held = set(await list_ids(self._transport, [self._label, hidden])) if hidden else set()
+        visible = [i for i in ids if i not in held]
+        listed = await self._sized(visible, known, {})
+        return listed, Token(self._label, hidden, str(current), frozenset(held) & set(ids))
+
+    async def _changed(
+        self, token: Token, known: dict[str, RemoteMessage], hidden: str | None
+    ) -> tuple[list[RemoteMessage], Token]:
+        changed, current = await history(self._transport, token.history)
+        limit = self._transport.settings.max_in_flight
+        now = await bounded(changed, lambda i: describe(self._transport, i), limit)
+        visible = [i for i in known if i not in changed]
+        held = {i for i in token.withheld if i not in changed}
+        described: dict[str, Described] = {}
+        for identity, found in now.items():
+            if found is None or self._label not in found.labels:
+                continue
+            if hidden is not None and hidden in found.labels:
+                held.add(identity)
+            else:
+                visible.append(identity)
+                described[identity] = found
+        if changed:
+            logger.info("history since %s: %d message(s) changed", token.history, len(changed))
+        listed = await self._sized(visible, known, described)
+        return listed, Token(self._label, hidden, current, frozenset(held))
+
+    async def _sized(
+        self, ids: list[str], known: dict[str, RemoteMessage], described: dict[str, Described]
+    ) -> list[RemoteMessage]:
+        """The messages with their exact sizes, measuring those never measured."""
+        todo = [i for i in ids if i not in known]
+        if todo:
+            logger.info("measuring %d message(s) not measured before", len(todo))
+        limit = self._transport.settings.max_in_flight
+        measured = await bounded(todo, lambda i: measure(self._transport, i), limit)
+        result = [known[i] for i in ids if i in known]
+        for identity in todo:
+            found: Measured | None = measured[identity]
+            if found is None or self._label not in found.labels:
+                continue  # gone or moved away since the ids were listed
+            when = found.received or (described[identity].received if identity in described
+                                      else None)  # fmt: skip
+            result.append(RemoteMessage(identity, found.size, received=when))
+        return sorted(result, key=lambda m: (m.received or _EPOCH, m.identity))

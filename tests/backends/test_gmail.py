@@ -1,0 +1,140 @@
+"""The Gmail backend against the local fake Gmail API: the contract suite, sizes, fetching.
+
+This module runs the contract suite (`tests.backends.contract`) and tests what only Gmail
+needs: sizes are counted from `format=raw`, never taken from `sizeEstimate`; the bridge
+orders by internalDate then id whatever order the API lists in; paging follows
+`nextPageToken`; RETR decodes in bounded pieces; a message that left the label is gone.
+Incremental listing is tested in `test_gmail_sync`, writes, limits and auth in
+`test_gmail_writes`.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from devkit.fake_gmail import FakeGmail
+from popbridge.errors import MessageGone
+from popbridge.store.uidl import is_valid_uidl, uidl_for
+from tests.backends.contract import BackendContract, crlf, message, read_all, subject_of
+from tests.backends.gmail_harness import (  # noqa: F401  (fixtures, used by name)
+    USER,
+    GmailHarness,
+    fake_fixture,
+    harness_fixture,
+)
+
+
+class TestGmailContract(BackendContract):
+    """The contract suite on the fake Gmail API."""
+
+
+async def test_sizes_are_counted_not_estimated(harness: GmailHarness) -> None:
+    harness.seed([message("lf", 30, line_end=b"\n"), message("crlf", 7)])
+    mailbox = await harness.backend().open(harness.credentials)
+    try:
+        listed = await mailbox.list()
+        for entry in listed:
+            stored = harness.fake.box(USER).messages[entry.identity]
+            assert entry.size == len(stored.raw)
+            assert entry.size != stored.resource("minimal")["sizeEstimate"]
+            assert len(b"".join(await read_all(mailbox, entry.identity))) == entry.size
+    finally:
+        await mailbox.close()
+
+
+async def test_identities_are_hex_ids_that_are_their_own_uidls(harness: GmailHarness) -> None:
+    ids = harness.seed([message("a"), message("b")])
+    mailbox = await harness.backend().open(harness.credentials)
+    try:
+        listed = await mailbox.list()
+    finally:
+        await mailbox.close()
+    assert [m.identity for m in listed] == ids
+    assert all(re.fullmatch("[0-9a-f]+", m.identity) for m in listed)
+    assert all(is_valid_uidl(uidl_for(m.identity)) for m in listed)
+    assert [uidl_for(m.identity) for m in listed] == ids
+
+
+async def test_order_is_internal_date_then_id_over_many_pages(harness: GmailHarness) -> None:
+    seeded = [message(f"n{n}", 1) for n in range(23)]
+    harness.seed(seeded)
+    box = harness.fake.box(USER)
+    first, second = sorted(box.messages)[3:5]
+    box.messages[second].internal_date = box.messages[first].internal_date  # a tie
+    mailbox = await harness.backend(page_size=5).open(harness.credentials)
+    try:
+        listed = await mailbox.list()
+    finally:
+        await mailbox.close()
+    pages = [q for m, p, q in harness.fake.requests if p.endswith("/messages")]
+    assert len(pages) == 5 and "pageToken" in pages[-1]
+    keys = [(box.messages[m.identity].internal_date, m.identity) for m in listed]
+    assert keys == sorted(keys) and len(keys) == 23
+
+
+async def test_spam_and_trash_are_not_listed(harness: GmailHarness) -> None:
+    ids = harness.seed([message("in"), message("trashed"), message("spam")])
+    box = harness.fake.box(USER)
+    box.messages[ids[1]].labels.add("TRASH")
+    box.messages[ids[2]].labels.add("SPAM")
+    mailbox = await harness.backend().open(harness.credentials)
+    try:
+        assert [m.identity for m in await mailbox.list()] == ids[:1]
+    finally:
+        await mailbox.close()
+    assert all("includeSpamTrash=false" in q for _, p, q in harness.fake.requests
+               if p.endswith("/messages"))  # fmt: skip
+
+
+async def test_a_configured_user_label_is_the_maildrop(harness: GmailHarness) -> None:
+    ids = harness.seed([message("inbox"), message("filed")])
+    label = harness.fake.add_label(USER, "Pop Box")
+    harness.fake.box(USER).messages[ids[1]].labels.add(label)
+    mailbox = await harness.backend(label="pop box").open(harness.credentials)
+    try:
+        (entry,) = await mailbox.list()
+        assert entry.identity == ids[1]
+        assert subject_of(b"".join(await read_all(mailbox, entry.identity))) == "filed"
+    finally:
+        await mailbox.close()
+
+
+async def test_retr_of_a_message_that_left_the_label_is_gone(harness: GmailHarness) -> None:
+    ids = harness.seed([message("leaving")])
+    mailbox = await harness.backend().open(harness.credentials)
+    try:
+        (entry,) = await mailbox.list()
+        harness.fake.change_labels(USER, ids[0], set(), {"INBOX"})
+        with pytest.raises(MessageGone):
+            await read_all(mailbox, entry.identity)
+        harness.fake.box(USER).messages[ids[0]].labels.clear()  # no labels: labelIds left out
+        with pytest.raises(MessageGone):
+            await read_all(mailbox, entry.identity)
+    finally:
+        await mailbox.close()
+
+
+async def test_an_unterminated_last_line_is_counted_with_its_crlf(harness: GmailHarness) -> None:
+    raw = b"Subject: tail\r\n\r\nno line end"
+    ids = harness.seed([raw])
+    harness.fake.box(USER).messages[ids[0]].raw = raw  # seed normalises; keep the bare end
+    mailbox = await harness.backend().open(harness.credentials)
+    try:
+        (entry,) = await mailbox.list()
+        data = b"".join(await read_all(mailbox, entry.identity))
+    finally:
+        await mailbox.close()
+    assert data == crlf(raw) + b"\r\n" and entry.size == len(data)
+
+
+async def test_reading_never_removes_unread(fake: FakeGmail, harness: GmailHarness) -> None:
+    harness.seed([message("unread")])
+    mailbox = await harness.backend().open(harness.credentials)
+    try:
+        (entry,) = await mailbox.list()
+        await read_all(mailbox, entry.identity)
+    finally:
+        await mailbox.close()
+    assert all(m != "POST" for m, _, _ in fake.requests)
