@@ -395,9 +395,9 @@ class FakeGmail:
         if start < box.oldest_history or start > box.history_id:
             return error(404, "notFound", "Requested entity was not found.")
         types = set(request.query.getall("historyTypes", []))
-        records = [r for r in box.history if int(r["id"]) > start
-                   and (not types or any(t + "s" in r or t.replace("message", "messages") in r
-                                         for t in types))]  # fmt: skip
+        # historyTypes messageAdded, labelRemoved ... name the records' keys in the plural
+        keys = {t.replace("message", "messages").replace("label", "labels") for t in types}
+        records = [r for r in box.history if int(r["id"]) > start and (not keys or keys & set(r))]
         offset = _page_start(request.query.get("pageToken"))
         size = int(request.query.get("maxResults", "100"))
         if offset is None:

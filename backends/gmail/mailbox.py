@@ -59,7 +59,8 @@ class GmailMailbox:
         found = self._labels.find(hidden_keyword) if hidden_keyword is not None else None
         hidden = found.id if found is not None else None
         state = await memory.load() if memory is not None else None
-        listed, token = await Lister(self._transport, self._label).listing(hidden, state)
+        lister = Lister(self._transport, self._label, hidden_keyword)
+        listed, token = await lister.listing(hidden, state)
         self._sizes = {m.identity: m.size for m in listed}
         self.withheld = token.withheld
         if memory is not None:

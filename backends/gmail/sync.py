@@ -47,13 +47,21 @@ class Token:
     historyId it is current at, and the messages in the maildrop it hid."""
 
     label: str
-    hidden: str | None
+    hidden: str | None  # the hidden keyword's label id, None if there was no such label
     history: str
     withheld: frozenset[str]
+    keyword: str | None = None  # the hidden keyword, compared without case
+
+    def serves(self, label: str, keyword: str | None, hidden: str | None) -> bool:
+        """Whether this token describes the listing asked for now. A keyword label created
+        since (by a disposition) carries only messages history.list reports."""
+        if (self.label, self.keyword) != (label, keyword):
+            return False
+        return self.hidden == hidden or (self.hidden is None and keyword is not None)
 
     def dump(self) -> str:
         data = {"label": self.label, "hidden": self.hidden, "history": self.history,
-                "withheld": sorted(self.withheld)}  # fmt: skip
+                "withheld": sorted(self.withheld), "keyword": self.keyword}  # fmt: skip
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
@@ -61,8 +69,8 @@ class Token:
         try:
             data = json.loads(text)
             return cls(str(data["label"]), data["hidden"], str(data["history"]),
-                       frozenset(map(str, data["withheld"])))  # fmt: skip
-        except (ValueError, KeyError, TypeError):
+                       frozenset(map(str, data["withheld"])), data["keyword"])  # fmt: skip
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None
 
 
@@ -93,16 +101,18 @@ async def bounded(
 class Lister:
     """Lists one maildrop label for one opened mailbox."""
 
-    def __init__(self, transport: Transport, label: str) -> None:
+    def __init__(self, transport: Transport, label: str, keyword: str | None) -> None:
         self._transport = transport
         self._label = label
+        self._keyword = keyword.casefold() if keyword is not None else None
 
     async def listing(
         self, hidden: str | None, state: ListingState | None
     ) -> tuple[list[RemoteMessage], Token]:
+        """The listing and its token; `hidden` is the keyword's label id if it exists."""
         known = {m.identity: m for m in state.messages} if state is not None else {}
         token = Token.load(state.token) if state is not None else None
-        if token is not None and (token.label, token.hidden) == (self._label, hidden):
+        if token is not None and token.serves(self._label, self._keyword, hidden):
             try:
                 return await self._changed(token, known, hidden)
             except HistoryExpired as expired:
@@ -120,7 +130,8 @@ class Lister:
         held = set(await list_ids(self._transport, [self._label, hidden])) if hidden else set()
         visible = [i for i in ids if i not in held]
         listed = await self._sized(visible, known, {})
-        return listed, Token(self._label, hidden, str(current), frozenset(held) & set(ids))
+        token = Token(self._label, hidden, str(current), frozenset(held), self._keyword)
+        return listed, token
 
     async def _changed(
         self, token: Token, known: dict[str, RemoteMessage], hidden: str | None
@@ -142,7 +153,7 @@ class Lister:
         if changed:
             logger.info("history since %s: %d message(s) changed", token.history, len(changed))
         listed = await self._sized(visible, known, described)
-        return listed, Token(self._label, hidden, current, frozenset(held))
+        return listed, Token(self._label, hidden, current, frozenset(held), self._keyword)
 
     async def _sized(
         self, ids: list[str], known: dict[str, RemoteMessage], described: dict[str, Described]
