@@ -35,6 +35,7 @@ SYSTEM = ("INBOX", "SPAM", "TRASH", "UNREAD", "STARRED", "IMPORTANT", "SENT")
 UNITS = {"profile": 1, "labels": 1, "list": 5, "get": 5, "modify": 5, "trash": 5,
          "delete": 10, "batchModify": 50, "batchDelete": 50, "history": 2}  # fmt: skip
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Tokens = dict[str, tuple[str, str]] | Callable[[str], tuple[str, str] | None]
 
 
 def error(code: int, reason: str, message: str) -> web.Response:
@@ -84,13 +85,12 @@ class Mailbox:
 
 
 class FakeGmail:
-    """Start with `async with FakeGmail({token: (address, scope)}) as fake:`."""
+    """Start with `async with FakeGmail({token: (address, scope)}) as fake:`, or with a
+    function that maps an access token to (address, scope), or None if it is not valid."""
 
-    def __init__(self, tokens: dict[str, tuple[str, str]]) -> None:
-        self.tokens = dict(tokens)
+    def __init__(self, tokens: Tokens) -> None:
+        self._tokens = tokens.get if isinstance(tokens, dict) else tokens
         self.boxes: dict[str, Mailbox] = {}
-        for address, _ in tokens.values():
-            self.boxes.setdefault(address, Mailbox(address))
         self.requests: list[tuple[str, str, str]] = []  # method, path, query
         self.units = 0
         self.downloads = 0
@@ -133,11 +133,11 @@ class FakeGmail:
     # ------------------------------------------------------------------ state
 
     def box(self, address: str) -> Mailbox:
-        return self.boxes[address]
+        return self.boxes.setdefault(address, Mailbox(address))
 
     def seed(self, address: str, raws: list[bytes], labels: set[str] | None = None) -> list[str]:
         """Deliver messages, oldest first; returns their ids."""
-        box = self.boxes[address]
+        box = self.box(address)
         ids = []
         for raw in raws:
             message_id = format(next(self._ids), "x")
@@ -150,7 +150,7 @@ class FakeGmail:
         return ids
 
     def add_label(self, address: str, name: str) -> str:
-        box = self.boxes[address]
+        box = self.box(address)
         label_id = f"Label_{len(box.labels) + 1}"
         box.labels[label_id] = name
         return label_id
@@ -158,12 +158,12 @@ class FakeGmail:
     def label_id(self, address: str, name: str) -> str | None:
         if name in SYSTEM:
             return name
-        box = self.boxes[address]
+        box = self.box(address)
         return next((i for i, n in box.labels.items() if n.casefold() == name.casefold()), None)
 
     def forget_history(self, address: str) -> None:
         """History before now is no longer kept: older historyIds get 404."""
-        box = self.boxes[address]
+        box = self.box(address)
         box.oldest_history = box.history_id
 
     def _record(self, box: Mailbox, kind: str, message: FakeMessage, **extra: Any) -> None:
@@ -178,7 +178,7 @@ class FakeGmail:
 
     def change_labels(self, address: str, message_id: str, add: set[str], remove: set[str]) -> None:
         """What another client does: label changes with their history records."""
-        box = self.boxes[address]
+        box = self.box(address)
         message = box.messages[message_id]
         if add - message.labels:
             message.labels |= add
@@ -188,7 +188,7 @@ class FakeGmail:
             self._record(box, "labelsRemoved", message, labelIds=sorted(remove))
 
     def remove(self, address: str, message_id: str) -> None:
-        box = self.boxes[address]
+        box = self.box(address)
         message = box.messages.pop(message_id)
         self._record(box, "messagesDeleted", message)
 
@@ -214,13 +214,13 @@ class FakeGmail:
 
     def _user(self, request: web.Request) -> tuple[Mailbox, str] | web.Response:
         header = request.headers.get("Authorization", "")
-        found = self.tokens.get(header[7:]) if header.startswith("Bearer ") else None
+        found = self._tokens(header[7:]) if header.startswith("Bearer ") else None
         if found is None:
             return error(401, "authError", "Request had invalid authentication credentials.")
         address, scope = found
         if request.match_info["user"] not in ("me", address):
             return error(403, "forbidden", "Delegation denied")
-        return self.boxes[address], scope
+        return self.box(address), scope
 
     def _spend(self, name: str) -> None:
         self.units += UNITS[name]
