@@ -14,13 +14,14 @@ import asyncio
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from backends.gmail import transport
 from backends.gmail.quota import UnitBudget
 from popbridge.cli.commands import main
-from popbridge.contract import Credentials, Disposition, DispositionKind
+from popbridge.contract import Credentials, DisposeResult, Disposition, DispositionKind
 from popbridge.errors import AuthFailed, BackendUnavailable, ConfigError
 from tests.backends.contract import message
 from tests.backends.gmail_harness import (  # noqa: F401  (fixtures, used by name)
@@ -45,9 +46,11 @@ def _count(harness: GmailHarness, method: str, suffix: str) -> int:
     return sum(1 for m, p, _ in harness.fake.requests if m == method and p.endswith(suffix))
 
 
-async def _dispose(harness: GmailHarness, ids: list[str], how: Disposition, **settings: object):  # type: ignore[no-untyped-def]
+async def _dispose(
+    harness: GmailHarness, ids: list[str], how: Disposition, **settings: Any
+) -> DisposeResult:
     credentials = settings.pop("credentials", harness.credentials)
-    mailbox = await harness.backend(**settings).open(credentials)  # type: ignore[arg-type]
+    mailbox = await harness.backend(**settings).open(credentials)
     try:
         return await mailbox.dispose(ids, how)
     finally:
@@ -75,7 +78,7 @@ async def test_many_deletes_go_as_batch_delete(harness: GmailHarness) -> None:
 
 async def test_expunge_without_the_full_scope_is_a_config_error(harness: GmailHarness) -> None:
     backend = harness.backend(scope="modify")
-    with pytest.raises(ConfigError, match="mail.google.com"):
+    with pytest.raises(ConfigError, match=r"mail\.google\.com"):
         backend.accept_disposition(EXPUNGE)  # type: ignore[attr-defined]
     backend.accept_disposition(SEEN)  # type: ignore[attr-defined]
     ids = harness.seed([message("kept")])
@@ -165,12 +168,12 @@ async def test_in_flight_requests_are_bounded_per_user_across_sessions(
 async def test_the_unit_budget_refuses_what_would_wait_too_long(harness: GmailHarness) -> None:
     harness.seed([message(f"q{n}") for n in range(40)])  # 40 downloads: 200 units
     backend = harness.backend(units_per_minute=100, timeout=1)
-    with pytest.raises(BackendUnavailable):
-        mailbox = await backend.open(harness.credentials)
-        try:
+    mailbox = await backend.open(harness.credentials)
+    try:
+        with pytest.raises(BackendUnavailable):
             await mailbox.list()
-        finally:
-            await mailbox.close()
+    finally:
+        await mailbox.close()
     assert harness.fake.units <= 100
     findings = await backend.check()
     assert any(line.startswith(f"account {USER}:") and "of 100 units" in line for line in findings)
