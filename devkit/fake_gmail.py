@@ -11,8 +11,10 @@ messages.modify/trash/delete, batchModify and batchDelete (at most 1,000 ids), a
 history.list (404 for a historyId older than the oldest
 kept). Deletes need the https://mail.google.com/ scope (else 403 insufficientPermissions).
 Scripted failures: `throttle` answers the next requests with 429 or 403
-userRateLimitExceeded/rateLimitExceeded; clearing `released` makes every request hang. It
-records every request, the quota units spent, downloads, and the most requests in flight.
+userRateLimitExceeded/rateLimitExceeded; clearing `released` makes every request hang;
+`mangle` rewrites messages.get replies; `cut_at` ends them early (a cut, or with
+`stall_body`, a stall). It records every request, the units spent, downloads, and the most
+requests in flight.
 """
 
 from __future__ import annotations
@@ -100,6 +102,10 @@ class FakeGmail:
         self.released = asyncio.Event()  # cleared: every request hangs until it is set
         self.released.set()
         self.delay = 0.0  # seconds each request takes, to see concurrency
+        self.mangle: Callable[[bytes], bytes] | None = None  # rewrites messages.get replies
+        self.cut_at: int | None = None  # messages.get replies stop after this many octets
+        self.stall_body = False  # with cut_at: hang there instead of dropping the connection
+        self._ended = asyncio.Event()
         self.url = ""
         self._ids = itertools.count(0x18C0000000000000 + random.randrange(1 << 40))
         self._clock = itertools.count(1_700_000_000_000, 1000)
@@ -127,6 +133,7 @@ class FakeGmail:
 
     async def __aexit__(self, *exc: Any) -> None:
         self.released.set()
+        self._ended.set()
         assert self._runner is not None
         await self._runner.cleanup()
 
@@ -289,7 +296,7 @@ class FakeGmail:
             body["nextPageToken"] = _page_token(start + size)
         return web.json_response(body)
 
-    async def _get(self, request: web.Request) -> web.Response:
+    async def _get(self, request: web.Request) -> web.StreamResponse:
         user = self._user(request)
         if isinstance(user, web.Response):
             return user
@@ -306,8 +313,25 @@ class FakeGmail:
         if fields:
             keep = set(fields.split(","))
             data = {k: v for k, v in data.items() if k in keep}
-        text = json.dumps(data, indent=1).replace("=", "\\u003d")
-        return web.Response(text=text, content_type="application/json")
+        body = json.dumps(data, indent=1).replace("=", "\\u003d").encode()
+        if self.mangle is not None:
+            body = self.mangle(body)
+        if self.cut_at is None:
+            return web.Response(body=body, content_type="application/json")
+        return await self._cut(request, body, self.cut_at)
+
+    async def _cut(self, request: web.Request, body: bytes, at: int) -> web.StreamResponse:
+        """Send `at` octets of a reply announced whole, then hang (`stall_body`) or drop
+        the connection."""
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body[:at])
+        if self.stall_body:
+            await self._ended.wait()
+        assert request.transport is not None
+        request.transport.close()
+        return response
 
     async def _delete(self, request: web.Request) -> web.Response:
         user = self._user(request)

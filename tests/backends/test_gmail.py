@@ -10,12 +10,15 @@ Incremental listing is tested in `test_gmail_sync`, writes, limits and auth in
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Callable
 
 import pytest
 
 from devkit.fake_gmail import FakeGmail
-from popbridge.errors import MessageGone
+from popbridge.contract import Credentials
+from popbridge.errors import AuthFailed, BackendFailure, BackendUnavailable, MessageGone
 from popbridge.store.uidl import is_valid_uidl, uidl_for
 from tests.backends.contract import BackendContract, crlf, message, read_all, subject_of
 from tests.backends.gmail_harness import (  # noqa: F401  (fixtures, used by name)
@@ -138,3 +141,73 @@ async def test_reading_never_removes_unread(fake: FakeGmail, harness: GmailHarne
     finally:
         await mailbox.close()
     assert all(m != "POST" for m, _, _ in fake.requests)
+
+
+# ------------------------------------------------------------ a misbehaving upstream
+
+
+@pytest.mark.parametrize(
+    ("mangle", "problem"),
+    [
+        (lambda body: body.replace(b'"raw": "', b'"raw": "*'), "not base64url"),
+        (lambda body: body.replace(b'"raw"', b'"raw": 5, "x"'), "not a string"),
+        (lambda body: body.replace(b'"raw"', b'"big": "' + b"s" * 70_000 + b'", "raw"'), "exceeds"),
+        (lambda body: body[: body.rindex(b"}")], "ended inside"),
+        (lambda body: body.replace(b'"raw"', b'"other"'), "no raw member"),
+        (lambda body: b"<html>busy</html>", "unexpected"),
+    ],
+    ids=["alphabet", "not-string", "huge-member", "unterminated", "no-raw", "html"],
+)
+async def test_a_broken_raw_reply_is_a_failure_not_a_size(
+    harness: GmailHarness, mangle: Callable[[bytes], bytes], problem: str
+) -> None:
+    harness.seed([message("broken")])
+    harness.fake.mangle = mangle
+    mailbox = await harness.backend().open(harness.credentials)
+    try:
+        with pytest.raises(BackendFailure, match=problem):
+            await mailbox.list()
+    finally:
+        await mailbox.close()
+
+
+async def test_a_cut_download_is_temporary(harness: GmailHarness) -> None:
+    harness.seed_generated(1, 200_000)
+    harness.fake.cut_at = 5000
+    mailbox = await harness.backend().open(harness.credentials)
+    try:
+        with pytest.raises(BackendUnavailable):
+            await mailbox.list()
+    finally:
+        await mailbox.close()
+
+
+async def test_a_download_stalled_midway_is_temporary_within_the_deadline(
+    harness: GmailHarness,
+) -> None:
+    (wire,) = harness.seed_generated(1, 200_000)
+    mailbox = await harness.backend(timeout=0.5).open(harness.credentials)
+    try:
+        (entry,) = await mailbox.list()
+        harness.fake.cut_at, harness.fake.stall_body = 5000, True
+        with pytest.raises(BackendUnavailable, match="no answer"):
+            await read_all(mailbox, entry.identity)
+    finally:
+        await mailbox.close()
+    assert entry.size == len(wire)
+
+
+async def test_error_texts_and_tokens_never_reach_the_log(
+    harness: GmailHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness.fake.throttle = [(403, "userRateLimitExceeded")] * 20
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(BackendUnavailable):
+            await harness.backend(max_backoff=0.05).open(harness.credentials)
+        harness.fake.throttle = []
+        with pytest.raises(AuthFailed):
+            await harness.backend().open(Credentials(USER, "ya29.not-valid-anymore", "oauth2"))
+    assert "userRateLimitExceeded" in caplog.text
+    assert "Quota exceeded" not in caplog.text  # Google's message text stays out
+    assert harness.credentials.secret not in caplog.text
+    assert "not-valid-anymore" not in caplog.text
