@@ -31,11 +31,13 @@ from popbridge.contract import (
     ListingState,
     RemoteMessage,
 )
-from popbridge.errors import MessageGone
+from popbridge.errors import BridgeError, MessageGone
 from popbridge.upstream.lines import TopCut
 
 logger = logging.getLogger(__name__)
 
+_Remote = list[RemoteMessage]  # `list` is a method name in GmailMailbox
+PARTIAL = "partial"  # the token of sizes kept from a failed listing: never trusted
 TOP_PIECE = 64 * 1024  # TOP reads in smaller pieces: it usually needs only the first ones
 
 
@@ -60,12 +62,29 @@ class GmailMailbox:
         hidden = found.id if found is not None else None
         state = await memory.load() if memory is not None else None
         lister = Lister(self._transport, self._label, hidden_keyword)
-        listed, token = await lister.listing(hidden, state)
+        try:
+            listed, token = await lister.listing(hidden, state)
+        except BridgeError:
+            if memory is not None and lister.measured:
+                await self._keep_measured(memory, state, lister.measured)
+            raise
         self._sizes = {m.identity: m.size for m in listed}
         self.withheld = token.withheld
         if memory is not None:
             await memory.save(ListingState(token.dump(), tuple(listed)))
         return listed
+
+    @staticmethod
+    async def _keep_measured(
+        memory: ListingMemory, state: ListingState | None, measured: _Remote
+    ) -> None:
+        """After a listing failed part way (quota, a cut connection), remember the sizes it
+        measured under a token no listing trusts, so the next login measures only the rest
+        (a first login to a large mailbox may take several)."""
+        kept = {m.identity: m for m in state.messages} if state is not None else {}
+        kept |= {m.identity: m for m in measured}
+        await memory.save(ListingState(PARTIAL, tuple(kept.values())))
+        logger.info("listing failed part way: %d measured size(s) kept", len(measured))
 
     async def fetch(self, identity: str, *, body_lines: int | None = None) -> AsyncIterator[bytes]:
         """Stream the message as LIST counted it; MessageGone if it left the label."""

@@ -9,6 +9,7 @@ at again (one messages.get each); on 404 the listing is full. A message's conten
 changes in Gmail, so a size measured once (remembered in the listing memory) stays valid;
 a message never measured is downloaded once (`format=raw`), `max_in_flight` at a time.
 Cost for N new messages: 5 units and one download each (N = 3,000 is the per-user minute).
+A listing that fails part way still leaves what it measured (`measured`) for the next one.
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ class Lister:
         self._transport = transport
         self._label = label
         self._keyword = keyword.casefold() if keyword is not None else None
+        self.measured: list[RemoteMessage] = []  # measured by this listing so far
 
     async def listing(
         self, hidden: str | None, state: ListingState | None
@@ -163,13 +165,15 @@ class Lister:
         if todo:
             logger.info("measuring %d message(s) not measured before", len(todo))
         limit = self._transport.settings.max_in_flight
-        measured = await bounded(todo, lambda i: measure(self._transport, i), limit)
-        result = [known[i] for i in ids if i in known]
-        for identity in todo:
-            found: Measured | None = measured[identity]
-            if found is None or self._label not in found.labels:
-                continue  # gone or moved away since the ids were listed
-            when = found.received or (described[identity].received if identity in described
-                                      else None)  # fmt: skip
-            result.append(RemoteMessage(identity, found.size, received=when))
+
+        async def one(identity: str) -> Measured | None:
+            found = await measure(self._transport, identity)
+            if found is not None and self._label in found.labels:
+                when = found.received or (described[identity].received if identity in described
+                                          else None)  # fmt: skip
+                self.measured.append(RemoteMessage(identity, found.size, received=when))
+            return found
+
+        await bounded(todo, one, limit)
+        result = [known[i] for i in ids if i in known] + self.measured
         return sorted(result, key=lambda m: (m.received or _EPOCH, m.identity))

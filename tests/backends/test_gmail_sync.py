@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 from popbridge.contract import ListingState, RemoteMessage
+from popbridge.errors import BackendUnavailable
 from popbridge.store.listings import MemoryListings
 from tests.backends.contract import message
 from tests.backends.gmail_harness import (  # noqa: F401  (fixtures, used by name)
@@ -113,3 +114,26 @@ async def test_a_garbled_token_means_a_full_listing(harness: GmailHarness) -> No
     await memory.save(ListingState("not json", ()))
     assert len(await _list(harness, memory)) == 1
     assert _calls(harness, "/history") == 0
+
+
+async def test_a_listing_cut_short_by_quota_keeps_what_it_measured(
+    harness: GmailHarness,
+) -> None:
+    harness.seed([message(f"q{n}") for n in range(40)])  # 200 units of downloads
+    memory = MemoryListings().for_account("alice")
+    mailboxes = []
+    for _ in range(3):  # a fresh budget each time: as if a minute had passed
+        mailbox = await harness.backend(units_per_minute=100, timeout=1).open(harness.credentials)
+        mailboxes.append(mailbox)
+        try:
+            listed = await mailbox.list(memory=memory)
+            break
+        except BackendUnavailable:
+            continue
+        finally:
+            await mailbox.close()
+    assert len(mailboxes) == 3 and len(listed) == 40
+    # each message measured once over three logins, but for the downloads in flight
+    # (max_in_flight, 8) when a login gave up
+    assert 40 <= harness.fake.downloads <= 40 + 2 * 8
+    assert listed == await _list(harness)
