@@ -1,4 +1,4 @@
-"""What the HTTP backends (JMAP, Graph) share: our deadlines, bounded reads, Retry-After.
+"""What the HTTP backends (JMAP, Graph, Gmail) share: our deadlines, bounded reads, Retry-After.
 
 This module owns the pieces of an HTTP exchange that do not depend on the upstream's API:
 `guarded`, our own deadline around every await on the network with connection-level

@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import json
 import logging
 import random
 import re
 import ssl
-import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -31,6 +29,7 @@ import aiohttp
 
 from backends.gmail.config import GmailSettings
 from backends.gmail.quota import UNITS, UserQuota
+from backends.http import guarded, read_bounded, retry_after, timed_pieces
 from popbridge.errors import (
     AuthFailed,
     BackendFailure,
@@ -93,9 +92,9 @@ class Transport:
         for an empty one). 404 is `NotFound`; other errors as the module says."""
         async with (
             self._request(method, path, what, params, body) as response,
-            _guarded(path, self.settings.timeout),
+            guarded(path, self.settings.timeout),
         ):
-            data = await _read_bounded(response, path, self.settings.max_json_size)
+            data = await read_bounded(response, path, self.settings.max_json_size)
         if not data.strip():
             return None
         try:
@@ -111,18 +110,10 @@ class Transport:
         deadline; 404 is MessageGone. Leaving early drops the connection."""
         try:
             async with self._request("GET", path, what, params, None) as response:
-                yield self._pieces(response, path)
+                settings = self.settings
+                yield timed_pieces(response, path, settings.fetch_chunk, settings.timeout)
         except NotFound as exc:
             raise MessageGone(str(exc)) from None
-
-    async def _pieces(self, response: aiohttp.ClientResponse, path: str) -> AsyncIterator[bytes]:
-        pieces = response.content.iter_chunked(self.settings.fetch_chunk)
-        while True:
-            async with _guarded(path, self.settings.timeout):
-                piece = await anext(pieces, None)
-            if piece is None:
-                return
-            yield piece
 
     @contextlib.asynccontextmanager
     async def _request(
@@ -191,7 +182,7 @@ class Transport:
         headers = dict(self._headers)
         if data is not None:
             headers["Content-Type"] = "application/json"
-        async with _guarded(path, self.settings.timeout):
+        async with guarded(path, self.settings.timeout):
             return await self._session.request(
                 method, url, params=_query(params), data=data, headers=headers,
                 allow_redirects=False,
@@ -203,20 +194,6 @@ class Transport:
             self._closed = True
             with contextlib.suppress(Exception):
                 await self._session.close()
-
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After value: delta-seconds or an HTTP-date (RFC 9110 10.2.3)."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(int(value))
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _error(status: int, reason: str, what: str) -> BridgeError:
@@ -247,35 +224,3 @@ async def _reason(response: aiohttp.ClientResponse) -> str:
     first = errors[0] if isinstance(errors, list) and errors else None
     reason = first.get("reason") if isinstance(first, dict) else error.get("status")
     return reason if isinstance(reason, str) and _REASON.fullmatch(reason) else ""
-
-
-async def _read_bounded(response: aiohttp.ClientResponse, path: str, bound: int) -> bytes:
-    """The whole body, refused past `bound` octets, declared or chunked."""
-    declared = response.content_length
-    if declared is not None and declared > bound:
-        raise BackendFailure(f"{path}: a reply of {declared} octets exceeds max_json_size")
-    data = bytearray()
-    async for piece in response.content.iter_chunked(1 << 16):
-        data += piece
-        if len(data) > bound:
-            raise BackendFailure(f"{path}: a reply exceeds max_json_size ({bound} octets)")
-    return bytes(data)
-
-
-@contextlib.asynccontextmanager
-async def _guarded(path: str, seconds: float) -> AsyncIterator[None]:
-    """Our own deadline, and connection-level failures as bridge errors."""
-    try:
-        async with asyncio.timeout(seconds):
-            yield
-    except TimeoutError:
-        raise BackendUnavailable(f"{path}: no answer within {seconds:g} s") from None
-    except aiohttp.ClientConnectorCertificateError as exc:
-        problem = exc.certificate_error
-        raise BackendFailure(f"{path}: TLS certificate not trusted: {problem}") from None
-    except aiohttp.ClientSSLError as exc:
-        raise BackendFailure(f"{path}: TLS handshake failed: {exc}") from None
-    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-        raise BackendUnavailable(f"{path}: connection failed: {exc!r}") from None
-    except aiohttp.ClientError as exc:
-        raise BackendUnavailable(f"{path}: HTTP client error: {exc!r}") from None
