@@ -13,31 +13,17 @@ refuses, at startup and in `check`, a permanent delete with a token scope that c
 from __future__ import annotations
 
 import logging
-import re
 
 from backends.gmail.config import FULL_SCOPE, MODIFY_SCOPE, GmailSettings
 from backends.gmail.labels import USER_PATH, Labels
 from backends.gmail.mailbox import GmailMailbox
 from backends.gmail.quota import Quotas
 from backends.gmail.transport import Transport
+from backends.http import bearer_token
 from popbridge.contract import Credentials, Disposition, DispositionKind
 from popbridge.errors import AuthFailed, BackendFailure, ConfigError
 
 logger = logging.getLogger(__name__)
-
-MAX_TOKEN_OCTETS = 16384
-# RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
-_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
-
-
-def bearer(credentials: Credentials) -> str:
-    """The token to send; AuthFailed for anything that is not a usable bearer token."""
-    if credentials.mechanism != "oauth2":
-        raise AuthFailed("the Gmail API takes OAuth2 bearer tokens only, not passwords")
-    token = credentials.secret
-    if len(token) > MAX_TOKEN_OCTETS or not _B64TOKEN.fullmatch(token):
-        raise AuthFailed("bearer token refused before sending: not an RFC 6750 b64token")
-    return token
 
 
 class GmailBackend:
@@ -60,7 +46,7 @@ class GmailBackend:
     async def open(self, credentials: Credentials) -> GmailMailbox:
         """Check the token's user and find the label; AuthFailed, BackendUnavailable/Failure."""
         quota = self.quotas.of(credentials.user)
-        transport = Transport(self.settings, bearer(credentials), quota)
+        transport = Transport(self.settings, bearer_token(credentials, "the Gmail API"), quota)
         try:
             await _same_user(transport, credentials.user)
             labels = Labels(transport)

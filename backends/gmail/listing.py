@@ -18,9 +18,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from backends.gmail.labels import USER_PATH
-from backends.gmail.rawstream import Normaliser, RawScanner
+from backends.gmail.rawstream import RawScanner
 from backends.gmail.transport import NotFound, Transport
 from popbridge.errors import BackendFailure, MessageGone
+from popbridge.upstream.lines import Normaliser
 
 MAX_MESSAGES = 1_000_000  # a runaway server must not page forever
 MAX_PAGES = 20_000

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Collection
 from backends.gmail import dispose
 from backends.gmail.labels import Labels
 from backends.gmail.listing import label_set, message_path
-from backends.gmail.rawstream import Normaliser, RawScanner
+from backends.gmail.rawstream import RawScanner
 from backends.gmail.sync import Lister
 from backends.gmail.transport import Transport
 from popbridge.contract import (
@@ -32,7 +32,7 @@ from popbridge.contract import (
     RemoteMessage,
 )
 from popbridge.errors import BridgeError, MessageGone
-from popbridge.upstream.lines import TopCut
+from popbridge.upstream.lines import Normaliser, TopCut
 
 logger = logging.getLogger(__name__)
 

@@ -5,10 +5,10 @@ inside a JSON object; the API offers no other download of the message and no ran
 module owns reading that reply in bounded memory: `RawScanner` walks the top-level JSON
 object as its bytes arrive, keeps the small members (id, labelIds, internalDate, ...) and
 hands the `raw` string on in pieces, `Base64Url` decodes those pieces (RFC 4648 section 5,
-padding optional, anything outside the alphabet refused), and `Normaliser` turns every line
-end into CRLF and ends an unterminated last line with one (RFC 1939 sections 3 and 11), so
-what is counted at listing time is exactly what RETR sends. A JSON escape inside `raw`
-(Google's encoder writes "=" as \\u003d) is decoded too.
+padding optional, anything outside the alphabet refused); `popbridge.upstream.lines`'
+`Normaliser` then makes every line end CRLF and ends an unterminated last line with one
+(RFC 1939 sections 3 and 11), so what is counted at listing time is exactly what RETR
+sends. A JSON escape inside `raw` (Google's encoder writes "=" as \\u003d) is decoded too.
 """
 
 from __future__ import annotations
@@ -20,45 +20,11 @@ from typing import Any
 
 from popbridge.errors import BackendFailure
 
-CRLF = b"\r\n"
-_LINE_END = re.compile(rb"\r\n|\r|\n")
 _URLSAFE = bytes.maketrans(b"-_", b"+/")
 _ALPHABET = re.compile(rb"[A-Za-z0-9\-_]*")
 MAX_MEMBER = 64 * 1024  # octets of any member other than raw (labelIds, snippet, ...)
 _WS = b" \t\r\n"
 _ESCAPES = {ord('"'): b'"', ord("\\"): b"\\", ord("/"): b"/"}
-
-
-class Normaliser:
-    """Raw pieces in, CRLF-normalised pieces out; a CR ending one piece and an LF starting
-    the next are one line end. `finish` adds the CRLF an unterminated last line needs."""
-
-    def __init__(self) -> None:
-        self._pending_cr = False
-        self._last = b""
-        self.octets = 0
-
-    def feed(self, chunk: bytes) -> bytes:
-        if self._pending_cr:
-            chunk = b"\r" + chunk
-            self._pending_cr = False
-        if chunk.endswith(b"\r"):
-            chunk = chunk[:-1]
-            self._pending_cr = True
-        return self._out(_LINE_END.sub(CRLF, chunk))
-
-    def finish(self) -> bytes:
-        tail = CRLF if self._pending_cr else b""
-        self._pending_cr = False
-        if not tail and self.octets and not self._last.endswith(b"\n"):
-            tail = CRLF
-        return self._out(tail)
-
-    def _out(self, data: bytes) -> bytes:
-        if data:
-            self.octets += len(data)
-            self._last = (self._last + data)[-2:]
-        return data
 
 
 class Base64Url:
