@@ -37,6 +37,7 @@ SYSTEM = ("INBOX", "SPAM", "TRASH", "UNREAD", "STARRED", "IMPORTANT", "SENT")
 UNITS = {"profile": 1, "labels": 1, "list": 5, "get": 5, "modify": 5, "trash": 5,
          "delete": 10, "batchModify": 50, "batchDelete": 50, "history": 2}  # fmt: skip
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Authed = Callable[[web.Request, "Mailbox", str], Awaitable[web.StreamResponse]]
 Tokens = dict[str, tuple[str, str]] | Callable[[str], tuple[str, str] | None]
 
 
@@ -114,16 +115,16 @@ class FakeGmail:
     async def __aenter__(self) -> FakeGmail:
         app = web.Application(middlewares=[self._middleware])
         base = "/gmail/v1/users/{user}"
-        app.router.add_get(base + "/profile", self._profile)
-        app.router.add_get(base + "/labels", self._labels)
-        app.router.add_post(base + "/labels", self._create_label)
-        app.router.add_get(base + "/messages", self._list)
-        app.router.add_post(base + "/messages/batchModify", self._batch_modify)
-        app.router.add_post(base + "/messages/batchDelete", self._batch_delete)
-        app.router.add_get(base + "/messages/{id}", self._get)
-        app.router.add_delete(base + "/messages/{id}", self._delete)
-        app.router.add_post(base + "/messages/{id}/{action}", self._action)
-        app.router.add_get(base + "/history", self._history)
+        app.router.add_get(base + "/profile", self._authed(self._profile))
+        app.router.add_get(base + "/labels", self._authed(self._labels))
+        app.router.add_post(base + "/labels", self._authed(self._create_label))
+        app.router.add_get(base + "/messages", self._authed(self._list))
+        app.router.add_post(base + "/messages/batchModify", self._authed(self._batch_modify))
+        app.router.add_post(base + "/messages/batchDelete", self._authed(self._batch_delete))
+        app.router.add_get(base + "/messages/{id}", self._authed(self._get))
+        app.router.add_delete(base + "/messages/{id}", self._authed(self._delete))
+        app.router.add_post(base + "/messages/{id}/{action}", self._authed(self._action))
+        app.router.add_get(base + "/history", self._authed(self._history))
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -219,6 +220,17 @@ class FakeGmail:
         finally:
             self.in_flight -= 1
 
+    def _authed(self, handler: Authed) -> Handler:
+        """`handler` for the bearer token's user only (Google's 401 otherwise)."""
+
+        async def checked(request: web.Request) -> web.StreamResponse:
+            user = self._user(request)
+            if isinstance(user, web.Response):
+                return user
+            return await handler(request, *user)
+
+        return checked
+
     def _user(self, request: web.Request) -> tuple[Mailbox, str] | web.Response:
         header = request.headers.get("Authorization", "")
         found = self._tokens(header[7:]) if header.startswith("Bearer ") else None
@@ -232,11 +244,7 @@ class FakeGmail:
     def _spend(self, name: str) -> None:
         self.units += UNITS[name]
 
-    async def _profile(self, request: web.Request) -> web.Response:
-        user = self._user(request)
-        if isinstance(user, web.Response):
-            return user
-        box, _ = user
+    async def _profile(self, request: web.Request, box: Mailbox, scope: str) -> web.StreamResponse:
         self._spend("profile")
         return web.json_response(
             {
@@ -247,32 +255,22 @@ class FakeGmail:
             }
         )
 
-    async def _labels(self, request: web.Request) -> web.Response:
-        user = self._user(request)
-        if isinstance(user, web.Response):
-            return user
-        box, _ = user
+    async def _labels(self, request: web.Request, box: Mailbox, scope: str) -> web.StreamResponse:
         self._spend("labels")
         labels = [{"id": name, "name": name, "type": "system"} for name in SYSTEM]
         labels += [{"id": i, "name": n, "type": "user"} for i, n in box.labels.items()]
         return web.json_response({"labels": labels})
 
-    async def _create_label(self, request: web.Request) -> web.Response:
-        user = self._user(request)
-        if isinstance(user, web.Response):
-            return user
-        box, _ = user
+    async def _create_label(
+        self, request: web.Request, box: Mailbox, scope: str
+    ) -> web.StreamResponse:
         name = (await request.json()).get("name", "")
         if self.label_id(box.address, name) is not None:
             return error(409, "duplicate", "Label name exists or conflicts")
         label_id = self.add_label(box.address, name)
         return web.json_response({"id": label_id, "name": name, "type": "user"})
 
-    async def _list(self, request: web.Request) -> web.Response:
-        user = self._user(request)
-        if isinstance(user, web.Response):
-            return user
-        box, _ = user
+    async def _list(self, request: web.Request, box: Mailbox, scope: str) -> web.StreamResponse:
         self._spend("list")
         query = request.query
         size = int(query.get("maxResults", "100"))
@@ -296,11 +294,7 @@ class FakeGmail:
             body["nextPageToken"] = _page_token(start + size)
         return web.json_response(body)
 
-    async def _get(self, request: web.Request) -> web.StreamResponse:
-        user = self._user(request)
-        if isinstance(user, web.Response):
-            return user
-        box, _ = user
+    async def _get(self, request: web.Request, box: Mailbox, scope: str) -> web.StreamResponse:
         self._spend("get")
         message = box.messages.get(request.match_info["id"])
         if message is None:
@@ -333,11 +327,7 @@ class FakeGmail:
         request.transport.close()
         return response
 
-    async def _delete(self, request: web.Request) -> web.Response:
-        user = self._user(request)
-        if isinstance(user, web.Response):
-            return user
-        box, scope = user
+    async def _delete(self, request: web.Request, box: Mailbox, scope: str) -> web.StreamResponse:
         if scope != FULL:
             return error(403, "insufficientPermissions", "Insufficient Permission")
         self._spend("delete")
@@ -346,11 +336,7 @@ class FakeGmail:
         self.remove(box.address, request.match_info["id"])
         return web.Response(status=204)
 
-    async def _action(self, request: web.Request) -> web.Response:
-        user = self._user(request)
-        if isinstance(user, web.Response):
-            return user
-        box, _ = user
+    async def _action(self, request: web.Request, box: Mailbox, scope: str) -> web.StreamResponse:
         action = request.match_info["action"]
         if action not in ("trash", "modify"):
             return error(404, "notFound", "Not found")
@@ -377,11 +363,9 @@ class FakeGmail:
                 self.change_labels(box.address, message_id, add, remove)
         return None
 
-    async def _batch_modify(self, request: web.Request) -> web.Response:
-        user = self._user(request)
-        if isinstance(user, web.Response):
-            return user
-        box, _ = user
+    async def _batch_modify(
+        self, request: web.Request, box: Mailbox, scope: str
+    ) -> web.StreamResponse:
         self._spend("batchModify")
         body = await request.json()
         ids = body.get("ids") or []
@@ -390,11 +374,9 @@ class FakeGmail:
         problem = self._modify(box, ids, body)
         return problem or web.Response(status=204)
 
-    async def _batch_delete(self, request: web.Request) -> web.Response:
-        user = self._user(request)
-        if isinstance(user, web.Response):
-            return user
-        box, scope = user
+    async def _batch_delete(
+        self, request: web.Request, box: Mailbox, scope: str
+    ) -> web.StreamResponse:
         if scope != FULL:
             return error(403, "insufficientPermissions", "Insufficient Permission")
         self._spend("batchDelete")
@@ -406,11 +388,7 @@ class FakeGmail:
                 self.remove(box.address, message_id)
         return web.Response(status=204)
 
-    async def _history(self, request: web.Request) -> web.Response:
-        user = self._user(request)
-        if isinstance(user, web.Response):
-            return user
-        box, _ = user
+    async def _history(self, request: web.Request, box: Mailbox, scope: str) -> web.StreamResponse:
         self._spend("history")
         try:
             start = int(request.query["startHistoryId"])
