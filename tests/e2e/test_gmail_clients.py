@@ -13,12 +13,8 @@ that provider issued and still considers active. Devices that bring their own to
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
 import poplib
-import urllib.parse
-import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,33 +23,28 @@ from typing import Any
 import pytest
 
 from devkit import clients
-from devkit.clients import Pop3Target, strip_client_additions
+from devkit.clients import strip_client_additions
 from devkit.dovecot import generate_message, wire_form
 from devkit.fake_gmail import FULL, FakeGmail
 from devkit.oauth_provider import FakeOAuthProvider
 from devkit.servers import Servers
-from popbridge.accounts import (
-    AccountAdmin,
-    AccountsSettings,
-    BackendDefaults,
-    Keyring,
-    MappedAuthenticator,
-    Upstream,
-    generate_key,
-)
-from popbridge.accounts.passwords import PasswordHasher, ScryptParams
-from popbridge.config import Config, ListenerConfig, MaildropConfig, ServerConfig
-from popbridge.contract import Disposition, DispositionKind, load_backend
+from popbridge.config import MaildropConfig
+from popbridge.contract import Disposition, DispositionKind
 from popbridge.frontend.server import Pop3Server
-from popbridge.oauth2 import Provider
-from popbridge.session.session import Services
-from popbridge.session.throttle import Throttle, ThrottlePolicy
-from popbridge.store import MemoryAccountRecords
+from tests.e2e.oauth_bridges import (
+    LOCAL_PASSWORD,
+    LOCAL_USER,
+    access_token,
+    start_mapped,
+    start_passthrough,
+    stat,
+    target,
+    xoauth2,
+)
 
 pytestmark = pytest.mark.clients
 
 UPSTREAM_USER = "alice@example.com"
-LOCAL_USER, LOCAL_PASSWORD = "scanner", "Loc@l-pw 7731"
 SPECIAL = [
     b"From: a@example.org\nSubject: dots\n\n.\n..\n.leading dot\n...\nend\n",
     b"From: a@example.org\nSubject: 8bit\nContent-Type: text/plain; charset=utf-8\n"
@@ -61,7 +52,6 @@ SPECIAL = [
     b"From: a@example.org\nSubject: empty body\n\n",
     b"From: a@example.org\nSubject: long line\n\n" + b"y" * 1500 + b"\n",
 ]
-NO_DELAY = ThrottlePolicy(base_delay=0)
 StartBridge = Callable[..., Awaitable[Pop3Server]]
 
 
@@ -98,35 +88,15 @@ async def bridge(gmail: FakeGmail, idp: FakeOAuthProvider) -> AsyncIterator[Star
         *, maildrop: MaildropConfig | None = None, refresh: str | None = None
     ) -> Pop3Server:
         settings: dict[str, Any] = {"type": "gmail", "url": gmail.url, "timeout": 10}
-        config = Config(
-            source="test", backend_type="gmail", backend_settings=settings,
-            listeners=(ListenerConfig(host="127.0.0.1", port=0, plaintext_auth=True),),
-            server=ServerConfig(throttle=NO_DELAY), maildrop=maildrop or MaildropConfig(),
-        )  # fmt: skip
-        provider = Provider("google", f"{idp.url}/token", "bridge", "bridge-secret", scope="mail")
-        accounts = AccountsSettings("mapped", Keyring.parse(generate_key()), {"google": provider})
-        defaults = BackendDefaults("gmail", settings, "test")
-        records, hasher = MemoryAccountRecords(), PasswordHasher(ScryptParams(n=2**4, r=8, p=1))
-        backend = load_backend("gmail", settings, source="test")
-        auth = MappedAuthenticator(records, accounts, backend, defaults, hasher=hasher)
-        admin = AccountAdmin(records, accounts, defaults, hasher=hasher)
-        upstream = Upstream(UPSTREAM_USER, "oauth2", oauth2="google")
-        secret = refresh or idp.issue_refresh_token("alice")
-        await admin.add(LOCAL_USER, LOCAL_PASSWORD, upstream, secret)
-        services = Services(backend=backend, authenticator=auth, throttle=Throttle(NO_DELAY))
-        server = Pop3Server(config, services)
-        await server.start()
+        server = await start_mapped(
+            settings, idp, UPSTREAM_USER, maildrop=maildrop, refresh_token=refresh
+        )
         started.append(server)
         return server
 
     yield start
     for server in started:
         await server.stop()
-
-
-def target(server: Pop3Server) -> Pop3Target:
-    host, port = server.addresses[0][:2]
-    return Pop3Target(host, port, LOCAL_USER, LOCAL_PASSWORD)
 
 
 def remaining(gmail: FakeGmail, label: str = "INBOX") -> int:
@@ -227,32 +197,17 @@ async def test_a_dropped_connection_deletes_nothing(
 # ------------------------------------------------------------- tokens and refresh
 
 
-def _stat(server: Pop3Server) -> tuple[int, bytes]:
-    """Log in to the mapped account and STAT: (count, b"") or (-1, the refusal)."""
-    host, port = server.addresses[0][:2]
-    client = poplib.POP3(host, port, timeout=20)
-    try:
-        client.user(LOCAL_USER)
-        try:
-            client.pass_(LOCAL_PASSWORD)
-        except poplib.error_proto as refused:
-            return -1, refused.args[0]
-        return int(client.stat()[0]), b""
-    finally:
-        client.quit()
-
-
 async def test_a_revoked_access_token_is_refreshed_once_for_a_burst_of_logins(
     bridge: StartBridge, idp: FakeOAuthProvider, expected: list[bytes]
 ) -> None:
     server = await bridge()
-    assert (await asyncio.to_thread(_stat, server))[0] == len(expected)
+    assert (await asyncio.to_thread(stat, server))[0] == len(expected)
     refreshes = idp.grants["refresh_token"]
     idp.expire_access_tokens()  # revoked before its expiry: Gmail answers 401
     loop = asyncio.get_running_loop()
     with ThreadPoolExecutor(8) as pool:
         results = await asyncio.gather(
-            *(loop.run_in_executor(pool, _stat, server) for _ in range(8))
+            *(loop.run_in_executor(pool, stat, server) for _ in range(8))
         )
     # every login got in or was told the maildrop is busy; none was refused its credentials
     assert all(count == len(expected) or b"[IN-USE]" in why for count, why in results)
@@ -266,7 +221,7 @@ async def test_a_revoked_refresh_token_is_auth_and_logged_by_account(
     server = await bridge(refresh=refresh)
     idp.revoke(refresh)
     with caplog.at_level(logging.INFO):
-        count, why = await asyncio.to_thread(_stat, server)
+        count, why = await asyncio.to_thread(stat, server)
     assert count == -1 and why.startswith(b"-ERR [AUTH]")
     assert LOCAL_USER in caplog.text and refresh not in caplog.text
 
@@ -274,45 +229,15 @@ async def test_a_revoked_refresh_token_is_auth_and_logged_by_account(
 @pytest.fixture
 async def passthrough(gmail: FakeGmail) -> AsyncIterator[Pop3Server]:
     """A bridge whose devices bring their own Gmail token (XOAUTH2 / OAUTHBEARER)."""
-    settings = {"type": "gmail", "url": gmail.url, "timeout": 10}
-    config = Config(
-        source="test", backend_type="gmail", backend_settings=settings,
-        listeners=(ListenerConfig(host="127.0.0.1", port=0, plaintext_auth=True),),
-        server=ServerConfig(throttle=NO_DELAY),
-    )  # fmt: skip
     started = Servers()
-    yield await started.start(config, load_backend("gmail", settings, source="test"))
+    yield await start_passthrough(started, {"type": "gmail", "url": gmail.url, "timeout": 10})
     await started.stop()
-
-
-def xoauth2(server: Pop3Server, user: str, token: str) -> tuple[bytes, int]:
-    """AUTH XOAUTH2 as a device sends it; the reply and the STAT count (-1 if refused)."""
-    host, port = server.addresses[0][:2]
-    client = poplib.POP3(host, port, timeout=20)
-    try:
-        blob = base64.b64encode(f"user={user}\x01auth=Bearer {token}\x01\x01".encode())
-        reply = client._shortcmd("AUTH XOAUTH2 " + blob.decode())
-        return reply, client.stat()[0]
-    except poplib.error_proto as refused:
-        return refused.args[0], -1
-    finally:
-        client.close()
-
-
-def _access_token(idp: FakeOAuthProvider, refresh: str) -> str:
-    form = urllib.parse.urlencode({
-        "grant_type": "refresh_token", "refresh_token": refresh,
-        "client_id": "bridge", "client_secret": "bridge-secret",
-    }).encode()  # fmt: skip
-    with urllib.request.urlopen(f"{idp.url}/token", data=form, timeout=10) as response:
-        token: str = json.loads(response.read())["access_token"]
-    return token
 
 
 async def test_a_device_token_opens_only_its_own_mailbox(
     passthrough: Pop3Server, idp: FakeOAuthProvider, expected: list[bytes]
 ) -> None:
-    token = await asyncio.to_thread(_access_token, idp, idp.issue_refresh_token("alice"))
+    token = await asyncio.to_thread(access_token, idp, idp.issue_refresh_token("alice"))
     reply, count = await asyncio.to_thread(xoauth2, passthrough, UPSTREAM_USER, token)
     assert reply.startswith(b"+OK") and count == len(expected)
     reply, count = await asyncio.to_thread(xoauth2, passthrough, "bob@example.com", token)
