@@ -67,6 +67,8 @@ def parse_settings(settings: Mapping[str, Any], *, source: str) -> GmailSettings
     label: str = table.string("label", "INBOX")
     if not label or any(ord(char) < 0x20 or ord(char) == 0x7F for char in label):
         raise table.error("label", "must be a non-empty name without control characters")
+    if label.upper() in ("SPAM", "TRASH"):
+        raise table.error("label", "Spam and Trash are never listed (includeSpamTrash is off)")
     ca_file = table.path("ca_file", None)
     parsed = GmailSettings(
         url=url,

@@ -63,17 +63,23 @@ class UnitBudget:
         return max(0.0, (units - self._level) / self._rate)
 
     async def spend(self, units: int, *, wait_at_most: float) -> None:
-        """Take `units`, waiting for the bucket to refill if needed (in arrival order)."""
-        async with self._lock:
-            wait = self.delay(units)
-            if wait > wait_at_most:
-                raise BackendUnavailable(
-                    f"quota budget: {units} units would need a {wait:.1f} s wait"
-                )
-            if wait > 0:
-                await asyncio.sleep(wait)
-                self._refill()
-            self._level -= units
+        """Take `units`, waiting in arrival order for the bucket to refill; BackendUnavailable
+        if that would take longer than `wait_at_most` seconds, queue included."""
+        try:
+            async with asyncio.timeout(wait_at_most), self._lock:
+                wait = self.delay(units)
+                if wait > wait_at_most:
+                    raise BackendUnavailable(
+                        f"quota budget: {units} units would need a {wait:.1f} s wait"
+                    )
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    self._refill()
+                self._level -= units
+        except TimeoutError:
+            raise BackendUnavailable(
+                f"quota budget: no {units} units within {wait_at_most:g} s"
+            ) from None
 
 
 @dataclass

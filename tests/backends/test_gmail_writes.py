@@ -21,7 +21,7 @@ import pytest
 from backends.gmail import transport
 from backends.gmail.quota import UnitBudget
 from popbridge.cli.commands import main
-from popbridge.contract import Credentials, DisposeResult, Disposition, DispositionKind
+from popbridge.contract import Backend, Credentials, DisposeResult, Disposition, DispositionKind
 from popbridge.errors import AuthFailed, BackendUnavailable, ConfigError
 from tests.backends.contract import message
 from tests.backends.gmail_harness import (  # noqa: F401  (fixtures, used by name)
@@ -237,3 +237,34 @@ async def test_popbridge_check_refuses_expunge_without_the_scope(
     assert await asyncio.to_thread(main, ["check", "--config", str(fine)]) == 0
     out = capsys.readouterr().out
     assert "backend gmail: maildrop label 'INBOX'" in out and "gmail.modify" in out
+
+
+async def test_limits_hold_for_a_hundred_sessions_of_one_user(harness: GmailHarness) -> None:
+    harness.seed([message(f"h{n}") for n in range(3)])
+    harness.fake.delay = 0.002
+    backend = harness.backend(max_in_flight=4, units_per_minute=1200, timeout=2)
+    # 100 sessions at once: each login and listing costs 1 + 1 + 1 + 5 + 3 * 5 = 23 units
+    results = await asyncio.gather(
+        *(_open_and_list(backend, harness) for _ in range(100)), return_exceptions=True
+    )
+    listed = [r for r in results if isinstance(r, int)]
+    refused = [r for r in results if isinstance(r, BackendUnavailable)]
+    assert len(listed) + len(refused) == 100 and listed and refused
+    assert set(listed) == {3}
+    assert harness.fake.most_in_flight <= 4
+    # a minute's units, and a refill of 20 a second while the test ran (well under 10 s)
+    assert harness.fake.units <= 1200 + 10 * 20
+
+
+async def _open_and_list(backend: Backend, harness: GmailHarness) -> int:
+    mailbox = await backend.open(harness.credentials)
+    try:
+        return len(await mailbox.list())
+    finally:
+        await mailbox.close()
+
+
+def test_spam_or_trash_as_the_maildrop_is_a_config_error(harness: GmailHarness) -> None:
+    for label in ("SPAM", "trash"):
+        with pytest.raises(ConfigError, match="never listed"):
+            harness.backend(label=label)
