@@ -10,7 +10,9 @@ listing, and then it is not ours to touch any more, and counts as done):
   categories); a message also filed under another label only loses the maildrop label, as
   a Gmail message is one message under all its labels. Several deletes go as one
   batchDelete (50 units instead of 10 each, at most 1,000 ids);
-- trash: users.messages.trash, one call each (there is no batch form);
+- trash: users.messages.trash, one call each (there is no batch form), again only for a
+  message filed nowhere else (a trashed message leaves every label's view); one filed
+  elsewhere too only loses the maildrop label;
 - move: the target label added and the maildrop label removed in one modify;
 - seen: UNREAD removed; keyword: a label (created if missing) added.
 
@@ -37,6 +39,7 @@ from popbridge.errors import BackendFailure, BackendUnavailable
 
 logger = logging.getLogger(__name__)
 
+_Ids = list[str]
 BATCH_LIMIT = 1000  # users.messages.batchModify / batchDelete: at most 1,000 ids
 _PAYS = 10  # batchModify (50 units) costs less than messages.modify (5 each) beyond this
 
@@ -87,7 +90,7 @@ async def _apply(
         case DispositionKind.EXPUNGE:
             return await _expunge(transport, label, ids)
         case DispositionKind.TRASH:
-            return await _each(transport, ids, "trash", "messages.trash")
+            return await _trash(transport, label, ids)
         case DispositionKind.MOVE:
             target = labels.find(how.folder or "")
             if target is None:
@@ -103,30 +106,44 @@ async def _apply(
     raise BackendFailure(f"unsupported disposition {how.kind}")  # pragma: no cover
 
 
-async def _expunge(transport: Transport, label: str, ids: list[str]) -> set[str]:
-    """Delete what is only in the maildrop; take the label off what is filed elsewhere too."""
+async def _split(transport: Transport, label: str, ids: list[str]) -> tuple[_Ids, _Ids]:
+    """(ids filed only in the maildrop, ids also filed under another label), read now;
+    messages gone or moved away in the meantime are in neither."""
     limit = transport.settings.max_in_flight
     found = await bounded(ids, lambda i: describe(transport, i), limit)
-    sole: list[str] = []
-    shared: list[str] = []
-    for identity, now in found.items():
+    sole: _Ids = []
+    shared: _Ids = []
+    for identity, now in sorted(found.items()):
         if now is None or label not in now.labels:
-            continue  # gone, or moved away in the meantime
+            continue
         others = [other for other in now.labels if other != label and not is_mark(other)]
         (shared if others else sole).append(identity)
     if shared:
         logger.info("%d message(s) also filed elsewhere: only the maildrop label is removed",
                     len(shared))  # fmt: skip
-    failed = await modify(transport, sorted(shared), _Change(remove=(label,)))
+    return sole, shared
+
+
+async def _expunge(transport: Transport, label: str, ids: list[str]) -> set[str]:
+    """Delete what is only in the maildrop; take the label off what is filed elsewhere too."""
+    sole, shared = await _split(transport, label, ids)
+    failed = await modify(transport, shared, _Change(remove=(label,)))
     if len(sole) > 5:  # one batchDelete (50 units) beats messages.delete (10 each)
         for start in range(0, len(sole), BATCH_LIMIT):
-            part = sorted(sole)[start : start + BATCH_LIMIT]
             await transport.call(
                 "POST", f"{USER_PATH}/messages/batchDelete", "messages.batchDelete",
-                body={"ids": part},
+                body={"ids": sole[start : start + BATCH_LIMIT]},
             )  # fmt: skip
         return failed
     return failed | await _each(transport, sole, "", "messages.delete")
+
+
+async def _trash(transport: Transport, label: str, ids: list[str]) -> set[str]:
+    """Trash what is only in the maildrop (Gmail's Trash holds the whole message, hiding it
+    from every label); take the label off what is filed elsewhere too."""
+    sole, shared = await _split(transport, label, ids)
+    failed = await modify(transport, shared, _Change(remove=(label,)))
+    return failed | await _each(transport, sole, "trash", "messages.trash")
 
 
 async def _each(

@@ -268,3 +268,13 @@ def test_spam_or_trash_as_the_maildrop_is_a_config_error(harness: GmailHarness) 
     for label in ("SPAM", "trash"):
         with pytest.raises(ConfigError, match="never listed"):
             harness.backend(label=label)
+
+
+async def test_trash_only_unlabels_a_message_filed_elsewhere(harness: GmailHarness) -> None:
+    ids = harness.seed([message("filed"), message("alone")])
+    work = harness.fake.add_label(USER, "Work")
+    box = harness.fake.box(USER)
+    box.messages[ids[0]].labels.add(work)
+    assert (await _dispose(harness, ids, Disposition(DispositionKind.TRASH))).ok
+    assert box.messages[ids[0]].labels == {work, "UNREAD"}
+    assert "TRASH" in box.messages[ids[1]].labels
