@@ -7,7 +7,8 @@ includeSpamTrash, maxResults up to 500, opaque pageTokens, an order only roughly
 first and a resultSizeEstimate that is wrong), messages.get (format=minimal and raw: the
 message base64url-encoded with CRLF line ends, "=" written as \\u003d as Google's encoder
 does, a sizeEstimate that differs from the raw length, `fields` honoured),
-messages.modify/trash/delete, batchModify and batchDelete (at most 1,000 ids), and
+messages.modify/trash/delete, batchModify and batchDelete (at most 1,000 ids), the batch
+endpoint for messages.get (at most 100 calls; `inner_throttle` answers inner calls 429), and
 history.list (404 for a historyId older than the oldest
 kept). Deletes need the https://mail.google.com/ scope (else 403 insufficientPermissions).
 Scripted failures: `throttle` answers the next requests with 429 or 403
@@ -30,6 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+from devkit import fake_gmail_batch as batch
 
 FULL = "https://mail.google.com/"
 MODIFY = "https://www.googleapis.com/auth/gmail.modify"
@@ -105,6 +109,8 @@ class FakeGmail:
         self.delay = 0.0  # seconds each request takes, to see concurrency
         self.mangle: Callable[[bytes], bytes] | None = None  # rewrites messages.get replies
         self.cut_at: int | None = None  # messages.get replies stop after this many octets
+        self.batches: list[int] = []  # calls per batch request
+        self.inner_throttle = 0  # this many inner batch calls are answered 429
         self.stall_body = False  # with cut_at: hang there instead of dropping the connection
         self._ended = asyncio.Event()
         self.url = ""
@@ -125,6 +131,7 @@ class FakeGmail:
         app.router.add_delete(base + "/messages/{id}", self._authed(self._delete))
         app.router.add_post(base + "/messages/{id}/{action}", self._authed(self._action))
         app.router.add_get(base + "/history", self._authed(self._history))
+        app.router.add_post("/batch/gmail/v1", self._authed(self._batch))
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -237,7 +244,7 @@ class FakeGmail:
         if found is None:
             return error(401, "authError", "Request had invalid authentication credentials.")
         address, scope = found
-        if request.match_info["user"] not in ("me", address):
+        if request.match_info.get("user", "me") not in ("me", address):
             return error(403, "forbidden", "Delegation denied")
         return self.box(address), scope
 
@@ -313,6 +320,36 @@ class FakeGmail:
         if self.cut_at is None:
             return web.Response(body=body, content_type="application/json")
         return await self._cut(request, body, self.cut_at)
+
+    async def _batch(self, request: web.Request, box: Mailbox, scope: str) -> web.StreamResponse:
+        """Gmail's batch endpoint, for messages.get calls (at most 100 of them)."""
+        calls = batch.parse_request(request.headers.get("Content-Type", ""), await request.read())
+        if isinstance(calls, str):
+            return error(400, "badRequest", calls)
+        self.batches.append(len(calls))
+        answers = []
+        for call in calls:
+            path, _, _ = call.target.partition("?")
+            found = re.fullmatch(r"/gmail/v1/users/(me|[^/]+)/messages/([0-9a-f]+)", path)
+            if call.method != "GET" or found is None:
+                answers.append((call.content_id, 501, b'{"error": {"code": 501}}'))
+                continue
+            inner = make_mocked_request(
+                "GET", call.target, headers=request.headers,
+                match_info={"user": found.group(1), "id": found.group(2)},
+            )  # fmt: skip
+            reply = self._inner_throttled() or await self._get(inner, box, scope)
+            assert isinstance(reply, web.Response)
+            assert isinstance(reply.body, bytes)
+            answers.append((call.content_id, reply.status, reply.body))
+        body, content_type = batch.write_reply(answers)
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    def _inner_throttled(self) -> web.Response | None:
+        if not self.inner_throttle:
+            return None
+        self.inner_throttle -= 1
+        return error(429, "rateLimitExceeded", "Too many concurrent requests for user")
 
     async def _cut(self, request: web.Request, body: bytes, at: int) -> web.StreamResponse:
         """Send `at` octets of a reply announced whole, then hang (`stall_body`) or drop

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from backends.gmail.config import FULL_SCOPE
 from backends.gmail.labels import USER_PATH, Labels, is_mark
-from backends.gmail.listing import describe, list_ids, message_path
+from backends.gmail.listing import describe_many, list_ids, message_path
 from backends.gmail.sync import bounded
 from backends.gmail.transport import NotFound, ScopeMissing, Transport
 from popbridge.contract import DisposeResult, Disposition, DispositionKind
@@ -109,8 +109,7 @@ async def _apply(
 async def _split(transport: Transport, label: str, ids: list[str]) -> tuple[_Ids, _Ids]:
     """(ids filed only in the maildrop, ids also filed under another label), read now;
     messages gone or moved away in the meantime are in neither."""
-    limit = transport.settings.max_in_flight
-    found = await bounded(ids, lambda i: describe(transport, i), limit)
+    found = await describe_many(transport, ids)
     sole: _Ids = []
     shared: _Ids = []
     for identity, now in sorted(found.items()):

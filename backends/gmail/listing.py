@@ -3,8 +3,8 @@
 This module owns the read calls behind a listing: users.messages.list with `labelIds`
 (several ids AND together), `includeSpamTrash=false`, `maxResults` up to 500 and
 `pageToken` until no `nextPageToken` is returned (its `resultSizeEstimate` is only an
-estimate, so it is never used); users.messages.get with `format=minimal` for a message's
-labels and `internalDate`; the same with `format=raw` streamed through
+estimate, so it is never used); users.messages.get with `format=minimal` for messages'
+labels and `internalDate`, 50 to a batch request; the same with `format=raw` streamed through
 `backends.gmail.rawstream` to count the octets RETR will send; and users.history.list from a
 stored historyId, whose 404 ("too old", typically after about a week) is `HistoryExpired`.
 The API's order is only roughly newest first; the mailbox sorts by (internalDate, id).
@@ -13,10 +13,13 @@ The API's order is only roughly newest first; the mailbox sorts by (internalDate
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
+from backends.gmail.batch import get_many
 from backends.gmail.labels import USER_PATH
 from backends.gmail.rawstream import RawScanner
 from backends.gmail.transport import NotFound, Transport
@@ -87,16 +90,19 @@ async def list_ids(transport: Transport, label_ids: list[str]) -> list[str]:
     raise BackendFailure(f"messages.list: more than {MAX_PAGES} pages")
 
 
-async def describe(transport: Transport, identity: str) -> Described | None:
-    """The message's labels and internalDate; None if it no longer exists."""
-    params = {"format": "minimal", "fields": "id,labelIds,internalDate"}
-    try:
-        reply = await transport.call("GET", message_path(identity), "messages.get", params=params)
-    except NotFound:
-        return None
-    if not isinstance(reply, dict):
-        raise BackendFailure("messages.get: the reply is not an object")
-    return Described(identity, label_set(reply), received(reply))
+async def describe_many(transport: Transport, ids: Iterable[str]) -> dict[str, Described | None]:
+    """`describe` for many messages, in batches of calls (one round trip per 50)."""
+    query = urlencode({"format": "minimal", "fields": "id,labelIds,internalDate"})
+    paths = {identity: f"{message_path(identity)}?{query}" for identity in ids}
+    found = await get_many(transport, paths)
+    described: dict[str, Described | None] = {}
+    for identity, reply in found.items():
+        if reply is not None and not isinstance(reply, dict):
+            raise BackendFailure("messages.get: the reply is not an object")
+        described[identity] = (
+            None if reply is None else Described(identity, label_set(reply), received(reply))
+        )
+    return described
 
 
 async def measure(transport: Transport, identity: str) -> Measured | None:

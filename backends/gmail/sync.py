@@ -5,9 +5,10 @@ minus the messages that also carry the hidden keyword's label (a second list wit
 labels: `labelIds` AND together), with the historyId read (users.getProfile) before the
 listing so nothing that changes during it is missed next time. With the store's listing
 memory and a historyId Gmail still accepts, only the messages history.list names are looked
-at again (one messages.get each); on 404 the listing is full. A message's content never
-changes in Gmail, so a size measured once (remembered in the listing memory) stays valid;
-a message never measured is downloaded once (`format=raw`), `max_in_flight` at a time.
+at again (one messages.get each, 50 to a batch request); on 404 the listing is full. A
+message's content never changes in Gmail, so a size measured once (remembered in the listing
+memory) stays valid; a message never measured is downloaded once (`format=raw`),
+`max_in_flight` at a time.
 Cost for N new messages: 5 units and one download each (N = 3,000 is the per-user minute).
 A listing that fails part way still leaves what it measured (`measured`) for the next one.
 """
@@ -27,7 +28,7 @@ from backends.gmail.listing import (
     Described,
     HistoryExpired,
     Measured,
-    describe,
+    describe_many,
     history,
     list_ids,
     measure,
@@ -139,8 +140,7 @@ class Lister:
         self, token: Token, known: dict[str, RemoteMessage], hidden: str | None
     ) -> tuple[list[RemoteMessage], Token]:
         changed, current = await history(self._transport, token.history)
-        limit = self._transport.settings.max_in_flight
-        now = await bounded(changed, lambda i: describe(self._transport, i), limit)
+        now = await describe_many(self._transport, changed)
         visible = [i for i in known if i not in changed]
         held = {i for i in token.withheld if i not in changed}
         described: dict[str, Described] = {}

@@ -43,11 +43,12 @@ logger = logging.getLogger(__name__)
 _MAX_ERROR_OCTETS = 8192
 _MAX_ATTEMPTS = 6
 BACKOFF_BASE = 0.5  # seconds; attempt n waits up to BACKOFF_BASE * 2**n
-_RATE_REASONS = {"userRateLimitExceeded", "rateLimitExceeded"}
+RATE_REASONS = {"userRateLimitExceeded", "rateLimitExceeded"}
 _SCOPE_REASONS = {"insufficientPermissions", "ACCESS_TOKEN_SCOPE_INSUFFICIENT"}
 _REASON = re.compile(r"[A-Za-z_]{1,64}")
-_RETRY_STATUSES = {429, 500, 502, 503, 504}
+RETRY_STATUSES = {429, 500, 502, 503, 504}
 Params = Mapping[str, str | int | list[str]]
+Payload = tuple[bytes, str]  # a request body and its Content-Type
 
 
 class ScopeMissing(BackendFailure):
@@ -90,8 +91,9 @@ class Transport:
     ) -> Any:  # fmt: skip
         """One API call `what` (a method name from the quota table); its JSON reply (None
         for an empty one). 404 is `NotFound`; other errors as the module says."""
+        payload = (json.dumps(body).encode(), "application/json") if body is not None else None
         async with (
-            self._request(method, path, what, params, body) as response,
+            self._request(method, path, what, params, payload) as response,
             guarded(path, self.settings.timeout),
         ):
             data = await read_bounded(response, path, self.settings.max_json_size)
@@ -101,6 +103,16 @@ class Transport:
             return json.loads(data)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise BackendFailure(f"{path}: reply is not usable JSON") from None
+
+    async def post(self, path: str, what: str, payload: Payload, units: int) -> tuple[str, bytes]:
+        """POST `payload` (octets, Content-Type) costing `units`; the reply's Content-Type
+        and its body, read up to `max_json_size`."""
+        async with (
+            self._request("POST", path, what, None, payload, units) as response,
+            guarded(path, self.settings.timeout),
+        ):
+            data = await read_bounded(response, path, self.settings.max_json_size)
+            return response.headers.get("Content-Type", ""), data
 
     @contextlib.asynccontextmanager
     async def stream(
@@ -117,17 +129,18 @@ class Transport:
 
     @contextlib.asynccontextmanager
     async def _request(
-        self, method: str, path: str, what: str, params: Params | None, body: Any
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        self, method: str, path: str, what: str, params: Params | None,
+        payload: Payload | None, units: int | None = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:  # fmt: skip
         """Send within the quota, retrying rate limits and server errors; yields a 2xx
         response with its headers read, the user's in-flight slot held meanwhile."""
         if self._closed:
             raise BackendUnavailable(f"{path}: connection pool closed")
         waited = 0.0
         for attempt in range(_MAX_ATTEMPTS):
-            await self._spend(UNITS.get(what, 5))
+            await self._spend(UNITS.get(what, 5) if units is None else units)
             async with self._slot():
-                response = await self._send(method, path, params, body)
+                response = await self._send(method, path, params, payload)
                 try:
                     if response.status < 300:
                         yield response
@@ -137,7 +150,7 @@ class Transport:
                 finally:
                     response.close()
             if delay is None:
-                raise _error(response.status, reason, f"{what} {path}")
+                raise status_error(response.status, reason, f"{what} {path}")
             if waited + delay > self.settings.max_backoff or attempt == _MAX_ATTEMPTS - 1:
                 logger.warning("%s: HTTP %d %s: giving up after %.1f s of backoff",
                                what, response.status, reason or "-", waited)  # fmt: skip
@@ -152,8 +165,8 @@ class Transport:
         self, response: aiohttp.ClientResponse, reason: str, attempt: int
     ) -> float | None:
         """Seconds to wait before trying again, or None if this error is final."""
-        limited = response.status == 429 or (response.status == 403 and reason in _RATE_REASONS)
-        if not limited and response.status not in _RETRY_STATUSES:
+        limited = response.status == 429 or (response.status == 403 and reason in RATE_REASONS)
+        if not limited and response.status not in RETRY_STATUSES:
             return None
         if limited and self.quota is not None:
             self.quota.throttled += 1
@@ -175,13 +188,13 @@ class Transport:
             yield
 
     async def _send(
-        self, method: str, path: str, params: Params | None, body: Any
+        self, method: str, path: str, params: Params | None, payload: Payload | None
     ) -> aiohttp.ClientResponse:
         url = f"{self.settings.url}{path}"
-        data = json.dumps(body).encode() if body is not None else None
         headers = dict(self._headers)
-        if data is not None:
-            headers["Content-Type"] = "application/json"
+        data = None
+        if payload is not None:
+            data, headers["Content-Type"] = payload
         async with guarded(path, self.settings.timeout):
             return await self._session.request(
                 method, url, params=_query(params), data=data, headers=headers,
@@ -196,7 +209,7 @@ class Transport:
                 await self._session.close()
 
 
-def _error(status: int, reason: str, what: str) -> BridgeError:
+def status_error(status: int, reason: str, what: str) -> BridgeError:
     detail = f"{what}: HTTP {status}{' ' + reason if reason else ''}"
     if status == 401:
         return AuthFailed(f"{detail}: the access token was refused")
@@ -204,19 +217,27 @@ def _error(status: int, reason: str, what: str) -> BridgeError:
         return ScopeMissing(f"{detail}: the token lacks the OAuth scope this needs")
     if status == 404:
         return NotFound(detail)
-    if status in _RETRY_STATUSES or status == 408:
+    if status in RETRY_STATUSES or status == 408:
         return BackendUnavailable(detail)
     return BackendFailure(detail)
 
 
 async def _reason(response: aiohttp.ClientResponse) -> str:
-    """`error.errors[0].reason` (or `error.status`) of an error body; never the body."""
+    """The reason code of an error reply; never the body."""
     try:
         async with asyncio.timeout(2.0):
             data = await response.content.read(_MAX_ERROR_OCTETS)
-        error = json.loads(data).get("error")
-    except (TimeoutError, ValueError, UnicodeDecodeError, RecursionError, AttributeError,
-            aiohttp.ClientError):  # fmt: skip
+    except (TimeoutError, aiohttp.ClientError):
+        return ""
+    return error_reason(data)
+
+
+def error_reason(data: bytes) -> str:
+    """`error.errors[0].reason` (or `error.status`) of a Google error body, if it is a
+    plain code; never any of the message text."""
+    try:
+        error = json.loads(data[:_MAX_ERROR_OCTETS]).get("error")
+    except (ValueError, UnicodeDecodeError, RecursionError, AttributeError):
         return ""
     if not isinstance(error, dict):
         return ""
