@@ -21,19 +21,18 @@ requests in flight.
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import json
 import random
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from devkit import fake_gmail_batch as batch
+from devkit import fake_gmail_wire as batch
+from devkit.fake_gmail_wire import FakeMessage, Mailbox, error, page_start, page_token
 
 FULL = "https://mail.google.com/"
 MODIFY = "https://www.googleapis.com/auth/gmail.modify"
@@ -43,52 +42,6 @@ UNITS = {"profile": 1, "labels": 1, "list": 5, "get": 5, "modify": 5, "trash": 5
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Authed = Callable[[web.Request, "Mailbox", str], Awaitable[web.StreamResponse]]
 Tokens = dict[str, tuple[str, str]] | Callable[[str], tuple[str, str] | None]
-
-
-def error(code: int, reason: str, message: str) -> web.Response:
-    """Google's JSON error shape."""
-    status = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
-              404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED"}.get(code, "UNKNOWN")  # fmt: skip
-    body = {
-        "error": {
-            "code": code,
-            "message": message,
-            "status": status,
-            "errors": [{"domain": "global", "reason": reason, "message": message}],
-        }
-    }
-    return web.json_response(body, status=code)
-
-
-@dataclass
-class FakeMessage:
-    id: str
-    raw: bytes  # as stored: CRLF line ends
-    internal_date: int  # milliseconds since the epoch
-    labels: set[str] = field(default_factory=lambda: {"INBOX", "UNREAD"})
-
-    def resource(self, form: str) -> dict[str, Any]:
-        """The Message resource in Gmail's member order; labelIds left out when empty."""
-        data: dict[str, Any] = {"id": self.id, "threadId": self.id}
-        if self.labels:
-            data["labelIds"] = sorted(self.labels)
-        data["snippet"] = ""
-        data["sizeEstimate"] = len(self.raw) + 57 + len(self.raw) // 9  # only an estimate
-        if form == "raw":
-            data["raw"] = base64.urlsafe_b64encode(self.raw).decode()
-        data["historyId"] = "1"
-        data["internalDate"] = str(self.internal_date)
-        return data
-
-
-@dataclass
-class Mailbox:
-    address: str
-    messages: dict[str, FakeMessage] = field(default_factory=dict)
-    labels: dict[str, str] = field(default_factory=dict)  # user label id -> name
-    history: list[dict[str, Any]] = field(default_factory=list)
-    history_id: int = 1000
-    oldest_history: int = 1000
 
 
 class FakeGmail:
@@ -290,7 +243,7 @@ class FakeGmail:
         found.sort(key=lambda m: (-m.internal_date, m.id))
         for index in range(0, len(found) - 1, 3):  # only roughly newest first
             found[index], found[index + 1] = found[index + 1], found[index]
-        start = _page_start(query.get("pageToken"))
+        start = page_start(query.get("pageToken"))
         if start is None:
             return error(400, "invalidArgument", "Invalid pageToken")
         page = found[start : start + size]
@@ -298,7 +251,7 @@ class FakeGmail:
         if page:
             body["messages"] = [{"id": m.id, "threadId": m.id} for m in page]
         if start + size < len(found):
-            body["nextPageToken"] = _page_token(start + size)
+            body["nextPageToken"] = page_token(start + size)
         return web.json_response(body)
 
     async def _get(self, request: web.Request, box: Mailbox, scope: str) -> web.StreamResponse:
@@ -437,7 +390,7 @@ class FakeGmail:
         # historyTypes messageAdded, labelRemoved ... name the records' keys in the plural
         keys = {t.replace("message", "messages").replace("label", "labels") for t in types}
         records = [r for r in box.history if int(r["id"]) > start and (not keys or keys & set(r))]
-        offset = _page_start(request.query.get("pageToken"))
+        offset = page_start(request.query.get("pageToken"))
         size = int(request.query.get("maxResults", "100"))
         if offset is None:
             return error(400, "invalidArgument", "Invalid pageToken")
@@ -445,19 +398,5 @@ class FakeGmail:
         if records[offset : offset + size]:
             body["history"] = records[offset : offset + size]
         if offset + size < len(records):
-            body["nextPageToken"] = _page_token(offset + size)
+            body["nextPageToken"] = page_token(offset + size)
         return web.json_response(body)
-
-
-def _page_token(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"page:{offset}:{random.random()}".encode()).decode()
-
-
-def _page_start(token: str | None) -> int | None:
-    if token is None:
-        return 0
-    try:
-        kind, offset, _ = base64.urlsafe_b64decode(token).decode().split(":")
-        return int(offset) if kind == "page" else None
-    except (ValueError, UnicodeDecodeError):
-        return None
