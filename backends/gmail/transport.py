@@ -181,11 +181,23 @@ class Transport:
 
     @contextlib.asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:
+        """One of the user's in-flight slots, waited for no longer than `timeout` (a slot
+        may be held by a download a slow POP3 client reads)."""
         if self.quota is None:
             yield
             return
-        async with self.quota.in_flight:
+        slots = self.quota.in_flight
+        try:
+            async with asyncio.timeout(self.settings.timeout):
+                await slots.acquire()
+        except TimeoutError:
+            raise BackendUnavailable(
+                f"no request slot free within {self.settings.timeout:g} s"
+            ) from None
+        try:
             yield
+        finally:
+            slots.release()
 
     async def _send(
         self, method: str, path: str, params: Params | None, payload: Payload | None

@@ -278,3 +278,21 @@ async def test_trash_only_unlabels_a_message_filed_elsewhere(harness: GmailHarne
     assert (await _dispose(harness, ids, Disposition(DispositionKind.TRASH))).ok
     assert box.messages[ids[0]].labels == {work, "UNREAD"}
     assert "TRASH" in box.messages[ids[1]].labels
+
+
+async def test_a_request_waits_for_a_slot_no_longer_than_the_deadline(
+    harness: GmailHarness,
+) -> None:
+    (wire,) = harness.seed_generated(1, 300_000)
+    backend = harness.backend(max_in_flight=1, timeout=0.5, fetch_chunk=1024)
+    mailbox = await backend.open(harness.credentials)
+    try:
+        (entry,) = await mailbox.list()
+        reading = mailbox.fetch(entry.identity)
+        first = await anext(reading)  # the download holds the only slot, unread
+        with pytest.raises(BackendUnavailable, match="slot"):
+            await mailbox.list()
+        rest = b"".join([piece async for piece in reading])
+    finally:
+        await mailbox.close()
+    assert first + rest == wire
