@@ -48,7 +48,7 @@ class GmailBackend:
         quota = self.quotas.of(credentials.user)
         transport = Transport(self.settings, bearer_token(credentials, "the Gmail API"), quota)
         try:
-            await _same_user(transport, credentials.user)
+            address = await _same_user(transport, credentials.user)
             labels = Labels(transport)
             await labels.load()
             label = labels.find(self.settings.label)
@@ -57,7 +57,7 @@ class GmailBackend:
         except BaseException:
             await transport.close()
             raise
-        return GmailMailbox(transport, labels, label.id)
+        return GmailMailbox(transport, labels, label.id, address)
 
     async def check(self) -> list[str]:
         """Ask for the profile without a token and report what answered and what is set."""
@@ -86,7 +86,7 @@ class GmailBackend:
         return findings
 
 
-async def _same_user(transport: Transport, user: str) -> None:
+async def _same_user(transport: Transport, user: str) -> str:
     """AuthFailed unless the token belongs to `user` (users.getProfile: emailAddress)."""
     profile = await transport.call("GET", f"{USER_PATH}/profile", "getProfile")
     address = profile.get("emailAddress") if isinstance(profile, dict) else None
@@ -95,3 +95,4 @@ async def _same_user(transport: Transport, user: str) -> None:
     if address.casefold() != user.casefold():
         logger.warning("a token of %r was offered as %r: refused", address, user)
         raise AuthFailed("the token belongs to another user")
+    return address

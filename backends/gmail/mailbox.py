@@ -36,16 +36,15 @@ from popbridge.upstream.lines import Normaliser, TopCut
 
 logger = logging.getLogger(__name__)
 
-_Remote = list[RemoteMessage]  # `list` is a method name in GmailMailbox
-PARTIAL = "partial"  # the token of sizes kept from a failed listing: never trusted
 TOP_PIECE = 64 * 1024  # TOP reads in smaller pieces: it usually needs only the first ones
 
 
 class GmailMailbox:
     """One label of one Gmail user; identities are message ids."""
 
-    def __init__(self, transport: Transport, labels: Labels, label_id: str) -> None:
+    def __init__(self, transport: Transport, labels: Labels, label_id: str, user: str) -> None:
         self._transport = transport
+        self._user = user  # the account's address, as users.getProfile names it
         self._labels = labels
         self._label = label_id
         self._sizes: dict[str, int] = {}
@@ -61,30 +60,18 @@ class GmailMailbox:
         found = self._labels.find(hidden_keyword) if hidden_keyword is not None else None
         hidden = found.id if found is not None else None
         state = await memory.load() if memory is not None else None
-        lister = Lister(self._transport, self._label, hidden_keyword)
+        lister = Lister(self._transport, self._label, hidden_keyword, self._user)
         try:
             listed, token = await lister.listing(hidden, state)
         except BridgeError:
             if memory is not None and lister.measured:
-                await self._keep_measured(memory, state, lister.measured)
+                await _keep_measured(memory, lister)
             raise
         self._sizes = {m.identity: m.size for m in listed}
         self.withheld = token.withheld
         if memory is not None:
             await memory.save(ListingState(token.dump(), tuple(listed)))
         return listed
-
-    @staticmethod
-    async def _keep_measured(
-        memory: ListingMemory, state: ListingState | None, measured: _Remote
-    ) -> None:
-        """After a listing failed part way (quota, a cut connection), remember the sizes it
-        measured under a token no listing trusts, so the next login measures only the rest
-        (a first login to a large mailbox may take several)."""
-        kept = {m.identity: m for m in state.messages} if state is not None else {}
-        kept |= {m.identity: m for m in measured}
-        await memory.save(ListingState(PARTIAL, tuple(kept.values())))
-        logger.info("listing failed part way: %d measured size(s) kept", len(measured))
 
     async def fetch(self, identity: str, *, body_lines: int | None = None) -> AsyncIterator[bytes]:
         """Stream the message as LIST counted it; MessageGone if it left the label."""
@@ -129,3 +116,12 @@ class GmailMailbox:
 
     def __repr__(self) -> str:
         return f"<GmailMailbox label={self._label}>"
+
+
+async def _keep_measured(memory: ListingMemory, lister: Lister) -> None:
+    """After a listing failed part way (quota, a cut connection), remember the sizes it
+    measured under a token no listing trusts, so the next login measures only the rest
+    (a first login to a large mailbox may take several)."""
+    kept = lister.known | {m.identity: m for m in lister.measured}
+    await memory.save(ListingState(lister.partial_token(), tuple(kept.values())))
+    logger.info("listing failed part way: %d measured size(s) kept", len(lister.measured))

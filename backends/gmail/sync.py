@@ -53,17 +53,20 @@ class Token:
     history: str
     withheld: frozenset[str]
     keyword: str | None = None  # the hidden keyword, compared without case
+    user: str = ""  # the Gmail address the listing is of, compared without case
 
     def serves(self, label: str, keyword: str | None, hidden: str | None) -> bool:
         """Whether this token describes the listing asked for now. A keyword label created
-        since (by a disposition) carries only messages history.list reports."""
-        if (self.label, self.keyword) != (label, keyword):
+        since (by a disposition) carries only messages history.list reports; a token without
+        a historyId (sizes kept from a listing that failed part way) serves none."""
+        if (self.label, self.keyword) != (label, keyword) or not self.history:
             return False
         return self.hidden == hidden or (self.hidden is None and keyword is not None)
 
     def dump(self) -> str:
         data = {"label": self.label, "hidden": self.hidden, "history": self.history,
-                "withheld": sorted(self.withheld), "keyword": self.keyword}  # fmt: skip
+                "withheld": sorted(self.withheld), "keyword": self.keyword,
+                "user": self.user}  # fmt: skip
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
@@ -71,7 +74,8 @@ class Token:
         try:
             data = json.loads(text)
             return cls(str(data["label"]), data["hidden"], str(data["history"]),
-                       frozenset(map(str, data["withheld"])), data["keyword"])  # fmt: skip
+                       frozenset(map(str, data["withheld"])), data["keyword"],
+                       str(data["user"]))  # fmt: skip
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
 
@@ -103,18 +107,23 @@ async def bounded(
 class Lister:
     """Lists one maildrop label for one opened mailbox."""
 
-    def __init__(self, transport: Transport, label: str, keyword: str | None) -> None:
+    def __init__(self, transport: Transport, label: str, keyword: str | None, user: str) -> None:
         self._transport = transport
         self._label = label
         self._keyword = keyword.casefold() if keyword is not None else None
+        self._user = user.casefold()
         self.measured: list[RemoteMessage] = []  # measured by this listing so far
+        self.known: dict[str, RemoteMessage] = {}  # the remembered listing it started from
 
     async def listing(
         self, hidden: str | None, state: ListingState | None
     ) -> tuple[list[RemoteMessage], Token]:
         """The listing and its token; `hidden` is the keyword's label id if it exists."""
-        known = {m.identity: m for m in state.messages} if state is not None else {}
         token = Token.load(state.token) if state is not None else None
+        if state is None or token is None or token.user != self._user:
+            state, token = None, None  # ids are only unique within one Gmail account
+        known = {m.identity: m for m in state.messages} if state is not None else {}
+        self.known = known
         if token is not None and token.serves(self._label, self._keyword, hidden):
             try:
                 return await self._changed(token, known, hidden)
@@ -133,8 +142,7 @@ class Lister:
         held = set(await list_ids(self._transport, [self._label, hidden])) if hidden else set()
         visible = [i for i in ids if i not in held]
         listed = await self._sized(visible, known, {})
-        token = Token(self._label, hidden, str(current), frozenset(held), self._keyword)
-        return listed, token
+        return listed, self._token(hidden, str(current), frozenset(held))
 
     async def _changed(
         self, token: Token, known: dict[str, RemoteMessage], hidden: str | None
@@ -155,7 +163,15 @@ class Lister:
         if changed:
             logger.info("history since %s: %d message(s) changed", token.history, len(changed))
         listed = await self._sized(visible, known, described)
-        return listed, Token(self._label, hidden, current, frozenset(held), self._keyword)
+        return listed, self._token(hidden, current, frozenset(held))
+
+    def _token(self, hidden: str | None, history: str, held: frozenset[str]) -> Token:
+        return Token(self._label, hidden, history, held, self._keyword, self._user)
+
+    def partial_token(self) -> str:
+        """The token of sizes kept from a listing that failed part way: no listing trusts
+        it, but the next one of this user reuses its sizes."""
+        return self._token(None, "", frozenset()).dump()
 
     async def _sized(
         self, ids: list[str], known: dict[str, RemoteMessage], described: dict[str, Described]

@@ -137,3 +137,17 @@ async def test_a_listing_cut_short_by_quota_keeps_what_it_measured(
     # (max_in_flight, 8) when a login gave up
     assert 40 <= harness.fake.downloads <= 40 + 2 * 8
     assert listed == await _list(harness)
+
+
+async def test_sizes_remembered_for_another_account_are_not_used(harness: GmailHarness) -> None:
+    harness.seed([message("a"), message("b")])
+    memory = MemoryListings().for_account("alice")
+    first = await _list(harness, memory)
+    state = await memory.load()
+    assert state is not None
+    token = json.loads(state.token) | {"user": "someone-else@example.com"}
+    wrong = tuple(RemoteMessage(m.identity, m.size + 1, received=m.received) for m in first)
+    await memory.save(ListingState(json.dumps(token), wrong))
+    assert await _list(harness, memory) == first  # measured again, not taken from the memory
+    assert harness.fake.downloads == 4
+    assert _calls(harness, "/history") == 0
