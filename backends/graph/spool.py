@@ -3,13 +3,13 @@
 Graph has no exact MIME size (a message's size property counts MAPI properties) and writes
 the MIME anew for every `$value` download, so the only size LIST may announce is the count of
 bytes actually downloaded, in the form POP3 sends them: every line end CRLF and a CRLF added
-to an unterminated last line (RFC 1939 sections 3 and 11). This module owns that count and
-keeps what it counted: a `Spool` is one backend's directory of measured messages (mode 0700,
-files 0600, removed at a normal exit), bounded by `limit` octets in all, least recently
-used first out, so RETR and TOP in this and later sessions send exactly the bytes LIST
-announced even if a later download would differ. A message that does not fit is only
-counted; RETR then downloads it again and sends it only if the count still matches (see
-`backends.graph.mailbox`).
+to an unterminated last line (RFC 1939 sections 3 and 11), as `popbridge.upstream.lines`'
+`Normaliser` counts them. This module keeps what it counted: a `Spool` is one backend's
+directory of measured messages (mode 0700, files 0600, removed at a normal exit), bounded
+by `limit` octets in all, least recently used first out, so RETR and TOP in this and later
+sessions send exactly the bytes LIST announced even if a later download would differ. A
+message that does not fit is only counted; RETR then downloads it again and sends it only
+if the count still matches (see `backends.graph.mailbox`).
 """
 
 from __future__ import annotations
