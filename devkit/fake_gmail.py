@@ -13,9 +13,9 @@ history.list (404 for a historyId older than the oldest
 kept). Deletes need the https://mail.google.com/ scope (else 403 insufficientPermissions).
 Scripted failures: `throttle` answers the next requests with 429 or 403
 userRateLimitExceeded/rateLimitExceeded; clearing `released` makes every request hang;
-`mangle` rewrites messages.get replies; `cut_at` ends them early (a cut, or with
-`stall_body`, a stall). It records every request, the units spent, downloads, and the most
-requests in flight.
+`mangle` rewrites messages.get replies and `cut_at` ends them early (a cut, or with
+`stall_body`, a stall); `replies` answers chosen paths with any body. It records every
+request, the units spent, downloads, and the most requests in flight.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ class FakeGmail:
         self.released.set()
         self.delay = 0.0  # seconds each request takes, to see concurrency
         self.mangle: Callable[[bytes], bytes] | None = None  # rewrites messages.get replies
+        self.replies: dict[str, bytes] = {}  # path suffix -> a 200 reply with this body
         self.cut_at: int | None = None  # messages.get replies stop after this many octets
         self.batches: list[int] = []  # calls per batch request
         self.inner_throttle = 0  # this many inner batch calls are answered 429
@@ -176,6 +177,9 @@ class FakeGmail:
                 if status == 429:
                     return error(429, "rateLimitExceeded", "Too many concurrent requests for user")
                 return error(403, reason, "Quota exceeded")
+            for suffix, body in self.replies.items():
+                if request.path.endswith(suffix):
+                    return web.Response(body=body, content_type="application/json")
             return await handler(request)
         finally:
             self.in_flight -= 1

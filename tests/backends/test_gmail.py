@@ -17,8 +17,9 @@ from collections.abc import Callable
 import pytest
 
 from devkit.fake_gmail import FakeGmail
-from popbridge.contract import Credentials
+from popbridge.contract import Backend, Credentials, ListingMemory
 from popbridge.errors import AuthFailed, BackendFailure, BackendUnavailable, MessageGone
+from popbridge.store.listings import MemoryListings
 from popbridge.store.uidl import is_valid_uidl, uidl_for
 from tests.backends.contract import BackendContract, crlf, message, read_all, subject_of
 from tests.backends.gmail_harness import (  # noqa: F401  (fixtures, used by name)
@@ -211,3 +212,39 @@ async def test_error_texts_and_tokens_never_reach_the_log(
     assert "Quota exceeded" not in caplog.text  # Google's message text stays out
     assert harness.credentials.secret not in caplog.text
     assert "not-valid-anymore" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("suffix", "reply"),
+    [
+        ("/profile", b"[]"),
+        ("/profile", b'{"emailAddress": 7}'),
+        ("/labels", b'{"labels": "INBOX"}'),
+        ("/labels", b"{" * 5000),
+        ("/messages", b'{"messages": [{"id": "../../profile"}]}'),
+        ("/messages", b'{"messages": [], "nextPageToken": 5}'),
+        ("/messages", b"not json"),
+        ("/history", b'{"history": ["x"]}'),
+    ],
+    ids=["profile-array", "profile-address", "labels-string", "labels-nested", "list-id",
+         "list-token", "list-text", "history-record"],
+)  # fmt: skip
+async def test_out_of_protocol_replies_are_failures(
+    harness: GmailHarness, suffix: str, reply: bytes
+) -> None:
+    harness.seed([message("a")])
+    memory = MemoryListings().for_account("alice")
+    backend = harness.backend()
+    if suffix == "/history":
+        await _open_and_list(backend, harness, memory)  # so that the next one asks history
+    harness.fake.replies[suffix] = reply
+    with pytest.raises(BackendFailure):
+        await _open_and_list(backend, harness, memory)
+
+
+async def _open_and_list(backend: Backend, harness: GmailHarness, memory: ListingMemory) -> int:
+    mailbox = await backend.open(harness.credentials)
+    try:
+        return len(await mailbox.list(memory=memory))
+    finally:
+        await mailbox.close()
