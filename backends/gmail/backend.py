@@ -35,6 +35,11 @@ class GmailBackend:
         self.settings = settings
         self.quotas = Quotas(settings.units_per_minute, settings.max_in_flight)
 
+    @property
+    def oauth_scope(self) -> str:
+        """The scope `popbridge accounts add` asks for: what `scope` says the tokens carry."""
+        return self.settings.scope_url
+
     def accept_disposition(self, how: Disposition) -> None:
         """ConfigError if the configured scope cannot carry out `how`."""
         if how.kind is DispositionKind.EXPUNGE and self.settings.scope != "full":
