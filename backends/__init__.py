@@ -1,5 +1,5 @@
 """Backends: one package per upstream kind, each implementing popbridge.contract.Backend.
 
-`backends.http` holds what the HTTP backends (JMAP, Graph) share: deadlines, bounded reads
+`backends.http` holds what the HTTP backends (JMAP, Graph, Gmail) share: deadlines, bounded reads
 and Retry-After.
 """

@@ -1,12 +1,13 @@
-"""What the HTTP backends (JMAP, Graph) share: our deadlines, bounded reads, Retry-After.
+"""What the HTTP backends (JMAP, Graph, Gmail) share: our deadlines, bounded reads, Retry-After.
 
 This module owns the pieces of an HTTP exchange that do not depend on the upstream's API:
 `guarded`, our own deadline around every await on the network with connection-level
 failures turned into the bridge's errors; `read_bounded`, a reply read whole only up to a
 limit; `timed_pieces`, a streamed body in bounded pieces, each within the deadline;
-`retry_after`, the Retry-After header (RFC 9110 section 10.2.3); and `utc_datetime`, the
-RFC 3339 timestamps both APIs use. Like the backends, it imports only `popbridge.errors`
-of the core.
+`retry_after`, the Retry-After header (RFC 9110 section 10.2.3); `utc_datetime`, the
+RFC 3339 timestamps the APIs use; and `bearer_token`, a device's or account's OAuth2 token
+screened before it is sent to an API that takes nothing else. Like the backends, it imports
+only `popbridge.contract` and `popbridge.errors` of the core.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import re
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -21,7 +23,23 @@ from typing import Any
 
 import aiohttp
 
-from popbridge.errors import BackendFailure, BackendUnavailable
+from popbridge.contract import Credentials
+from popbridge.errors import AuthFailed, BackendFailure, BackendUnavailable
+
+MAX_TOKEN_OCTETS = 16384
+# RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+def bearer_token(credentials: Credentials, service: str) -> str:
+    """The token to send to `service`, which takes OAuth2 bearer tokens only; AuthFailed for
+    a password, or for anything that is not an RFC 6750 b64token (nothing is sent then)."""
+    if credentials.mechanism != "oauth2":
+        raise AuthFailed(f"{service} takes OAuth2 bearer tokens only, not passwords")
+    token = credentials.secret
+    if len(token) > MAX_TOKEN_OCTETS or not _B64TOKEN.fullmatch(token):
+        raise AuthFailed("bearer token refused before sending: not an RFC 6750 b64token")
+    return token
 
 
 def retry_after(value: str | None) -> float | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from popbridge.accounts import BackendDefaults, MappedAuthenticator, parse_accounts
 from popbridge.accounts.passthrough import Authenticator, PassthroughAuthenticator
 from popbridge.config import Config
-from popbridge.contract import Backend, load_backend
+from popbridge.contract import Backend, check_disposition, load_backend
 from popbridge.errors import ConfigError
 from popbridge.pop3.sasl import ALL_MECHANISMS, PASSWORD_MECHANISMS
 from popbridge.session.session import Services
@@ -21,6 +21,7 @@ from popbridge.store import MemoryStore, Store, open_store
 async def build_services(config: Config) -> tuple[Services, Store]:
     """The shared services, and the store the caller must close at shutdown."""
     backend = load_backend(config.backend_type, config.backend_settings, source=config.source)
+    check_disposition(backend, config.maildrop.disposition)
     store = await open_store(config.store_settings, source=config.source, base=config.directory)
     try:
         authenticator = build_authenticator(config, backend, store)

@@ -197,6 +197,15 @@ def expire_policy(backend: Backend) -> str | None:
     return value if value is None or isinstance(value, str) else None
 
 
+def check_disposition(backend: Backend, how: Disposition) -> None:
+    """Let the backend refuse, at startup and in `check`, a disposition it cannot carry out
+    as configured (a Gmail permanent delete without the scope for it), with an
+    `accept_disposition` method that raises ConfigError. Without one, every one is fine."""
+    accept = getattr(backend, "accept_disposition", None)
+    if accept is not None:
+        accept(how)
+
+
 class BackendFactory(Protocol):
     """The object an entry point names: builds a backend from its config table."""
 

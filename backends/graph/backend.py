@@ -13,32 +13,24 @@ the spool of measured messages that all its sessions share.
 from __future__ import annotations
 
 import logging
-import re
 
 from backends.graph import folders
 from backends.graph.config import GraphSettings
 from backends.graph.mailbox import GraphMailbox
 from backends.graph.spool import Spool
 from backends.graph.transport import Transport
+from backends.http import bearer_token
 from popbridge.contract import Credentials
 from popbridge.errors import AuthFailed, BackendFailure
 
 logger = logging.getLogger(__name__)
 
-MAX_TOKEN_OCTETS = 16384
-# RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
-_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 SCOPES = "Mail.ReadWrite User.Read offline_access"
 
 
 def bearer(credentials: Credentials) -> str:
     """The token to send; AuthFailed for anything that is not a usable bearer token."""
-    if credentials.mechanism != "oauth2":
-        raise AuthFailed("Microsoft Graph takes OAuth2 bearer tokens only, not passwords")
-    token = credentials.secret
-    if len(token) > MAX_TOKEN_OCTETS or not _B64TOKEN.fullmatch(token):
-        raise AuthFailed("bearer token refused before sending: not an RFC 6750 b64token")
-    return token
+    return bearer_token(credentials, "Microsoft Graph")
 
 
 class GraphBackend:

@@ -3,13 +3,13 @@
 Graph has no exact MIME size (a message's size property counts MAPI properties) and writes
 the MIME anew for every `$value` download, so the only size LIST may announce is the count of
 bytes actually downloaded, in the form POP3 sends them: every line end CRLF and a CRLF added
-to an unterminated last line (RFC 1939 sections 3 and 11). This module owns that count and
-keeps what it counted: a `Spool` is one backend's directory of measured messages (mode 0700,
-files 0600, removed at a normal exit), bounded by `limit` octets in all, least recently
-used first out, so RETR and TOP in this and later sessions send exactly the bytes LIST
-announced even if a later download would differ. A message that does not fit is only
-counted; RETR then downloads it again and sends it only if the count still matches (see
-`backends.graph.mailbox`).
+to an unterminated last line (RFC 1939 sections 3 and 11), as `popbridge.upstream.lines`'
+`Normaliser` counts them. This module keeps what it counted: a `Spool` is one backend's
+directory of measured messages (mode 0700, files 0600, removed at a normal exit), bounded
+by `limit` octets in all, least recently used first out, so RETR and TOP in this and later
+sessions send exactly the bytes LIST announced even if a later download would differ. A
+message that does not fit is only counted; RETR then downloads it again and sends it only
+if the count still matches (see `backends.graph.mailbox`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import itertools
 import os
-import re
 import shutil
 import tempfile
 import weakref
@@ -28,41 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
 
-CRLF = b"\r\n"
-_LINE_END = re.compile(rb"\r\n|\r|\n")
+from popbridge.upstream.lines import Normaliser
+
+__all__ = ["Normaliser", "Spool", "Spooled", "file_pieces", "read_pieces"]
+
 _SERIAL = itertools.count()
-
-
-class Normaliser:
-    """Turns raw chunks into CRLF-normalised ones; a CR ending one chunk and an LF starting
-    the next are one line end. `finish` adds the CRLF an unterminated last line needs."""
-
-    def __init__(self) -> None:
-        self._pending_cr = False
-        self._last = b""
-        self.octets = 0
-
-    def feed(self, chunk: bytes) -> bytes:
-        if self._pending_cr:
-            chunk = b"\r" + chunk
-            self._pending_cr = False
-        if chunk.endswith(b"\r"):
-            chunk = chunk[:-1]
-            self._pending_cr = True
-        return self._out(_LINE_END.sub(CRLF, chunk))
-
-    def finish(self) -> bytes:
-        tail = CRLF if self._pending_cr else b""
-        self._pending_cr = False
-        if not tail and self.octets and not self._last.endswith(b"\n"):
-            tail = CRLF
-        return self._out(tail)
-
-    def _out(self, data: bytes) -> bytes:
-        if data:
-            self.octets += len(data)
-            self._last = data[-2:]
-        return data
 
 
 @dataclass(frozen=True, slots=True)

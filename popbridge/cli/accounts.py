@@ -5,13 +5,15 @@ line, where other users can read them in the process list and shells keep them i
 the local password and the upstream secret are prompted for (getpass, no echo), or read from
 the first line of a file (`--password-file`, `--secret-file`) or from an environment variable
 (`--secret-env`) for scripts. `--oauth2 NAME` gets a refresh token by the browser flow
-(a loopback redirect) or the device flow, printing what to open. Exit status: 0 done, 1 the
-operation failed, 2 a configuration error.
+(a loopback redirect) or the device flow, printing what to open, for the scope the account's
+backend names if it names one (Gmail: by its `scope` key), else the provider's. Exit status:
+0 done, 1 the operation failed, 2 a configuration error.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import os
 import sys
@@ -157,6 +159,8 @@ async def _add(args: argparse.Namespace, admin: AccountAdmin) -> AccountRecord:
     )
     # before any prompt or browser window: a typo or a duplicate fails fast
     admin.validate(upstream)
+    if provider is not None:
+        provider = _scoped(admin, upstream, provider)
     if not args.replace and await admin.exists(args.name):
         raise AccountError(f"account {args.name!r} exists (use --replace to overwrite it)")
     password = _local_password(args, args.name)
@@ -171,6 +175,19 @@ async def _add(args: argparse.Namespace, admin: AccountAdmin) -> AccountRecord:
     if args.check:
         await _probe(admin, upstream, provider, secret, grant)
     return await admin.add(args.name, password, upstream, secret, replace=args.replace)
+
+
+def _scoped(admin: AccountAdmin, upstream: Upstream, provider: Provider) -> Provider:
+    """The provider asking for the scope the account's backend says its tokens need, if it
+    says so with an `oauth_scope` attribute (the Gmail backend's depends on whether the
+    disposition deletes for good); otherwise as configured."""
+    kind, table = backend_table(admin.defaults, upstream.backend)
+    backend = load_backend(kind, table, source=f"{admin.defaults.source} (account backend)")
+    wanted = getattr(backend, "oauth_scope", None)
+    if not isinstance(wanted, str) or not wanted or wanted == provider.scope:
+        return provider
+    print(f"asking {provider.name} for the scope the {kind} backend needs: {wanted}")
+    return dataclasses.replace(provider, scope=wanted)
 
 
 def _provider(args: argparse.Namespace, settings: AccountsSettings) -> Provider | None:

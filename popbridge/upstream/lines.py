@@ -1,15 +1,21 @@
-"""Where TOP's answer ends: the header, the blank line after it, and n body lines.
+"""Lines as POP3 sends them: where TOP's answer ends, and line ends made CRLF as they arrive.
 
 RFC 1939 §7: TOP sends the header, the blank line separating it from the body, and then
 the first n lines of the body. The same rule stops a backend's download early and trims
 what the core sends, so it lives here once. `TopCut` reads raw bytes as they arrive, in
 pieces of any size, with CRLF or bare LF line ends (a header end split across pieces is
-still found), and says where the wanted part ends.
+still found), and says where the wanted part ends. `Normaliser` turns pieces into the form
+POP3 sends and counts them (RFC 1939 §3, §11), for a backend whose upstream knows no exact
+size and must count a download itself.
 """
 
 from __future__ import annotations
 
+import re
+
 _BLANK = (b"", b"\r")  # a line with nothing before its LF but an optional CR
+CRLF = b"\r\n"
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 class TopCut:
@@ -53,3 +59,36 @@ class TopCut:
                 return position
         self._line = (self._line + piece[position:])[-2:]
         return -1
+
+
+class Normaliser:
+    """Raw pieces in, pieces with every line end CRLF out; a CR ending one piece and an LF
+    starting the next are one line end. `finish` adds the CRLF an unterminated last line
+    needs. `octets` counts what came out."""
+
+    def __init__(self) -> None:
+        self._pending_cr = False
+        self._last = b""
+        self.octets = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._pending_cr:
+            chunk = b"\r" + chunk
+            self._pending_cr = False
+        if chunk.endswith(b"\r"):
+            chunk = chunk[:-1]
+            self._pending_cr = True
+        return self._out(_LINE_END.sub(CRLF, chunk))
+
+    def finish(self) -> bytes:
+        tail = CRLF if self._pending_cr else b""
+        self._pending_cr = False
+        if not tail and self.octets and not self._last.endswith(b"\n"):
+            tail = CRLF
+        return self._out(tail)
+
+    def _out(self, data: bytes) -> bytes:
+        if data:
+            self.octets += len(data)
+            self._last = (self._last + data)[-2:]
+        return data

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from popbridge.upstream.lines import TopCut
+from popbridge.upstream.lines import Normaliser, TopCut
 
 LINE = st.sampled_from([b"", b"\r", b"a", b"Subject: x", b"body text", b"\r\r", b"x\r"])
 ENDING = st.sampled_from([b"\n", b"\r\n"])
@@ -69,3 +69,30 @@ def test_in_body_counts_from_the_first_byte() -> None:
 
 def test_a_message_without_a_header_starts_with_its_blank_line() -> None:
     assert TopCut(0).cut(b"\r\nbody\r\n") == 2
+
+
+def crlf_model(data: bytes) -> bytes:
+    """RFC 1939 §3, §11 on the whole message: CRLF, CR and LF each end a line, sent as CRLF;
+    an unterminated last line gets one."""
+    lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    out = b"\r\n".join(lines)
+    return out if not out or out.endswith(b"\r\n") else out + b"\r\n"
+
+
+@given(
+    st.lists(st.sampled_from([b"a", b"\r", b"\n", b"\r\n", b"xy", b"\n\r"]), max_size=40),
+    st.lists(st.integers(1, 7), min_size=1, max_size=40),
+)
+def test_normaliser_matches_the_whole_message_model_for_any_split(
+    parts: list[bytes], cuts: list[int]
+) -> None:
+    data = b"".join(parts)
+    normaliser, out, position = Normaliser(), b"", 0
+    for cut in cuts * (len(data) + 1):
+        if position >= len(data):
+            break
+        out += normaliser.feed(data[position : position + cut])
+        position += cut
+    out += normaliser.finish()
+    assert out == crlf_model(data)
+    assert normaliser.octets == len(out)
