@@ -89,9 +89,13 @@ class _Result:
 
 async def list_maildrop(
     connection: Connection, folders: Folders, window: Window, *, keyword: str | None,
-    memory: ListingMemory | None, opened: Selected | None,
+    memory: ListingMemory | None, opened: Selected | None, withheld: set[str],
 ) -> list[Listed]:  # fmt: skip
-    """The visible messages, oldest first, windowed; saved to `memory` when given."""
+    """The visible messages, oldest first, windowed; saved to `memory` when given.
+
+    `withheld` is filled with the identities still in the folders but left out on purpose
+    (the hidden keyword, the window), so no copy inherits their UIDLs.
+    """
     previous = await memory.load() if memory is not None else None
     token = Token.loads(previous.token) if previous is not None else None
     known = {m.identity: m for m in previous.messages} if previous is not None else {}
@@ -100,6 +104,7 @@ async def list_maildrop(
     lister = _Lister(connection, folders, keyword, known)
     listed: list[Listed] = []
     marks: dict[str, Mark] = {}
+    arrivals = False
     for folder in folders:
         status = await _examined(connection, folder, opened)
         opened = None
@@ -110,15 +115,40 @@ async def list_maildrop(
         if result is None:
             result = await lister.full(folder, status, window)
         listed += result.listed
+        arrivals = arrivals or any(e.message.identity not in known for e in result.listed)
         if result.mark is not None:
             marks[folder.name] = result.mark
     chosen = window.select(listed, merged=folders.merged)
+    withheld.clear()
+    # Only a message never listed before could inherit a UIDL: without arrivals the
+    # search is skipped, and an unchanged folder still costs no command.
+    if arrivals and (keyword is not None or windowed):
+        present = await _present(connection, folders, status)
+        withheld.update(present - {entry.message.identity for entry in chosen})
     if memory is not None:
         state = ListingState(Token(keyword, windowed, marks).dumps(),
                              tuple(entry.message for entry in chosen))  # fmt: skip
         if state != previous:  # an unchanged folder's listing is the very same objects
             await memory.save(state)
     return chosen
+
+
+async def _present(connection: Connection, folders: Folders, status: wire.Status) -> set[str]:
+    """Every message of the maildrop's folders not flagged \\Deleted, by UID SEARCH (its
+    answer as ranges where the server offers ESEARCH, RFC 4731). The last folder listed
+    is still selected; any others are EXAMINEd again."""
+    found: set[str] = set()
+    for folder in reversed(list(folders)):
+        if folder is not list(folders)[-1]:
+            status = await _examined(connection, folder, None)
+        if "ESEARCH" in connection.capabilities:
+            reply = await connection.run("SEARCH", "RETURN", "(ALL)", "UNDELETED", uid=True)
+            ranges = wire.esearch_all(reply.data, limit=max(status.exists or 0, 1))
+        else:
+            reply = await connection.run("SEARCH", "UNDELETED", uid=True)
+            ranges = [(uid, uid) for uid in wire.search_uids(reply.data)]
+        found |= {folder.identity(uid) for low, high in ranges for uid in range(low, high + 1)}
+    return found
 
 
 async def _examined(connection: Connection, folder: Folder, opened: Selected | None) -> wire.Status:

@@ -50,6 +50,8 @@ class ImapMailbox:
         self._window = window
         self._chunk = connection.settings.fetch_chunk
         self._sizes: dict[tuple[int, int], int] = {}
+        # in the folders but left out of the last listing on purpose (keyword, window)
+        self.withheld: set[str] = set()
         self._ahead = ReadAhead()
         self._refill: asyncio.Task[dict[int, bytes]] | None = None
         self._closed = False
@@ -65,7 +67,7 @@ class ImapMailbox:
         opened, self._opened = self._opened, None
         chosen = await listing.list_maildrop(
             self._connection, self._folders, self._window, keyword=hidden_keyword,
-            memory=memory, opened=opened,
+            memory=memory, opened=opened, withheld=self.withheld,
         )  # fmt: skip
         self._sizes = {(entry.folder, entry.uid): entry.message.size for entry in chosen}
         self._ahead.listed([(entry.folder, entry.uid) for entry in chosen], self._sizes)

@@ -149,6 +149,24 @@ def _page_calls(
     return ("Email/query", query), ("Email/get", get)
 
 
+async def hidden_ids(api: Api, mailbox_id: str, keyword: str) -> set[str]:
+    """The ids of the Mailbox's Emails that carry `keyword`, by Email/query pages."""
+    page = max(1, api.session.limits.max_objects_in_get)
+    condition = {"inMailbox": mailbox_id, "hasKeyword": keyword}
+    found: set[str] = set()
+    while len(found) < MAX_MESSAGES:
+        query = {"accountId": api.account_id, "filter": condition, "position": len(found),
+                 "limit": page, "collapseThreads": False}  # fmt: skip
+        (reply,) = await api.call(("Email/query", query))
+        ids = reply.get("ids")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise BackendFailure("Email/query: no ids in the response")
+        found.update(ids)
+        if len(ids) < page:
+            return found
+    raise BackendFailure(f"Email/query: more than {MAX_MESSAGES} messages")
+
+
 def _integer(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 

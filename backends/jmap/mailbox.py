@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Collection
 
 from backends.jmap import changes, dispose
 from backends.jmap.api import Api
-from backends.jmap.listing import query_filter
+from backends.jmap.listing import hidden_ids, query_filter
 from popbridge.contract import DisposeResult, Disposition, ListingMemory, RemoteMessage
 from popbridge.errors import MessageGone
 from popbridge.upstream.lines import TopCut
@@ -45,6 +45,8 @@ class JmapMailbox:
         self._closed = False
         self._following: dict[str, str] = {}  # Email id -> the id listed after it
         self._located: dict[str, str] = {}  # Email id -> blobId, found in the Mailbox ahead
+        # in the Mailbox but hidden by the keyword at the last listing (for the UID map)
+        self.withheld: set[str] = set()
 
     async def list(
         self, *, hidden_keyword: str | None = None, memory: ListingMemory | None = None
@@ -54,8 +56,15 @@ class JmapMailbox:
         condition = query_filter(self._mailbox_id, keyword)
         by_id = "id" in self._api.session.sort_options
         query = changes.Query(self._mailbox_id, keyword, condition, self._page_size, by_id)
+        previous = await memory.load() if memory is not None else None
         listed = await changes.listing(self._api, query, memory)
         ids = [entry.identity for entry in listed]
+        self.withheld = set()
+        known = {m.identity for m in previous.messages} if previous is not None else set()
+        if keyword is not None and not known.issuperset(ids):
+            # Only a message never listed before could inherit a UIDL: ask which Emails
+            # the keyword hides only when something arrived (RFC 8621 §4.4.1 hasKeyword).
+            self.withheld = await hidden_ids(self._api, self._mailbox_id, keyword)
         self._following = dict(itertools.pairwise(ids))
         self._located.clear()
         return listed

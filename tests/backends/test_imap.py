@@ -21,7 +21,7 @@ from backends.imap import create
 from devkit.dovecot import Dovecot, free_port
 from devkit.fake_imap import RecordingProxy
 from devkit.tlsca import make_test_pki
-from popbridge.contract import Backend, Credentials, Disposition, DispositionKind
+from popbridge.contract import Backend, Credentials, Disposition, DispositionKind, withheld_by
 from popbridge.errors import AuthFailed, BackendFailure, BackendUnavailable, MessageGone
 from tests.backends.contract import BackendContract, Stored, Where, by_subject, message, read_all
 
@@ -350,3 +350,30 @@ async def test_concurrent_sessions_do_not_share_state(harness: ImapHarness) -> N
         )
     finally:
         await asyncio.gather(*(m.close() for m in mailboxes))
+
+
+@pytest.mark.parametrize("window", [{}, {"window_newest": 1}])
+async def test_a_listing_says_what_it_withheld_on_purpose(
+    harness: ImapHarness, window: dict[str, int]
+) -> None:
+    # Messages hidden by the keyword or outside the window are still in the folder: the
+    # UID map must know, or a content-identical copy would inherit their UIDLs.
+    harness.seed([message("hidden"), message("old"), message("new")])
+    backend = harness.backend(**window)
+    mailbox = await backend.open(harness.credentials)
+    try:
+        first = await mailbox.list()
+        keyword = Disposition(DispositionKind.KEYWORD, keyword="popbridge-done")
+        hidden = first[0].identity
+        assert (await mailbox.dispose([hidden], keyword)).ok
+    finally:
+        await mailbox.close()
+    mailbox = await backend.open(harness.credentials)
+    try:
+        listed = {m.identity for m in await mailbox.list(hidden_keyword="popbridge-done")}
+        withheld = withheld_by(mailbox)
+    finally:
+        await mailbox.close()
+    assert hidden in withheld and hidden not in listed
+    assert len(withheld | listed) == 3  # every message is either listed or withheld
+    assert not withheld & listed

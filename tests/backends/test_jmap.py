@@ -27,7 +27,14 @@ from devkit.dovecot import free_port
 from devkit.fake_jmap import FakeEmail, FakeJmap
 from devkit.tlsca import make_test_pki
 from popbridge.config import parse_config
-from popbridge.contract import Backend, Credentials, Disposition, DispositionKind, load_backend
+from popbridge.contract import (
+    Backend,
+    Credentials,
+    Disposition,
+    DispositionKind,
+    load_backend,
+    withheld_by,
+)
 from popbridge.errors import (
     AuthFailed,
     BackendFailure,
@@ -531,3 +538,18 @@ def test_uri_templates_and_patch_keys_are_escaped() -> None:
     with pytest.raises(BackendFailure):
         expand("https://h/{+blobId}", values)  # level 2 and up: refused, not guessed
     assert pointer("a/b~c") == "a~1b~0c"
+
+
+async def test_a_listing_says_which_emails_the_keyword_withheld(plain: JmapHarness) -> None:
+    # still in the Mailbox: the UID map must keep their UIDLs from a content-identical copy
+    plain.seed([message("tagged"), message("plain")])
+    mailbox = await plain.backend().open(plain.credentials)
+    try:
+        listed = await by_subject(mailbox)
+        how = Disposition(DispositionKind.KEYWORD, keyword="$popbridge-done")
+        assert (await mailbox.dispose([listed["tagged"].identity], how)).ok
+        remaining = await mailbox.list(hidden_keyword="$popbridge-done")
+    finally:
+        await mailbox.close()
+    assert [m.identity for m in remaining] == [listed["plain"].identity]
+    assert withheld_by(mailbox) == {listed["tagged"].identity}
