@@ -10,6 +10,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import warnings
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -313,3 +314,40 @@ def test_custom_profile_sets_version_and_ciphers(pki: TestPki) -> None:
     assert context.minimum_version is ssl.TLSVersion.TLSv1_3
     with pytest.raises(Exception, match="cannot load certificate"):
         build_context(TlsSettings(pki.key_file, pki.key_file))
+
+
+def anonymous_client() -> ssl.SSLContext:
+    """A client offering only anonymous (aNULL) suites: it never checks who it talks to."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.maximum_version = ssl.TLSVersion.TLSv1_2  # TLS 1.3 has no anonymous suites
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = ssl.TLSVersion.TLSv1
+    context.set_ciphers("aNULL:@SECLEVEL=0")
+    return context
+
+
+async def test_legacy_profile_refuses_an_anonymous_cipher_client(
+    start: Callable[..., object], pki: TestPki
+) -> None:
+    server: Pop3Server = await start(tls_listener(pki, "implicit", profile="legacy"))  # type: ignore[misc]
+    host, port = server.addresses[0]
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=anonymous_client()), 10
+        )
+        writer.close()
+    # a client with authenticated suites still gets in on the same listener
+    assert (await asyncio.to_thread(openssl_greeting, port, "-tls1")).startswith(b"+OK")
+
+
+def test_legacy_cipher_list_has_no_anonymous_or_null_suite(pki: TestPki) -> None:
+    context = build_context(TlsSettings(pki.cert_file, pki.key_file, "legacy"))
+    names = [cipher["name"] for cipher in context.get_ciphers()]
+    kinds = {cipher["auth"] for cipher in context.get_ciphers()} | {
+        cipher.get("symmetric") for cipher in context.get_ciphers()
+    }
+    assert names and "auth-null" not in kinds and "null" not in kinds
+    assert not [name for name in names if "ADH" in name or "AECDH" in name or "NULL" in name]

@@ -37,8 +37,10 @@ VERSIONS = {
     "TLSv1.2": ssl.TLSVersion.TLSv1_2,
     "TLSv1.3": ssl.TLSVersion.TLSv1_3,
 }
-# OpenSSL 3 refuses TLS 1.0/1.1 and SHA-1 signatures above security level 0.
-LEGACY_CIPHERS = "ALL:@SECLEVEL=0"
+# OpenSSL 3 refuses TLS 1.0/1.1 and SHA-1 signatures above security level 0, which also
+# lets in anonymous suites (aNULL: no server authentication, open to a man in the middle,
+# RFC 5246 appendix A.5) and unencrypted ones (eNULL, RFC 7525 section 4.1): both go.
+LEGACY_CIPHERS = "ALL:!aNULL:!eNULL:@SECLEVEL=0"
 
 
 @dataclass(frozen=True, slots=True)
