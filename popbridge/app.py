@@ -34,7 +34,8 @@ async def build_services(config: Config) -> tuple[Services, Store]:
     services = Services(
         backend=backend, locks=store.locks, uidls=store.uidls, sizes=store.sizes,
         listings=store.listings,
-        authenticator=authenticator, throttle=Throttle(config.server.throttle),
+        authenticator=authenticator,
+        throttle=Throttle(config.server.throttle, ledger=store.failures),
         logins=LoginGate(config.server.max_logins_in_flight),
         sasl_mechanisms=PASSWORD_MECHANISMS if mapped else ALL_MECHANISMS,
     )  # fmt: skip

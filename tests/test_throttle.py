@@ -8,6 +8,7 @@ import pytest
 
 from popbridge.errors import Code, LoginsBusy
 from popbridge.session import throttle as t
+from popbridge.store import failures
 
 
 class Clock:
@@ -18,31 +19,52 @@ class Clock:
         return self.now
 
 
-def test_delays_double_up_to_the_ceiling() -> None:
+async def fail(throttle: t.Throttle, address: str, user: str) -> float:
+    """One attempt that the upstream refuses; returns the delay it was answered after."""
+    ticket, _keys = await throttle.reserve(throttle._limits(address, user), 0)
+    return await throttle.settle(ticket, failed=True)
+
+
+async def refusal(throttle: t.Throttle, address: str, user: str) -> t.Refusal | None:
+    """Why an attempt now is refused before the upstream, or None (the place is freed)."""
+    try:
+        ticket, _keys = await throttle.reserve(throttle._limits(address, user), 0)
+    except t.Throttled as throttled:
+        return throttled.refusal
+    await throttle.settle(ticket, failed=False)
+    return None
+
+
+async def succeed(throttle: t.Throttle, address: str, user: str, account: str) -> None:
+    async with throttle.attempt(address, user) as attempt:
+        attempt.succeeded(account)
+
+
+async def test_delays_double_up_to_the_ceiling() -> None:
     throttle = t.Throttle(t.ThrottlePolicy(base_delay=1, max_delay=5), Clock())
-    assert [throttle.failed("a", "u") for _ in range(5)] == [1, 2, 4, 5, 5]
+    assert [await fail(throttle, "a", "u") for _ in range(5)] == [1, 2, 4, 5, 5]
 
 
-def test_failures_expire_with_the_window() -> None:
+async def test_failures_expire_with_the_window() -> None:
     clock = Clock()
     throttle = t.Throttle(t.ThrottlePolicy(window=60, max_failures_per_user=2), clock)
-    throttle.failed("a", "User")
-    throttle.failed("b", "user")
-    refusal = throttle.refuse("c", "USER")
-    assert refusal is not None and refusal.code is Code.AUTH
+    await fail(throttle, "a", "User")
+    await fail(throttle, "b", "user")
+    refused = await refusal(throttle, "c", "USER")
+    assert refused is not None and refused.code is Code.AUTH
     clock.now += 61
-    assert throttle.refuse("c", "user") is None
+    assert await refusal(throttle, "c", "user") is None
 
 
-def test_success_clears_the_user_but_not_the_address() -> None:
+async def test_success_clears_the_user_but_not_the_address() -> None:
     throttle = t.Throttle(
         t.ThrottlePolicy(max_failures_per_address=2, max_failures_per_user=2), Clock()
     )
-    throttle.failed("a", "u")
-    throttle.succeeded("a", "u", "u")
-    throttle.failed("a", "v")
-    refusal = throttle.refuse("a", "w")
-    assert refusal is not None and refusal.code is Code.SYS_TEMP
+    await fail(throttle, "a", "u")
+    await succeed(throttle, "a", "u", "u")
+    await fail(throttle, "a", "v")
+    refused = await refusal(throttle, "a", "w")
+    assert refused is not None and refused.code is Code.SYS_TEMP
 
 
 def test_connection_cap_per_address() -> None:
@@ -56,25 +78,27 @@ def test_connection_cap_per_address() -> None:
     assert throttle.connect("b")
 
 
-def test_login_delay_window() -> None:
+async def test_login_delay_window() -> None:
     clock = Clock()
     throttle = t.Throttle(t.ThrottlePolicy(login_delay=10), clock)
     assert not throttle.too_soon("acct")
-    throttle.succeeded("a", "u", "acct")
+    await succeed(throttle, "a", "u", "acct")
     assert throttle.too_soon("acct")
     clock.now += 10
     assert not throttle.too_soon("acct")
     assert not t.Throttle(t.ThrottlePolicy(), clock).too_soon("acct")
 
 
-def test_tracking_is_bounded(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+async def test_tracking_is_bounded(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(failures, "MAX_TRACKED", 3)
     monkeypatch.setattr(t, "MAX_TRACKED", 3)
     throttle = t.Throttle(t.ThrottlePolicy(max_failures_per_address=1, login_delay=5), Clock())
     for name in "abcd":
-        throttle.failed(name, name)
-        throttle.succeeded(name, name, name)
-    assert throttle.refuse("a", "x") is None  # forgotten: the oldest went first
-    assert throttle.refuse("d", "x") is not None
+        await fail(throttle, name, name)  # one address key stays: the user's is forgotten
+        await throttle.succeeded("user " + name, name)
+    assert len(throttle.ledger._keys) <= 3  # type: ignore[attr-defined]
+    assert await refusal(throttle, "a", "x") is None  # forgotten: the oldest went first
+    assert await refusal(throttle, "d", "d") is not None
     assert not throttle.too_soon("a") and throttle.too_soon("d")
 
 

@@ -1,7 +1,8 @@
 """The AUTHORIZATION state: USER/PASS, SASL exchanges, throttling, the maildrop lock.
 
-A login goes: throttling may refuse it before anything reaches the upstream; it waits for a
-login slot; the authenticator resolves who it is upstream; the backend opens the mailbox
+A login goes: throttling may refuse it before anything reaches the upstream, and holds its
+place in the failure count until it is answered; it waits for a login slot, where it is
+checked again; the authenticator resolves who it is upstream; the backend opens the mailbox
 (the upstream checks the credentials); LOGIN-DELAY and the maildrop lock are checked only
 then, so a second session learns `[IN-USE]` only with correct credentials (RFC 2449
 §8.1.2). What holds the mailbox afterwards is a `Held`, handed to the transaction; if the
@@ -21,6 +22,7 @@ from popbridge.errors import AuthFailed, BridgeError, Code, LoginTooSoon, Mailbo
 from popbridge.pop3 import sasl
 from popbridge.pop3.replies import Continue, Err, Ok, Reply
 from popbridge.session.services import Services
+from popbridge.session.throttle import Throttled
 from popbridge.store.locks import Lease
 
 LOGOUT_DEADLINE: Final = 10.0  # seconds an upstream LOGOUT may take before it is abandoned
@@ -101,23 +103,23 @@ class Login:
         self, user: str, secret: str, enter: Enter, mechanism: str = "password"
     ) -> Reply:
         """PASS or a finished SASL exchange: authenticate, lock, enter the transaction."""
-        throttle = self._services.throttle
-        if (refusal := throttle.refuse(self._address, user)) is not None:
+        try:  # the attempt counts as a failure from here until it is settled
+            async with self._services.throttle.attempt(self._address, user) as attempt:
+                async with self._services.logins.slot():
+                    await attempt.recheck()
+                    account, (count, octets) = await self._open(user, secret, mechanism, enter)
+                attempt.succeeded(account)
+        except Throttled as throttled:
             self.failures += 1
-            self._log.info("login of %r refused by throttling: %s", user, refusal.text)
-            return Err(refusal.text, refusal.code)
-        try:
-            async with self._services.logins.slot():
-                account, (count, octets) = await self._open(user, secret, mechanism, enter)
+            self._log.info("login of %r refused by throttling: %s", user, throttled)
+            return Err(throttled.refusal.text, throttled.refusal.code)
         except AuthFailed as error:
             self.failures += 1
             self._log.info("login failed for %r: %s", user, error)
-            await asyncio.sleep(throttle.failed(self._address, user))
             return Err(AuthFailed.wire_text, Code.AUTH)
         except BridgeError as error:
             self._log.warning("login of %r not completed: %r", user, error)
             return Err(error.wire_text, error.code)
-        throttle.succeeded(self._address, user, account)
         self._log.info("%r logged in, %d messages", user, count)
         return Ok(f"maildrop has {count} messages ({octets} octets)")
 

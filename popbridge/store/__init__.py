@@ -2,12 +2,13 @@
 
 A `Store` bundles what must outlive a session: the UIDL of every message (RFC 1939
 section 7 wants them stable for as long as the maildrop exists), the maildrop locks
-(RFC 1939 section 4), exact sizes measured at RETR, mapped-account records, and each
-maildrop's last listing with its change token (`popbridge.store.listings`). The
-in-memory store serves tests and single runs; SQLite (`popbridge.store.sqlite`) is the
-default for one instance and PostgreSQL (`popbridge.store.postgres`) lets several instances
-share state. `open_store` picks one from `[store]`; the UID map's rules are shared by both
-SQL stores and live in `popbridge.store.uidmap`.
+(RFC 1939 section 4), exact sizes measured at RETR, mapped-account records, each
+maildrop's last listing with its change token (`popbridge.store.listings`), and the
+failed-login ledger (`popbridge.store.failures`). The in-memory store serves tests and
+single runs; SQLite (`popbridge.store.sqlite`) is the default for one instance and
+PostgreSQL (`popbridge.store.postgres`) lets several instances share state. `open_store`
+picks one from `[store]`; the UID map's rules are shared by both SQL stores and live in
+`popbridge.store.uidmap`.
 
 May import `popbridge.contract`, `popbridge.errors` and `popbridge.upstream`; asyncpg only
 in the PostgreSQL modules, and nothing of the frontend, the session or a backend.
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from popbridge.errors import BridgeError, Code, ConfigError
+from popbridge.store.failures import FailureLedger, MemoryFailures
 from popbridge.store.listings import ListingMemories, MemoryListings
 from popbridge.store.locks import LocalLocks, MaildropLocks
 from popbridge.store.sizes import MemorySizeCache, SizeCache
@@ -65,6 +67,9 @@ class Store(Protocol):
     @property
     def listings(self) -> ListingMemories: ...
 
+    @property
+    def failures(self) -> FailureLedger: ...
+
     async def close(self) -> None: ...
 
 
@@ -94,6 +99,7 @@ class MemoryStore:
         self.sizes: SizeCache = MemorySizeCache()
         self.accounts: AccountRecords = MemoryAccountRecords()
         self.listings: ListingMemories = MemoryListings()
+        self.failures: FailureLedger = MemoryFailures()
 
     async def close(self) -> None:
         return None

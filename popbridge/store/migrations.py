@@ -9,8 +9,9 @@ Migrations are only ever appended, never edited. Tables: `store_meta` (the store
 epoch), `uidls` (the live UID map: account, identity -> UIDL with the message's fingerprint
 and when it was last listed), `uidl_tombstones` (UIDLs that must never be handed out again,
 RFC 1939 section 7), `sizes` (octets measured at RETR), `accounts` (opaque mapped-account
-records) and `listings` (each account's last listing and change token, one compact row per
-mailbox, see `popbridge.store.listings`).
+records), `listings` (each account's last listing and change token, one compact row per
+mailbox, see `popbridge.store.listings`) and, in PostgreSQL, `login_failures` (the shared
+failed-login ledger).
 """
 
 from __future__ import annotations
@@ -77,6 +78,17 @@ MIGRATIONS: Final = (
         postgres=(
             "CREATE TABLE listings (account text PRIMARY KEY, state bytea NOT NULL,"
             " updated bigint NOT NULL)",
+        ),
+    ),
+    Migration(
+        3,
+        "failed-login ledger shared by instances (PostgreSQL only: SQLite serves one)",
+        sqlite=(),
+        postgres=(
+            "CREATE TABLE login_failures (key text NOT NULL, ticket text NOT NULL,"
+            " pending boolean NOT NULL, at timestamptz NOT NULL,"
+            " PRIMARY KEY (ticket, key))",
+            "CREATE INDEX login_failures_key ON login_failures (key, at)",
         ),
     ),
 )

@@ -3,10 +3,11 @@
 This module owns the PostgreSQL implementation of the `Store`: a connection pool for the
 UID map (rules in `popbridge.store.uidmap`), measured sizes and account records, schema
 migrations at start (`popbridge.store.migrations`, serialised between instances by an
-advisory transaction lock), and the maildrop locks of `popbridge.store.pglocks` on their
-own connection. Each UID-map update runs in one transaction under a per-account advisory
-transaction lock, so two instances can never hand out UIDLs for one account at once. The
-DSN may hold a password: it is never logged, and errors that could echo it are redacted.
+advisory transaction lock), the maildrop locks of `popbridge.store.pglocks` on their own
+connection, and the failed-login ledger of `popbridge.store.pgfailures`. Each UID-map
+update runs in one transaction under a per-account advisory transaction lock, so two
+instances can never hand out UIDLs for one account at once. The DSN may hold a password:
+it is never logged, and errors that could echo it are redacted.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from popbridge.contract import ListingMemory, ListingState, RemoteMessage
 from popbridge.errors import ConfigError
 from popbridge.store import listings, uidmap
 from popbridge.store.migrations import SCHEMA_VERSION_POSTGRES, SchemaTooNew, pending
+from popbridge.store.pgfailures import PostgresFailures
 from popbridge.store.pglocks import FAILURES, KEEPALIVE, PostgresLocks, guarded, lock_id
 
 logger = logging.getLogger(__name__)
@@ -108,6 +110,7 @@ class PostgresStore:
         self.sizes = PostgresSizes(pool)
         self.accounts = PostgresAccounts(pool, clock)
         self.listings = PostgresListings(pool, clock)
+        self.failures = PostgresFailures(pool)
 
     async def close(self) -> None:
         """Close the lock connection (freeing its locks) and the pool; idempotent."""

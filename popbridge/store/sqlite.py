@@ -25,6 +25,7 @@ from typing import TypeVar
 from popbridge.contract import ListingMemory, ListingState, RemoteMessage
 from popbridge.errors import ConfigError
 from popbridge.store import StoreUnavailable, listings, uidmap
+from popbridge.store.failures import FailureLedger, MemoryFailures
 from popbridge.store.locks import Lease
 from popbridge.store.migrations import SCHEMA_VERSION_SQLITE, SchemaTooNew, pending
 
@@ -68,6 +69,7 @@ class SqliteStore:
         self.sizes = SqliteSizes(database)
         self.accounts = SqliteAccounts(database, clock)
         self.listings = SqliteListings(database, clock)
+        self.failures: FailureLedger = MemoryFailures()  # one instance: its memory suffices
 
     async def close(self) -> None:
         """Release this store's locks and close the file; idempotent."""
