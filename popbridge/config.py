@@ -2,7 +2,8 @@
 
 Every table is read through `TableReader`, so a mistake is reported with the file and the
 key, unknown keys are refused, and defaults are the safe ones: no plaintext passwords on
-an unencrypted connection, the RFC 1939 section 3 idle timeout of ten minutes, deletions
+an unencrypted connection, the RFC 1939 section 3 idle timeout of ten minutes (and one
+minute from connect to login), deletions
 by UID EXPUNGE only. The `[backend]` table is handed, unread, to the backend named by its
 `type`, which validates it itself; the core never knows a backend's keys.
 """
@@ -23,6 +24,7 @@ from popbridge.session.throttle import LOGINS_IN_FLIGHT, ThrottlePolicy
 from popbridge.upstream.settings import TableReader
 
 MIN_IDLE_TIMEOUT = 600.0  # RFC 1939 section 3: an autologout timer of at least 10 minutes
+LOGIN_TIMEOUT = 60.0  # from connect to a successful login; no command extends it
 _DISPOSITIONS = tuple(kind.value for kind in DispositionKind)
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _SASL = ("PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER")
@@ -54,6 +56,7 @@ class ListenerConfig:
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     idle_timeout: float = MIN_IDLE_TIMEOUT
+    login_timeout: float = LOGIN_TIMEOUT
     max_connections: int = 1000
     listen_backlog: int = 1024
     max_logins_in_flight: int = LOGINS_IN_FLIGHT
@@ -184,6 +187,7 @@ def _tls(reader: TableReader) -> TlsSettings | None:
 def _server(reader: TableReader) -> ServerConfig:
     config = ServerConfig(
         idle_timeout=reader.number("idle_timeout", MIN_IDLE_TIMEOUT, minimum=MIN_IDLE_TIMEOUT),
+        login_timeout=reader.number("login_timeout", LOGIN_TIMEOUT, minimum=1.0),
         max_connections=reader.integer("max_connections", 1000, minimum=1),
         listen_backlog=reader.integer("listen_backlog", 1024, minimum=1, maximum=65535),
         max_logins_in_flight=reader.integer(
@@ -203,6 +207,8 @@ def _server(reader: TableReader) -> ServerConfig:
                 "max_connections_per_address", 50, minimum=1
             ),
             login_delay=reader.integer("login_delay", 0, minimum=0),
+            ipv4_prefix=reader.integer("ipv4_prefix_length", 32, minimum=8, maximum=32),
+            ipv6_prefix=reader.integer("ipv6_prefix_length", 64, minimum=16, maximum=128),
         ),
     )
     reader.finish()

@@ -189,3 +189,13 @@ def test_tls_listener_config(tmp_path: Path) -> None:
     assert listener.port == 995 and listener.tls is not None
     assert listener.tls.min_version == "TLSv1.3"
     assert "POP3S" in listener.describe() and "custom (minimum TLSv1.3" in listener.describe()
+
+
+def test_address_prefix_lengths(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    assert (config.server.throttle.ipv4_prefix, config.server.throttle.ipv6_prefix) == (32, 64)
+    extra = "\n[server]\nipv4_prefix_length = 24\nipv6_prefix_length = 56\n"
+    config = load_config(write(tmp_path, MINIMAL + extra))
+    assert (config.server.throttle.ipv4_prefix, config.server.throttle.ipv6_prefix) == (24, 56)
+    with pytest.raises(ConfigError, match=r"server\.ipv6_prefix_length: must be"):
+        load_config(write(tmp_path, MINIMAL + "\n[server]\nipv6_prefix_length = 129\n"))

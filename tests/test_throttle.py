@@ -143,3 +143,41 @@ async def test_login_gate_refuses_after_waiting_too_long_and_frees_nothing_it_la
     async with asyncio.timeout(1):  # the refused wait did not leak or steal the slot
         async with gate.slot():
             pass
+
+
+def test_addresses_are_grouped_by_network() -> None:
+    group = t.address_group
+    assert group("2001:db8:1:2:aaaa::1") == group("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert group("2001:db8:1:3::1") != group("2001:db8:1:2::1")
+    assert group("fe80::1%eth0") == "fe80::/64"  # the zone does not make another client
+    assert group("192.0.2.7") == "192.0.2.7/32" != group("192.0.2.8")
+    assert group("::ffff:192.0.2.7") == "192.0.2.7/32"  # IPv4-mapped is the IPv4 client
+    assert group("192.0.2.7", ipv4_prefix=24) == group("192.0.2.200", ipv4_prefix=24)
+    assert group("2001:db8:1:2::1", ipv6_prefix=48) == "2001:db8:1::/48"
+    assert group("/run/popbridge.sock") == "/run/popbridge.sock"
+
+
+def test_connection_cap_counts_an_ipv6_64_as_one_client() -> None:
+    throttle = t.Throttle(t.ThrottlePolicy(max_connections_per_address=2), Clock())
+    assert throttle.connect("2001:db8::1") and throttle.connect("2001:db8::2")
+    assert not throttle.connect("2001:db8::ffff:3")  # same /64: over the cap
+    assert throttle.connect("2001:db8:0:1::1")  # the next /64 is another client
+    throttle.disconnect("2001:db8::2")
+    assert throttle.connect("2001:db8::4")
+
+
+async def test_failures_of_one_ipv6_64_lock_out_the_whole_network() -> None:
+    throttle = t.Throttle(t.ThrottlePolicy(max_failures_per_address=2), Clock())
+    await fail(throttle, "2001:db8::1", "a")
+    await fail(throttle, "2001:db8::2", "b")
+    refused = await refusal(throttle, "2001:db8::abcd", "c")
+    assert refused is not None and refused.code is Code.SYS_TEMP
+    assert await refusal(throttle, "2001:db8:0:1::1", "c") is None
+
+
+async def test_ipv4_prefix_is_configurable() -> None:
+    policy = t.ThrottlePolicy(max_failures_per_address=1, ipv4_prefix=24)
+    throttle = t.Throttle(policy, Clock())
+    await fail(throttle, "198.51.100.1", "a")
+    assert await refusal(throttle, "198.51.100.254", "b") is not None
+    assert await refusal(throttle, "198.51.101.1", "b") is None

@@ -5,8 +5,10 @@ logging context (session id and peer on every line), its TLS handshakes (implici
 before the greeting, RFC 8314 §3.3; STLS after `+OK`, RFC 2595 §4, with the listener's
 current certificate), and the loop that answers commands in order (pipelining, RFC 2449
 §6.6) with backpressure both ways. The idle timer (RFC 1939 §3) is reset by complete
-commands only, so a trickle of bytes cannot keep a session alive. Every way out except
-QUIT goes through `Session.abort`, which applies no deletions.
+commands only, so a trickle of bytes cannot keep a session alive; a connection not logged
+in within `login_timeout` of its connect is closed whatever it sends, so silent or chatting
+sockets cannot hold every slot. Every way out except QUIT goes through `Session.abort`,
+which applies no deletions.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ import ssl
 from collections.abc import MutableMapping
 from typing import Any, Final
 
-from popbridge.config import ListenerConfig
+from popbridge.config import LOGIN_TIMEOUT, ListenerConfig
 from popbridge.errors import Code
 from popbridge.frontend.connection import BufferedOutput, Pop3Protocol
 from popbridge.frontend.tls import CertificateSet
-from popbridge.pop3.engine import NeedData
+from popbridge.pop3.engine import NeedData, State
 from popbridge.pop3.replies import Err, encode
 from popbridge.session import Services, Session, SessionClosing, SessionPolicy
 
@@ -50,12 +52,14 @@ class ClientConnection:
     def __init__(
         self, protocol: Pop3Protocol, listener: ListenerConfig,
         certificates: CertificateSet | None, *, session_id: str, idle_timeout: float,
+        login_timeout: float = LOGIN_TIMEOUT,
     ) -> None:  # fmt: skip
         assert protocol.transport is not None
         self.protocol = protocol
         self._listener = listener
         self._certificates = certificates
         self._idle_timeout = idle_timeout
+        self._login_by = asyncio.get_running_loop().time() + login_timeout
         peer = protocol.transport.get_extra_info("peername")
         self.address = _address(peer)
         self.log = SessionLog(log, {"session": session_id, "peer": _peer(peer)})
@@ -97,7 +101,10 @@ class ClientConnection:
         except SessionClosing:
             self.log.info("closing")
         except TimeoutError:
-            self.log.info("idle timeout, closing without UPDATE")
+            if self.protocol.engine.state is State.AUTHORIZATION:
+                self.log.info("no login within the login timeout, closing")
+            else:
+                self.log.info("idle timeout, closing without UPDATE")
         except HandshakeFailed as error:
             self.log.info("TLS handshake failed: %s", error)
         except (ConnectionError, ssl.SSLError) as error:
@@ -114,6 +121,8 @@ class ClientConnection:
         clock = asyncio.get_running_loop().time
         last_command = clock()
         while True:
+            if engine.state is State.AUTHORIZATION and clock() >= self._login_by:
+                raise TimeoutError  # a client that chats but never logs in goes too
             event = engine.next_event()
             if not isinstance(event, NeedData):
                 last_command = clock()  # RFC 1939 §3: any command resets it
@@ -128,7 +137,10 @@ class ClientConnection:
             if protocol.eof or protocol.lost:
                 return  # a command without its CRLF is never executed (RFC 1939 §3)
             protocol.resume_reading()
-            await protocol.wait_readable(last_command + self._idle_timeout)
+            deadline = last_command + self._idle_timeout
+            if engine.state is State.AUTHORIZATION:
+                deadline = min(deadline, self._login_by)
+            await protocol.wait_readable(deadline)
 
     async def _handshake(self) -> None:
         protocol = self.protocol

@@ -106,6 +106,7 @@ class Pop3Server:
         client = ClientConnection(
             protocol, listener, certs, session_id=f"{self._prefix}-{next(self._ids)}",
             idle_timeout=self._config.server.idle_timeout,
+            login_timeout=self._config.server.login_timeout,
         )  # fmt: skip
         refusal = self._admission(client.address)
         if refusal is not None:
