@@ -21,6 +21,7 @@ from popbridge.accounts.manage import (
     BackendDefaults,
     BackendLoader,
     backend_table,
+    mailbox_key,
     settings_key,
     store_secret,
 )
@@ -98,9 +99,10 @@ class MappedAuthenticator:
             raise BackendFailure(f"account {record.name!r}: sealed secret unusable") from None
         upstream = record.upstream
         backend = self._backend_for(record)
+        mailbox = mailbox_key(self._defaults, upstream)
         if upstream.mechanism == "password":
             credentials = Credentials(upstream.user, upstream_secret, "password")
-            return Login(backend, credentials, record.name)
+            return Login(backend, credentials, record.name, mailbox)
         provider = self._settings.providers.get(upstream.oauth2 or "")
         if provider is None:
             logger.error("account %r: OAuth2 provider %r is not configured in [accounts.oauth2]",
@@ -112,7 +114,7 @@ class MappedAuthenticator:
             return await self._tokens.renew(record.name, provider, upstream_secret, stale)
 
         credentials = Credentials(upstream.user, token, "oauth2")
-        return Login(_RenewingBackend(backend, renew), credentials, record.name)
+        return Login(_RenewingBackend(backend, renew), credentials, record.name, mailbox)
 
     async def _verified(self, user: str, password: str) -> AccountRecord:
         """The user's record if `password` is right; AuthFailed otherwise, after the same work."""

@@ -1,14 +1,17 @@
 """Managing mapped accounts: add, list, remove, change the local password, re-seal under a new key.
 
 This module owns the operations behind `popbridge accounts`, kept apart from argument parsing
-so they can be used and tested directly, and the two helpers the authenticator shares with
+so they can be used and tested directly, and the helpers the authenticator shares with
 them: which backend settings an account gets (the default `[backend]` table with the
-account's overrides on top), and storing a new upstream secret in an existing record (after
-`passwd`, `rekey`, or when a provider rotates a refresh token).
+account's overrides on top), the key of the upstream mailbox it maps to, and storing a new
+upstream secret in an existing record (after `rekey`, or when a provider rotates a refresh
+token). Every change of a stored record is written only if the record is still the one
+that was read (`AccountRecords.replace`), so concurrent updates never undo each other.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,6 +33,7 @@ from popbridge.errors import ConfigError
 from popbridge.store import AccountRecords
 
 BackendLoader = Callable[..., Backend]  # load_backend(name, settings, *, source=...)
+UPDATE_ATTEMPTS = 10  # conditional writes of one record lost to other writers before giving up
 
 
 class AccountError(Exception):
@@ -61,7 +65,17 @@ def settings_key(settings: Mapping[str, Any]) -> str:
     return json.dumps(settings, sort_keys=True, default=str)
 
 
-async def load_record(records: AccountRecords, name: str) -> AccountRecord:
+def mailbox_key(defaults: BackendDefaults, upstream: Upstream) -> str:
+    """What names the upstream mailbox an account maps to: its backend settings and its
+    upstream user. Local users mapped to one mailbox share its maildrop lock (RFC 1939
+    section 4); the settings are hashed, so no secret among them reaches a log or a key."""
+    kind, table = backend_table(defaults, upstream.backend)
+    digest = hashlib.sha256(settings_key(table).encode()).hexdigest()[:16]
+    return f"upstream {kind} {digest} {upstream.user.casefold()}"
+
+
+async def read_record(records: AccountRecords, name: str) -> tuple[bytes, AccountRecord]:
+    """The stored bytes of `name`'s record and the record they hold."""
     raw = await records.get(name)
     if raw is None:
         raise AccountError(f"no account {name!r}")
@@ -71,15 +85,35 @@ async def load_record(records: AccountRecords, name: str) -> AccountRecord:
         raise AccountError(f"account {name!r}: {exc}") from None
     if record.name != name:
         raise AccountError(f"the record stored as {name!r} names {record.name!r}")
-    return record
+    return raw, record
+
+
+async def load_record(records: AccountRecords, name: str) -> AccountRecord:
+    return (await read_record(records, name))[1]
+
+
+async def update_record(
+    records: AccountRecords, name: str, change: Callable[[AccountRecord], AccountRecord]
+) -> AccountRecord:
+    """Read, change and write `name`'s record, the write conditional on what was read: if
+    another writer (a token rotation, `accounts passwd`, another instance) got in between,
+    read its record and apply `change` to that, so neither update is silently undone."""
+    for _attempt in range(UPDATE_ATTEMPTS):
+        raw, record = await read_record(records, name)
+        fresh = change(record)
+        if await records.replace(name, raw, fresh.to_bytes()):
+            return fresh
+    raise AccountError(f"account {name!r} kept changing while it was updated; try again")
 
 
 async def store_secret(records: AccountRecords, keyring: Keyring, name: str, secret: str) -> None:
     """Re-seal `name`'s record around a new upstream secret (same password, same upstream)."""
-    record = await load_record(records, name)
-    open_secret(record, keyring)  # only a record that opens is ours to rewrite
-    fresh = seal_record(name, record.password, record.upstream, secret, keyring)
-    await records.put(name, fresh.to_bytes())
+
+    def change(record: AccountRecord) -> AccountRecord:
+        open_secret(record, keyring)  # only a record that opens is ours to rewrite
+        return seal_record(name, record.password, record.upstream, secret, keyring)
+
+    await update_record(records, name, change)
 
 
 class AccountAdmin:
@@ -123,7 +157,10 @@ class AccountAdmin:
             raise AccountError(f"account {name!r} exists (use --replace to overwrite it)")
         self.validate(upstream)
         record = seal_record(name, await self.hasher.hash(password), upstream, secret, self.keyring)
-        await self.records.put(name, record.to_bytes())
+        if replace:
+            await self.records.put(name, record.to_bytes())
+        elif not await self.records.replace(name, None, record.to_bytes()):
+            raise AccountError(f"account {name!r} exists (use --replace to overwrite it)")
         return record
 
     async def listing(self) -> list[AccountRecord | AccountError]:
@@ -145,12 +182,14 @@ class AccountAdmin:
         name = _name(name)
         if not password:
             raise AccountError("the local password must not be empty")
-        record = await load_record(self.records, name)
-        secret = open_secret(record, self.keyring)
-        fresh = seal_record(
-            name, await self.hasher.hash(password), record.upstream, secret, self.keyring
-        )
-        await self.records.put(name, fresh.to_bytes())
+        await load_record(self.records, name)  # an unknown account fails before the hashing
+        hashed = await self.hasher.hash(password)
+
+        def change(record: AccountRecord) -> AccountRecord:
+            secret = open_secret(record, self.keyring)  # as stored now, if it was rotated
+            return seal_record(name, hashed, record.upstream, secret, self.keyring)
+
+        await update_record(self.records, name, change)
 
     async def rekey(self) -> tuple[int, int]:
         """Re-seal every secret under the first key; (re-sealed, already current)."""
@@ -160,9 +199,14 @@ class AccountAdmin:
             if self.keyring.is_current(record.secret):
                 current += 1
                 continue
-            await store_secret(self.records, self.keyring, name, open_secret(record, self.keyring))
+            await update_record(self.records, name, self._resealed)
             done += 1
         return done, current
+
+    def _resealed(self, record: AccountRecord) -> AccountRecord:
+        """The record with its own current secret sealed under the first key."""
+        secret = open_secret(record, self.keyring)
+        return seal_record(record.name, record.password, record.upstream, secret, self.keyring)
 
 
 def _name(name: str) -> str:

@@ -1,8 +1,9 @@
 """Who a POP3 login is upstream: the seam between POP3 credentials and a backend.
 
 An `Authenticator` turns what the client proved (a user name and a password, or a bearer
-token) into a `Login`: the backend to open, the credentials to open it with, and the
-canonical account name the maildrop lock and the UID map are keyed on. In passthrough
+token) into a `Login`: the backend to open, the credentials to open it with, the
+canonical account name the UID map is keyed on, and the upstream mailbox the maildrop
+lock is keyed on (the same name in passthrough mode). In passthrough
 mode the POP3 login *is* the upstream login and the upstream decides; a mapped-accounts
 authenticator checks a local password and substitutes the stored upstream secret, so a
 device never learns it.
@@ -22,7 +23,13 @@ class Login:
 
     backend: Backend
     credentials: Credentials
-    account: str  # canonical name for locks, UID maps and size caches (conformance P-7.3)
+    account: str  # canonical name for UID maps and size caches (conformance P-7.3)
+    mailbox: str = ""  # the upstream mailbox the maildrop lock is keyed on, if not `account`
+
+    @property
+    def lock_key(self) -> str:
+        """RFC 1939 section 4: one session per maildrop, however many names lead to it."""
+        return self.mailbox or self.account
 
 
 class Authenticator(Protocol):

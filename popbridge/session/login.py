@@ -133,7 +133,7 @@ class Login:
         try:
             if self._services.throttle.too_soon(login.account):
                 raise LoginTooSoon(login.account)
-            lease = await self._services.locks.try_acquire(login.account)
+            lease = await self._services.locks.try_acquire(login.lock_key)
             if lease is None:
                 raise MailboxInUse(login.account)
             return login.account, await enter(Held(mailbox, lease, login.account))

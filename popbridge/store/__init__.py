@@ -46,6 +46,11 @@ class AccountRecords(Protocol):
 
     async def put(self, name: str, record: bytes) -> None: ...
 
+    async def replace(self, name: str, expected: bytes | None, record: bytes) -> bool:
+        """Write `record` only if the stored one is still `expected` (None: no record yet);
+        False, writing nothing, when another writer changed it since it was read."""
+        ...
+
     async def delete(self, name: str) -> bool: ...
 
     async def names(self) -> list[str]: ...
@@ -82,6 +87,12 @@ class MemoryAccountRecords:
 
     async def put(self, name: str, record: bytes) -> None:
         self._records[name] = record
+
+    async def replace(self, name: str, expected: bytes | None, record: bytes) -> bool:
+        if self._records.get(name) != expected:
+            return False
+        self._records[name] = record
+        return True
 
     async def delete(self, name: str) -> bool:
         return self._records.pop(name, None) is not None

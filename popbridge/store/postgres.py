@@ -266,6 +266,22 @@ class PostgresAccounts:
                 name, bytes(record), int(self._clock()),
             )  # fmt: skip
 
+    async def replace(self, name: str, expected: bytes | None, record: bytes) -> bool:
+        async with guarded("accounts"), self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as connection:
+            if expected is None:
+                status = await connection.execute(
+                    "INSERT INTO accounts (name, record, updated) VALUES ($1, $2, $3)"
+                    " ON CONFLICT (name) DO NOTHING",
+                    name, bytes(record), int(self._clock()),
+                )  # fmt: skip
+            else:
+                status = await connection.execute(
+                    "UPDATE accounts SET record = $1, updated = $2 WHERE name = $3"
+                    " AND record = $4",
+                    bytes(record), int(self._clock()), name, bytes(expected),
+                )  # fmt: skip
+        return str(status).rsplit(" ", 1)[-1] != "0"
+
     async def delete(self, name: str) -> bool:
         async with guarded("accounts"), self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as connection:
             status = await connection.execute("DELETE FROM accounts WHERE name = $1", name)

@@ -324,6 +324,29 @@ class SqliteAccounts:
 
         await self._database.call(work, write=True)
 
+    async def replace(self, name: str, expected: bytes | None, record: bytes) -> bool:
+        now = int(self._clock())
+
+        def work(connection: sqlite3.Connection) -> bool:
+            if expected is None:
+                return (
+                    connection.execute(
+                        "INSERT INTO accounts (name, record, updated) VALUES (?, ?, ?)"
+                        " ON CONFLICT (name) DO NOTHING",
+                        (name, bytes(record), now),
+                    ).rowcount
+                    > 0
+                )
+            return (
+                connection.execute(
+                    "UPDATE accounts SET record = ?, updated = ? WHERE name = ? AND record = ?",
+                    (bytes(record), now, name, bytes(expected)),
+                ).rowcount
+                > 0
+            )
+
+        return await self._database.call(work, write=True)
+
     async def delete(self, name: str) -> bool:
         def work(connection: sqlite3.Connection) -> bool:
             return connection.execute("DELETE FROM accounts WHERE name = ?", (name,)).rowcount > 0
