@@ -181,3 +181,43 @@ async def test_ipv4_prefix_is_configurable() -> None:
     await fail(throttle, "198.51.100.1", "a")
     assert await refusal(throttle, "198.51.100.254", "b") is not None
     assert await refusal(throttle, "198.51.101.1", "b") is None
+
+
+async def test_an_attempt_finding_every_place_held_waits_for_one() -> None:
+    throttle = t.Throttle(t.ThrottlePolicy(base_delay=0, max_failures_per_user=1), Clock())
+    limits = throttle._limits("a", "u")
+    ticket, _ = await throttle.reserve(limits, 0)
+    with pytest.raises(LoginsBusy):  # the one place is held, and nobody settles it
+        await throttle.reserve(limits, 0.05)
+    waiting = asyncio.create_task(throttle.reserve(limits, 5.0))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    await throttle.settle(ticket, failed=False)  # a right password: the place is free again
+    second, _ = await waiting
+    assert second != ticket
+
+
+async def test_an_attempt_is_checked_again_when_it_gets_its_slot() -> None:
+    ledger = failures.MemoryFailures(Clock())
+    throttle = t.Throttle(t.ThrottlePolicy(max_failures_per_user=2), Clock(), ledger=ledger)
+    async with throttle.attempt("a", "u") as attempt:
+        # meanwhile another instance, with a higher limit, records two failures of "u"
+        for _ in range(2):
+            outcome = await ledger.reserve([failures.Limit("user u", 9)], window=900, hold=300)
+            assert outcome.ticket is not None
+            await ledger.settle(outcome.ticket, failed=True)
+        with pytest.raises(t.Throttled) as refused:
+            await attempt.recheck()
+    assert refused.value.refusal.code is Code.AUTH
+
+
+async def test_a_ticket_of_a_forgotten_key_settles_quietly(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(failures, "MAX_TRACKED", 1)
+    ledger = failures.MemoryFailures(Clock())
+    held = await ledger.reserve([failures.Limit("k1", 5)], window=900, hold=300)
+    await ledger.reserve([failures.Limit("k2", 5)], window=900, hold=300)  # forgets k1
+    assert held.ticket is not None and await ledger.settle(held.ticket, failed=True) == []
+    pending = await ledger.reserve([failures.Limit("k3", 5)], window=900, hold=300)
+    await ledger.forget("k3")  # a reservation in flight keeps its key
+    await ledger.forget("nobody")
+    assert pending.ticket is not None and await ledger.settle(pending.ticket, failed=True) == [1]

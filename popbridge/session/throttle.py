@@ -217,8 +217,7 @@ class Attempt:
         trace: TracebackType | None,
     ) -> None:  # fmt: skip
         ticket, self._ticket = self._ticket, None
-        if ticket is None:
-            return
+        assert ticket is not None  # __aenter__ reserved it, or raised and this never runs
         failed = isinstance(error, AuthFailed)
         delay = await self._throttle.settle(ticket, failed=failed)
         if failed:

@@ -88,7 +88,7 @@ class MemoryFailures:
         if entry is None:
             entry = self._keys[key] = _Key()
             while len(self._keys) > MAX_TRACKED:
-                self._forget_oldest()
+                self._keys.popitem(last=False)  # its tickets still settle their other keys
         self._keys.move_to_end(key)
         now = self._clock()
         while entry.failures and entry.failures[0] < now - window:
@@ -97,11 +97,6 @@ class MemoryFailures:
             if since < now - hold:  # never settled: stop counting it
                 del entry.pending[ticket]
         return entry
-
-    def _forget_oldest(self) -> None:
-        _key, entry = self._keys.popitem(last=False)
-        for ticket in entry.pending:
-            self._tickets.pop(ticket, None)
 
     async def reserve(self, limits: Sequence[Limit], *, window: float, hold: float) -> Outcome:
         entries = [(limit, self._entry(limit.key, window, hold)) for limit in limits]

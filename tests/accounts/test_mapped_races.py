@@ -23,6 +23,7 @@ from devkit.postgres import (
 )
 from popbridge.accounts import (
     AccountAdmin,
+    AccountError,
     AccountsSettings,
     BackendDefaults,
     Keyring,
@@ -211,3 +212,28 @@ class Pop3Client:
         self.writer.write(b"QUIT\r\n")
         await self.reader.read()
         self.writer.close()
+
+
+async def test_two_adds_of_one_name_do_not_overwrite_each_other(
+    admin: AccountAdmin, store: Store, hasher: PasswordHasher
+) -> None:
+    async def other_add() -> None:
+        await admin.add("printer", "theirs", Upstream("up"), "their-secret")
+
+    racing = AccountAdmin(Interleaved(store.accounts, other_add), admin.settings, DEFAULTS,
+                          hasher=hasher, loader=lambda *_a, **_k: MemoryBackend())  # fmt: skip
+    with pytest.raises(AccountError, match="exists"):
+        await racing.add("printer", "mine", Upstream("up"), "my-secret")
+    record = await load_record(store.accounts, "printer")
+    assert open_secret(record, admin.keyring) == "their-secret"
+
+
+async def test_an_update_that_keeps_losing_gives_up(admin: AccountAdmin, store: Store) -> None:
+    await admin.add("printer", "pw", Upstream("up"), "refresh-1")
+
+    class Losing(Interleaved):
+        async def replace(self, name: str, expected: bytes | None, record: bytes) -> bool:
+            return False
+
+    with pytest.raises(AccountError, match="kept changing"):
+        await store_secret(Losing(store.accounts, asyncio.sleep), admin.keyring, "printer", "x")

@@ -20,6 +20,7 @@ from devkit.postgres import (
     drop_database,
     postgres,  # noqa: F401  (the session fixture)
 )
+from popbridge.store import pgfailures
 from popbridge.store.failures import FailureLedger, Limit, MemoryFailures
 from popbridge.store.postgres import PostgresStore, open_postgres_store
 
@@ -125,6 +126,32 @@ async def test_postgres_reservations_of_a_dead_instance_expire(
         finally:
             await connection.close()
         assert await reserve(store.failures) is not None
+    finally:
+        await store.close()
+        await drop_database(postgres, database)
+
+
+async def test_postgres_sweeps_rows_nobody_asks_about(
+    postgres: Postgres,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pgfailures, "SWEEP_EVERY", 1)
+    database = await create_database(postgres)
+    store = await open_postgres_store(postgres.dsn(database))
+    try:
+        old = await reserve(store.failures, [Limit("user gone", 5)])
+        assert old is not None
+        await store.failures.settle(old, failed=True)
+        connection = await asyncpg.connect(postgres.dsn(database))
+        try:
+            await connection.execute("UPDATE login_failures SET at = at - interval '2 days'")
+            fresh = await reserve(store.failures)
+            assert fresh is not None
+            await store.failures.settle(fresh, failed=True)  # and sweeps
+            keys = await connection.fetch("SELECT key FROM login_failures")
+        finally:
+            await connection.close()
+        assert [row[0] for row in keys] == ["user u"]
     finally:
         await store.close()
         await drop_database(postgres, database)
