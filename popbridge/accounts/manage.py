@@ -67,8 +67,8 @@ def settings_key(settings: Mapping[str, Any]) -> str:
 
 def mailbox_key(defaults: BackendDefaults, upstream: Upstream) -> str:
     """What names the upstream mailbox an account maps to: its backend settings and its
-    upstream user. Local users mapped to one mailbox share its maildrop lock (RFC 1939
-    section 4); the settings are hashed, so no secret among them reaches a log or a key."""
+    upstream user. Local users mapped to one mailbox share its maildrop lock (RFC 1939 §4);
+    the settings are hashed, so no secret among them reaches a log or a key."""
     kind, table = backend_table(defaults, upstream.backend)
     digest = hashlib.sha256(settings_key(table).encode()).hexdigest()[:16]
     return f"upstream {kind} {digest} {upstream.user.casefold()}"

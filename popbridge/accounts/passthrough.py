@@ -28,7 +28,7 @@ class Login:
 
     @property
     def lock_key(self) -> str:
-        """RFC 1939 section 4: one session per maildrop, however many names lead to it."""
+        """RFC 1939 §4: one session per maildrop, however many names lead to it."""
         return self.mailbox or self.account
 
 

@@ -39,7 +39,7 @@ VERSIONS = {
 }
 # OpenSSL 3 refuses TLS 1.0/1.1 and SHA-1 signatures above security level 0, which also
 # lets in anonymous suites (aNULL: no server authentication, open to a man in the middle,
-# RFC 5246 appendix A.5) and unencrypted ones (eNULL, RFC 7525 section 4.1): both go.
+# RFC 5246 §A.5) and unencrypted ones (eNULL, RFC 7525 §4.1): both go.
 LEGACY_CIPHERS = "ALL:!aNULL:!eNULL:@SECLEVEL=0"
 
 

@@ -8,12 +8,11 @@ address or the user is locked out for the rest of the window: further logins are
 account upstream. The count holds under concurrency: an attempt reserves its place from
 the moment it is checked until it is settled, an attempt that finds every place reserved
 waits for one to settle, and it is checked again when it gets its login slot. A user
-lockout is answered with `[AUTH]` (RFC 3206 section 5: the problem is with the
-credentials), an address lockout with `[SYS/TEMP]` (RFC 3206 section 4). Addresses are
-grouped the way they are handed out: an IPv6 client by its /64 (RFC 4291 section 2.5.4),
-an IPv4 one by itself, both configurable. `LOGIN-DELAY` (RFC 2449 section 6.5) optionally
-spaces successful logins per account. `LoginGate` bounds the logins talking to the
-upstream at once. State is bounded.
+lockout is answered with `[AUTH]` (RFC 3206 §5: the problem is with the credentials), an
+address lockout with `[SYS/TEMP]` (RFC 3206 §4). Addresses are grouped the way they are
+handed out: an IPv6 client by its /64 (RFC 4291 §2.5.4), an IPv4 one by itself, both
+configurable. `LOGIN-DELAY` (RFC 2449 §6.5) optionally spaces successful logins per
+account. `LoginGate` bounds the logins talking to the upstream at once. State is bounded.
 """
 
 from __future__ import annotations
@@ -72,7 +71,7 @@ USER_LOCKED = Refusal(Code.AUTH, "too many failed logins, account temporarily lo
 def address_group(address: str, ipv4_prefix: int = 32, ipv6_prefix: int = 64) -> str:
     """The network `address` is counted in: its /`ipv6_prefix` for IPv6 (one site or home
     gets a /64 or more), its /`ipv4_prefix` for IPv4 (also when IPv4-mapped, RFC 4291
-    section 2.5.5.2); anything that is not an IP address stands for itself."""
+    §2.5.5.2); anything that is not an IP address stands for itself."""
     try:
         ip = ipaddress.ip_address(address.partition("%")[0])  # without an RFC 4007 zone
     except ValueError:
