@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from popbridge.errors import Code, LoginsBusy
+from popbridge.errors import AuthFailed, Code, LoginsBusy
 from popbridge.session import throttle as t
-from popbridge.store import failures
+from popbridge.store import StoreUnavailable, failures
 
 
 class Clock:
@@ -221,3 +221,22 @@ async def test_a_ticket_of_a_forgotten_key_settles_quietly(monkeypatch) -> None:
     await ledger.forget("k3")  # a reservation in flight keeps its key
     await ledger.forget("nobody")
     assert pending.ticket is not None and await ledger.settle(pending.ticket, failed=True) == [1]
+
+
+class BrokenLedger(failures.MemoryFailures):
+    """Reserves, then fails on everything after: a database that went away mid-login."""
+
+    async def settle(self, ticket: str, *, failed: bool) -> list[int]:
+        raise StoreUnavailable("down")
+
+    async def forget(self, key: str) -> None:
+        raise StoreUnavailable("down")
+
+
+async def test_a_ledger_failing_after_the_login_does_not_change_its_answer() -> None:
+    throttle = t.Throttle(t.ThrottlePolicy(base_delay=0), Clock(), ledger=BrokenLedger())
+    async with throttle.attempt("a", "u") as attempt:
+        attempt.succeeded("u")  # a login that got in stays in
+    with pytest.raises(AuthFailed):
+        async with throttle.attempt("a", "v"):
+            raise AuthFailed("wrong password")

@@ -20,14 +20,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
 
-from popbridge.errors import AuthFailed, Code, LoginsBusy
+from popbridge.errors import AuthFailed, BridgeError, Code, LoginsBusy
 from popbridge.store.failures import MAX_TRACKED, FailureLedger, Limit, MemoryFailures
+
+log = logging.getLogger(__name__)
 
 LOGINS_IN_FLIGHT = 8
 LOGIN_SLOT_WAIT = 30.0  # seconds a login waits for a slot before [SYS/TEMP]
@@ -218,11 +221,17 @@ class Attempt:
         ticket, self._ticket = self._ticket, None
         assert ticket is not None  # __aenter__ reserved it, or raised and this never runs
         failed = isinstance(error, AuthFailed)
-        delay = await self._throttle.settle(ticket, failed=failed)
+        # A ledger that fails now must not turn a finished login, or the way this one
+        # ended, into another answer: an unsettled place stops counting after its hold.
+        try:
+            delay = await self._throttle.settle(ticket, failed=failed)
+            if error is None and self._account is not None:
+                await self._throttle.succeeded(self._limits[1].key, self._account)
+        except BridgeError as trouble:
+            log.warning("failed-login count not updated: %r", trouble)
+            delay = self._throttle.policy.base_delay
         if failed:
             await asyncio.sleep(delay)
-        elif error is None and self._account is not None:
-            await self._throttle.succeeded(self._limits[1].key, self._account)
 
 
 class LoginGate:
