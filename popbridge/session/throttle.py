@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 LOGINS_IN_FLIGHT = 8
 LOGIN_SLOT_WAIT = 30.0  # seconds a login waits for a slot before [SYS/TEMP]
 RESERVATION_HOLD = 300.0  # an unsettled reservation (its process died) counts this long
-RESERVE_POLL = 0.25  # seconds between looks at a shared ledger while every place is taken
+# Seconds between looks at the ledger while every place is taken, growing to the maximum:
+# settlements of this process wake the waiters at once, other instances' are only polled.
+RESERVE_POLL, RESERVE_POLL_MAX = 0.1, 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,7 @@ class Throttle:
         """A ticket holding a place on every key; `Throttled` if a key is locked out,
         `LoginsBusy` if no place freed within `wait` seconds."""
         deadline = asyncio.get_running_loop().time() + wait
+        poll = RESERVE_POLL
         while True:
             outcome = await self.ledger.reserve(
                 limits, window=self.policy.window, hold=RESERVATION_HOLD
@@ -130,7 +133,8 @@ class Throttle:
                 raise LoginsBusy("every failed-login place is reserved")
             settled = self._settled
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(settled.wait(), min(left, RESERVE_POLL))
+                await asyncio.wait_for(settled.wait(), min(left, poll))
+            poll = min(poll * 2, RESERVE_POLL_MAX)
 
     async def settle(self, ticket: str, *, failed: bool) -> float:
         """End a reservation; returns the delay before answering a failure."""
