@@ -143,6 +143,7 @@ class DurableStore:
         memory = MemoryStore()
         self.uidls, self.locks, self.sizes = memory.uidls, memory.locks, memory.sizes
         self.accounts, self.listings = memory.accounts, memory.listings
+        self.failures = memory.failures
 
     async def close(self) -> None:
         return None
