@@ -2,10 +2,10 @@
 
 Every table is read through `TableReader`, so a mistake is reported with the file and the
 key, unknown keys are refused, and defaults are the safe ones: no plaintext passwords on
-an unencrypted connection, the RFC 1939 section 3 idle timeout of ten minutes (and one
-minute from connect to login), deletions
-by UID EXPUNGE only. The `[backend]` table is handed, unread, to the backend named by its
-`type`, which validates it itself; the core never knows a backend's keys.
+an unencrypted connection, the RFC 1939 §3 idle timeout of ten minutes and one minute from
+connect to login, deletions by UID EXPUNGE only. The `[backend]` table is handed, unread,
+to the backend named by its `type`, which validates it itself; the core never knows a
+backend's keys.
 """
 
 from __future__ import annotations
