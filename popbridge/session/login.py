@@ -11,6 +11,7 @@ transaction cannot start, the login releases what it took, closing the mailbox o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
