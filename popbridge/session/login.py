@@ -22,6 +22,8 @@ from popbridge.pop3 import sasl
 from popbridge.pop3.replies import Continue, Err, Ok, Reply
 from popbridge.session.services import Services
 from popbridge.store.locks import Lease
+from popbridge.telemetry import metrics
+from popbridge.telemetry.upstream import timed_open
 
 LOGOUT_DEADLINE: Final = 10.0  # seconds an upstream LOGOUT may take before it is abandoned
 PLAINTEXT_REFUSED: Final = "Plaintext authentication disallowed on non-secure (SSL/TLS) connections"
@@ -54,6 +56,7 @@ class Login:
         self._sasl: sasl.Mechanism | None = None
         self._refusal: Err | None = None  # an RFC 7628 error waiting for the client's reply
         self.failures = 0
+        self.user: str | None = None  # who logged in, for the status page
 
     def exchange_ended(self) -> None:
         """A refused line ends any SASL exchange (RFC 5034 §4)."""
@@ -104,6 +107,7 @@ class Login:
         throttle = self._services.throttle
         if (refusal := throttle.refuse(self._address, user)) is not None:
             self.failures += 1
+            metrics.login_refused(mechanism, refusal.code)
             self._log.info("login of %r refused by throttling: %s", user, refusal.text)
             return Err(refusal.text, refusal.code)
         try:
@@ -111,13 +115,17 @@ class Login:
                 account, (count, octets) = await self._open(user, secret, mechanism, enter)
         except AuthFailed as error:
             self.failures += 1
+            metrics.login(mechanism, "failed")
             self._log.info("login failed for %r: %s", user, error)
             await asyncio.sleep(throttle.failed(self._address, user))
             return Err(AuthFailed.wire_text, Code.AUTH)
         except BridgeError as error:
+            metrics.login_error(mechanism, error)
             self._log.warning("login of %r not completed: %r", user, error)
             return Err(error.wire_text, error.code)
         throttle.succeeded(self._address, user, account)
+        self.user = user
+        metrics.login(mechanism, "ok")
         self._log.info("%r logged in, %d messages", user, count)
         return Ok(f"maildrop has {count} messages ({octets} octets)")
 
@@ -127,7 +135,7 @@ class Login:
         """Authenticate, lock, enter; on any failure leave nothing held."""
         assert self._services.authenticator is not None
         login = await self._services.authenticator.authenticate(user, secret, mechanism=mechanism)
-        mailbox = await login.backend.open(login.credentials)
+        mailbox = await timed_open(login.backend, login.credentials)
         lease: Lease | None = None
         try:
             if self._services.throttle.too_soon(login.account):
