@@ -1,0 +1,117 @@
+"""The status page in a real headless Chromium while sessions are open, and its escaping."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from devkit.dovecot import Dovecot
+from popbridge.admin.health import ProbeResult
+from popbridge.admin.page import PageData, render
+from popbridge.admin.status import AccountInfo, CertificateInfo
+from popbridge.telemetry.board import SessionEntry
+from tests.admin.conftest import StartAdmin, pop_session, wait_ready
+
+
+class Tables(HTMLParser):
+    """The text of every cell, per table id and row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self._table: str | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table":
+            self._table = dict(attrs).get("id") or ""
+            self.tables[self._table] = []
+        elif tag == "tr" and self._table is not None:
+            self.tables[self._table].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None and self._table is not None:
+            self.tables[self._table][-1].append("".join(self._cell))
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+async def chromium(*args: str, profile: Path) -> bytes:
+    browser = shutil.which("chromium")
+    if browser is None:
+        pytest.skip("chromium (Debian package chromium) is not installed")
+    process = await asyncio.create_subprocess_exec(
+        browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    output, _ = await asyncio.wait_for(process.communicate(), 120)
+    return output
+
+
+@pytest.mark.dovecot
+async def test_chromium_renders_the_open_sessions(
+    admin_bridge: StartAdmin, mailbox: Dovecot, tmp_path: Path
+) -> None:
+    mailbox.seed_generated("alice", 2, 300)
+    running = await admin_bridge(token=None)  # a browser sends no bearer token
+    await wait_ready(running)
+    _, alice, replies = await pop_session(running.pop_port, b"USER alice", b"PASS secret")
+    assert replies[-1].startswith(b"+OK")
+    _, anonymous, _ = await pop_session(running.pop_port, b"CAPA")
+    ids = {entry.id: entry for entry in running.pop3.board.entries()}
+    assert len(ids) == 2
+
+    dom = await chromium("--dump-dom", running.url + "/", profile=tmp_path / "profile")
+    screenshot = tmp_path / "status-page.png"
+    await chromium(
+        f"--screenshot={screenshot}", "--window-size=1280,900", running.url + "/",
+        profile=tmp_path / "profile",
+    )  # fmt: skip
+    print(f"status page screenshot: {screenshot}")
+
+    parser = Tables()
+    parser.feed(dom.decode())
+    header, *rows = parser.tables["sessions"]
+    assert header[:6] == ["id", "user", "client address", "listener", "TLS", "state"]
+    shown = {row[0]: row for row in rows}
+    assert set(shown) == set(ids)
+    by_user = {row[1]: row for row in rows}
+    assert by_user["alice"][5] == "transaction" and by_user["-"][5] == "authorization"
+    assert all(row[2].startswith("127.0.0.1:") and row[4] == "none" for row in rows)
+    health = {row[0]: row[1] for row in parser.tables["health"][1:]}
+    assert health == {"upstream": "ok", "store": "ok"}
+    assert screenshot.stat().st_size > 1000 and screenshot.read_bytes()[:4] == b"\x89PNG"
+    for writer in (alice, anonymous):
+        writer.close()
+
+
+def test_page_escapes_what_comes_from_outside() -> None:
+    hostile = "<script>alert(1)</script>"
+    connection = SimpleNamespace(engine=SimpleNamespace(state="x"), transport=None)
+    entry = SessionEntry("s-1", hostile, "pop3", connection, started=0.0)
+    entry.session = SimpleNamespace(user=f'"><img src=x onerror=alert(1)>{hostile}')
+    page = render(
+        PageData(
+            sessions=[entry],
+            probes={"upstream": ProbeResult(last_error=hostile)},
+            not_ready={"upstream": hostile},
+            certificates=[CertificateInfo("pop3s", f"CN={hostile}", None, "cannot load: X")],
+            accounts=[AccountInfo(hostile, hostile, "oauth2", hostile)],
+            now=100.0,
+        )
+    )
+    assert "<script" not in page and "<img" not in page
+    assert page.count("&lt;script&gt;") >= 6
