@@ -84,7 +84,8 @@ class AdminServer:
         return app
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.application(), access_log=None, handler_args=LIMITS)
+        # No access log: a line per probe and scrape says nothing the metrics do not.
+        self._runner = web.AppRunner(self.application(), access_log=None, **LIMITS)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self._settings.host, self._settings.port)
         await self._site.start()

@@ -57,9 +57,12 @@ class Running:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     async def get(self, path: str, **kwargs: Any) -> tuple[int, str]:
-        async with aiohttp.ClientSession() as http, http.get(
-            self.url + path, headers=kwargs.pop("headers", self.headers()), **kwargs
-        ) as response:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                self.url + path, headers=kwargs.pop("headers", self.headers()), **kwargs
+            ) as response,
+        ):
             return response.status, await response.text()
 
 
@@ -106,7 +109,10 @@ async def wait_ready(running: Running) -> None:
     raise AssertionError(running.admin.health.readiness())
 
 
-async def pop_session(port: int, *lines: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, list[bytes]]:
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter, list[bytes]]
+
+
+async def pop_session(port: int, *lines: bytes) -> Streams:
     """Connect, send `lines` one at a time, return the open streams and each reply line."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     replies = [await reader.readline()]

@@ -159,9 +159,9 @@ async def test_request_bodies_and_oversized_headers_are_refused(admin_bridge: St
     async with aiohttp.ClientSession() as http:
         async with http.get(running.url + "/metrics", data=b"x" * 100_000) as response:
             assert response.status == 413
-        async with http.get(running.url + "/", headers={"X-Big": "y" * 10_000}) as response:
+        async with http.get(running.url + "/", headers={"X-Big": "y" * 5_000}) as response:
             assert response.status in (400, 431)
-        many = {f"X-H{i}": "v" for i in range(200)}
+        many = {f"X-H{i}": "v" for i in range(100)}
         async with http.get(running.url + "/", headers=many) as response:
             assert response.status in (400, 431)
         hostile = {"Host": "evil.example\r\nX-Injected: 1", "Authorization": "Bearer \x00\xff"}
@@ -179,9 +179,10 @@ async def test_request_bodies_and_oversized_headers_are_refused(admin_bridge: St
 
 async def test_responses_carry_headers_that_keep_browsers_safe(admin_bridge: StartAdmin) -> None:
     running = await admin_bridge()
-    async with aiohttp.ClientSession() as http, http.get(
-        running.url + "/", headers=running.headers()
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(running.url + "/", headers=running.headers()) as response,
+    ):
         assert response.status == 200
         assert response.headers["X-Frame-Options"] == "DENY"
         assert response.headers["Cache-Control"] == "no-store"
