@@ -26,14 +26,14 @@ pytestmark = pytest.mark.dovecot
 
 
 def write_config(
-    path: Path, dovecot: Dovecot, *, imap_port: int | None = None, pop_port: int = 0
-) -> Path:
+    path: Path, dovecot: Dovecot, *, imap_port: int | None = None, pop_port: int = 0,
+    server: str = 'log_level = "INFO"\nshutdown_grace = 1', extra: str = "",
+) -> Path:  # fmt: skip
     path.write_text(
         f"""
 [server]
-log_level = "INFO"
 auth_failure_delay = 0
-shutdown_grace = 1
+{server}
 
 [[listeners]]
 host = "127.0.0.1"
@@ -46,6 +46,7 @@ host = "127.0.0.1"
 port = {imap_port or dovecot.imaps_port}
 tls = "implicit"
 ca_file = "{dovecot.pki.ca_file}"
+{extra}
 """
     )
     return path

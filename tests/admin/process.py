@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devkit.dovecot import Dovecot, free_port
+from tests.test_cli import write_config
 
 
 @dataclass
@@ -53,35 +54,11 @@ def start_daemon(
     pop_port, admin_port = free_port(), free_port()
     token_file = directory / "admin-token"
     token_file.write_text(token + "\n")
-    config = directory / "popbridge.toml"
-    config.write_text(f"""
-[server]
-log_level = "DEBUG"
-log_format = "{log_format}"
-auth_failure_delay = 0
-shutdown_grace = {grace}
-
-[[listeners]]
-host = "127.0.0.1"
-port = {pop_port}
-plaintext_auth = true
-
-[backend]
-type = "imap"
-host = "127.0.0.1"
-port = {dovecot.imaps_port}
-tls = "implicit"
-ca_file = "{dovecot.pki.ca_file}"
-
-[store]
-type = "memory"
-
-[admin]
-enabled = true
-port = {admin_port}
-token_file = "{token_file}"
-probe_interval = 1
-""")
+    server = f'log_level = "DEBUG"\nlog_format = "{log_format}"\nshutdown_grace = {grace}'
+    admin = f'[store]\ntype = "memory"\n[admin]\nenabled = true\nport = {admin_port}\n'
+    admin += f'token_file = "{token_file}"\nprobe_interval = 1'
+    config = write_config(directory / "popbridge.toml", dovecot, pop_port=pop_port,
+                          server=server, extra=admin)  # fmt: skip
     script = Path(sys.executable).with_name("popbridge")
     process = subprocess.Popen(
         [str(script), "serve", "--config", str(config)], stderr=subprocess.PIPE
