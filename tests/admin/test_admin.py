@@ -96,10 +96,17 @@ async def test_metrics_count_a_session_name_nobody_and_pass_promtool(
     await wait_ready(running)
     _, writer, _ = await pop_session(running.pop_port, b"USER alice", b"PASS wrong")
     writer.close()
-    _, writer, replies = await pop_session(
-        running.pop_port, b"USER alice", b"PASS secret", b"STAT", b"DELE 1", b"QUIT"
-    )
-    assert replies[-1].startswith(b"+OK")
+    reader, writer, replies = await pop_session(running.pop_port, b"USER alice", b"PASS secret")
+    assert replies[-1].startswith(b"+OK maildrop has 3 messages")
+    _, second, refused = await pop_session(running.pop_port, b"USER alice", b"PASS secret")
+    assert refused[-1].startswith(b"-ERR [IN-USE]")
+    second.close()
+    for command in (b"RETR 1", b"RETR 2"):  # in order: the second was prepared ahead
+        writer.write(command + b"\r\n")
+        assert (await reader.readuntil(b"\r\n.\r\n")).startswith(b"+OK")
+    writer.write(b"DELE 1\r\nQUIT\r\n")
+    assert (await reader.readline()).startswith(b"+OK")
+    assert (await reader.readline()).startswith(b"+OK")
     writer.close()
     await writer.wait_closed()
     await asyncio.sleep(0.2)  # the connection task ends after the last reply
@@ -109,6 +116,11 @@ async def test_metrics_count_a_session_name_nobody_and_pass_promtool(
         'popbridge_logins_total{mechanism="password",result="ok"}',
         'popbridge_logins_total{mechanism="password",result="failed"}',
         'popbridge_commands_total{command="DELE",result="ok"}',
+        'popbridge_commands_total{command="RETR",result="ok"}',
+        'popbridge_logins_total{mechanism="password",result="in_use"}',
+        "popbridge_in_use_refusals_total ",
+        'popbridge_lookahead_total{result="hit"}',
+        "popbridge_sent_bytes_total ",
         'popbridge_updates_total{outcome="applied"}',
         'popbridge_upstream_seconds_bucket{backend="imap",le="+Inf",operation="open"}',
         'popbridge_upstream_errors_total{backend="imap",kind="AuthFailed",operation="open"}',
