@@ -74,7 +74,7 @@ def test_no_secret_or_body_in_either_log_format(
     logged_in = [line for line in lines if "'bob' logged in" in line]
     assert len(logged_in) == 2
     if log_format == "text":
-        assert all(" INFO popbridge.frontend.server [" in line for line in logged_in)
+        assert all(" INFO popbridge.frontend.client [" in line for line in logged_in)
         return
     records = [json.loads(line) for line in lines]  # every line is one JSON object
     assert all({"time", "level", "logger", "event"} <= set(r) for r in records)
@@ -82,5 +82,5 @@ def test_no_secret_or_body_in_either_log_format(
     assert len(sessions) == 2
     for record in sessions:
         assert record["client"].startswith("127.0.0.1:") and record["session"]
-        assert record["level"] == "INFO" and record["logger"] == "popbridge.frontend.server"
+        assert record["level"] == "INFO" and record["logger"] == "popbridge.frontend.client"
     assert records[-1]["event"] == "stopped: 0 sessions drained, 0 cut without UPDATE"

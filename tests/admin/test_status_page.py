@@ -100,9 +100,12 @@ async def test_chromium_renders_the_open_sessions(
 
 def test_page_escapes_what_comes_from_outside() -> None:
     hostile = "<script>alert(1)</script>"
-    connection = SimpleNamespace(engine=SimpleNamespace(state="x"), transport=None)
+    connection = SimpleNamespace(
+        protocol=SimpleNamespace(engine=SimpleNamespace(state="x"), transport=None),
+        out=SimpleNamespace(sent=3),
+        session=SimpleNamespace(user=f'"><img src=x onerror=alert(1)>{hostile}'),
+    )
     entry = SessionEntry("s-1", hostile, "pop3", connection, started=0.0)
-    entry.session = SimpleNamespace(user=f'"><img src=x onerror=alert(1)>{hostile}')
     page = render(
         PageData(
             sessions=[entry],

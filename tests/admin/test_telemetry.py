@@ -145,8 +145,10 @@ def test_the_board_counts_sessions_by_listener_and_tls() -> None:
     board = SessionBoard()
     ssl_object = SimpleNamespace(version=lambda: "TLSv1.3")
     transport = SimpleNamespace(get_extra_info=lambda name: ssl_object)
-    connection = SimpleNamespace(engine=SimpleNamespace(state=SimpleNamespace(name="UPDATE")),
-                                 transport=transport)  # fmt: skip
+    protocol = SimpleNamespace(
+        engine=SimpleNamespace(state=SimpleNamespace(name="UPDATE")), transport=transport
+    )
+    connection = SimpleNamespace(protocol=protocol, out=None, session=None)
     before = value("popbridge_sessions_total", listener="board", tls="TLSv1.3")
     entry = board.add(SessionEntry("x-1", "10.0.0.1:5", "board", connection, started=10.0))
     assert value("popbridge_sessions_active", listener="board") == 1
