@@ -84,7 +84,7 @@ async def test_readyz_turns_503_as_soon_as_draining_starts(
 def promtool(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     tool = shutil.which("promtool")
     if tool is None:
-        pytest.skip("promtool (Debian package prometheus) is not installed")
+        pytest.fail("promtool (Debian package prometheus) is missing: run scripts/bootstrap")
     return subprocess.run([tool, *args], input=stdin, capture_output=True, timeout=60)
 
 

@@ -51,7 +51,7 @@ class Tables(HTMLParser):
 async def chromium(*args: str, profile: Path) -> bytes:
     browser = shutil.which("chromium")
     if browser is None:
-        pytest.skip("chromium (Debian package chromium) is not installed")
+        pytest.fail("chromium (Debian package chromium) is missing: run scripts/bootstrap")
     process = await asyncio.create_subprocess_exec(
         browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
         f"--user-data-dir={profile}", *args,
