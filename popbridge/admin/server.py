@@ -114,7 +114,10 @@ class AdminServer:
         try:
             return await handler(request)
         except web.HTTPException as error:  # 404, 405: a fixed text, not the request's
-            return _json({"error": error.reason}, error.status)
+            response = _json({"error": error.reason}, error.status)
+            if "Allow" in error.headers:  # RFC 9110 §15.5.6: a 405 names the methods
+                response.headers["Allow"] = error.headers["Allow"]
+            return response
 
     def _authorized(self, request: web.Request) -> bool:
         token = self._settings.token

@@ -163,6 +163,7 @@ async def test_other_methods_are_not_allowed(admin_bridge: StartAdmin, method: s
         for path in ("/metrics", "/", "/readyz"):
             async with http.request(method, running.url + path, headers=running.headers()) as r:
                 assert r.status == 405, (method, path)
+                assert set(r.headers["Allow"].split(",")) == {"GET", "HEAD"}
                 assert TOKEN not in await r.text()
 
 
