@@ -74,11 +74,13 @@ async def admin_bridge(dovecot: Dovecot) -> AsyncIterator[StartAdmin]:
     started: list[tuple[Pop3Server, AdminServer, Any]] = []
 
     async def start(*, token: str | None = TOKEN, server: ServerConfig | None = None,
+                    tls: ListenerConfig | None = None,
                     imap_port: int | None = None, **admin: Any) -> Running:  # fmt: skip
         settings = imap_settings(dovecot, **({"port": imap_port} if imap_port else {}))
         config = Config(
             source="test", backend_type="imap", backend_settings=settings,
-            listeners=(ListenerConfig(host="127.0.0.1", port=0, plaintext_auth=True),),
+            listeners=(ListenerConfig(host="127.0.0.1", port=0, plaintext_auth=True),)
+            + ((tls,) if tls else ()),
             server=server or ServerConfig(throttle=NO_DELAY),
             admin=AdminConfig(enabled=True, port=0, token=token, **admin),
             store_settings={"type": "memory"},

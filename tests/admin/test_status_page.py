@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import ssl
 from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,6 +15,8 @@ from devkit.dovecot import Dovecot
 from popbridge.admin.health import ProbeResult
 from popbridge.admin.page import PageData, render
 from popbridge.admin.status import AccountInfo, CertificateInfo
+from popbridge.config import ListenerConfig
+from popbridge.frontend.tls import TlsSettings, make_self_signed
 from popbridge.telemetry.board import SessionEntry
 from tests.admin.conftest import StartAdmin, pop_session, wait_ready
 
@@ -66,13 +69,25 @@ async def test_chromium_renders_the_open_sessions(
     admin_bridge: StartAdmin, mailbox: Dovecot, tmp_path: Path
 ) -> None:
     mailbox.seed_generated("alice", 2, 300)
-    running = await admin_bridge(token=None)  # a browser sends no bearer token
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    make_self_signed(cert, key, ["127.0.0.1"], days=30)
+    pop3s = ListenerConfig(host="127.0.0.1", port=0, mode="implicit", name="pop3s",
+                           tls=TlsSettings(cert, key))  # fmt: skip
+    running = await admin_bridge(token=None, tls=pop3s)  # a browser sends no bearer token
     await wait_ready(running)
     _, alice, replies = await pop_session(running.pop_port, b"USER alice", b"PASS secret")
     assert replies[-1].startswith(b"+OK")
     _, anonymous, _ = await pop_session(running.pop_port, b"CAPA")
+    context = ssl.create_default_context(cafile=cert)
+    reader, bob = await asyncio.open_connection(
+        "127.0.0.1", running.pop3.addresses[1][1], ssl=context
+    )
+    await reader.readline()
+    bob.write(b"USER bob\r\nPASS hunter2\r\n")
+    assert (await reader.readline()).startswith(b"+OK")
+    assert (await reader.readline()).startswith(b"+OK")
     ids = {entry.id: entry for entry in running.pop3.board.entries()}
-    assert len(ids) == 2
+    assert len(ids) == 3
 
     dom = await chromium("--dump-dom", running.url + "/", profile=tmp_path / "profile")
     screenshot = tmp_path / "status-page.png"
@@ -90,11 +105,16 @@ async def test_chromium_renders_the_open_sessions(
     assert set(shown) == set(ids)
     by_user = {row[1]: row for row in rows}
     assert by_user["alice"][5] == "transaction" and by_user["-"][5] == "authorization"
-    assert all(row[2].startswith("127.0.0.1:") and row[4] == "none" for row in rows)
+    assert all(row[2].startswith("127.0.0.1:") for row in rows)
+    assert [by_user[user][3:5] for user in ("alice", "-", "bob")] == [
+        ["pop3", "none"], ["pop3", "none"], ["pop3s", "TLSv1.3"],
+    ]  # fmt: skip
+    assert parser.tables["certificates"][1][:2] == ["pop3s", "CN=127.0.0.1"]
+    assert parser.tables["certificates"][1][3].startswith(("29.", "30.0"))
     health = {row[0]: row[1] for row in parser.tables["health"][1:]}
     assert health == {"upstream": "ok", "store": "ok"}
     assert screenshot.stat().st_size > 1000 and screenshot.read_bytes()[:4] == b"\x89PNG"
-    for writer in (alice, anonymous):
+    for writer in (alice, anonymous, bob):
         writer.close()
 
 
