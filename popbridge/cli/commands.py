@@ -178,6 +178,9 @@ async def check(config: Config) -> int:
             build_context(listener.tls)  # raises ConfigError when the files do not load
             print(f"listener {listener.host}:{listener.port}: {listener.tls.cert_file} loads")
     print(f"maildrop: disposition {config.maildrop.disposition.kind.value}")
+    if (admin := config.admin).enabled:
+        guard = "bearer token required" if admin.token else "no token"
+        print(f"admin http://{admin.host}:{admin.port}/ ({guard} but for /healthz)")
     services, store = await build_services(config)
     await store.close()
     print("store: ok")

@@ -49,6 +49,19 @@ async def test_serve_runs_the_admin_listener_and_drains_on_sigterm(
         gc.unfreeze()
 
 
+def test_check_describes_the_admin_listener(
+    dovecot: Dovecot, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("t0ken-for-the-check-9d8e7f\n")
+    admin = f'[admin]\nenabled = true\nport = 9999\ntoken_file = "{token}"'
+    path = write_config(tmp_path / "c.toml", dovecot, extra=f'[store]\ntype = "memory"\n{admin}')
+    assert cli.main(["check", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "admin http://127.0.0.1:9999/ (bearer token required but for /healthz)" in out
+    assert "t0ken" not in out
+
+
 def test_json_logs_through_the_writer_thread(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
