@@ -17,6 +17,7 @@ from popbridge.admin.page import PageData, render
 from popbridge.admin.status import AccountInfo, CertificateInfo
 from popbridge.config import ListenerConfig
 from popbridge.frontend.tls import TlsSettings, make_self_signed
+from popbridge.telemetry import metrics
 from popbridge.telemetry.board import SessionEntry
 from tests.admin.conftest import StartAdmin, pop_session, wait_ready
 
@@ -114,8 +115,15 @@ async def test_chromium_renders_the_open_sessions(
     health = {row[0]: row[1] for row in parser.tables["health"][1:]}
     assert health == {"upstream": "ok", "store": "ok"}
     assert screenshot.stat().st_size > 1000 and screenshot.read_bytes()[:4] == b"\x89PNG"
+    tls_sessions = ("popbridge_sessions_total", {"listener": "pop3s", "tls": "TLSv1.3"})
+    before = metrics.REGISTRY.get_sample_value(*tls_sessions) or 0
     for writer in (alice, anonymous, bob):
         writer.close()
+    for _ in range(100):
+        if not running.pop3.board.entries():
+            break
+        await asyncio.sleep(0.05)
+    assert metrics.REGISTRY.get_sample_value(*tls_sessions) == before + 1  # counted as TLS
 
 
 def test_page_escapes_what_comes_from_outside() -> None:
