@@ -2,12 +2,12 @@
 
 `serve` loads the config, builds the backend through the registry, listens (and serves
 the admin listener when `[admin]` enables it), and runs until SIGTERM or SIGINT. Then it
-drains: it stops accepting, gives open sessions `shutdown_grace` seconds to QUIT, and
-closes the rest without applying their pending deletions. `check` validates the config and
-probes the upstream without credentials, printing one line per finding, so an operator can
-test a config before starting the daemon. Exit status: 0 when all is well, 1 when the
-upstream check failed, 2 for a config error, 3 when `serve` had to cut sessions at the end
-of the grace period (the last log line says how many were drained and how many cut).
+drains: it stops accepting, gives open sessions `shutdown_grace` seconds to QUIT (a second
+signal ends the wait), and closes the rest without applying their pending deletions.
+`check` validates the config and probes the upstream without credentials, printing one
+line per finding, so an operator can test a config before starting the daemon. Exit
+status: 0 when all is well, 1 when the upstream check failed, 2 for a config error, 3 when
+`serve` had to cut sessions (the last log line says how many were drained and how many cut).
 """
 
 from __future__ import annotations
@@ -158,9 +158,12 @@ async def serve(config: Config) -> int:
             loop.add_signal_handler(signum, stop.set)
         loop.add_signal_handler(signal.SIGHUP, server.reload_certificates)
         await stop.wait()
-        log.info("draining: %d sessions open, %.0f s to QUIT", len(server.board),
-                 config.server.shutdown_grace)  # fmt: skip
-        drained, cut = await server.drain()
+        log.info("draining: %d sessions open, %.0f s to QUIT (signal again to close them now)",
+                 len(server.board), config.server.shutdown_grace)  # fmt: skip
+        hurry = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, hurry.set)
+        drained, cut = await server.drain(hurry)
     finally:
         if admin is not None:
             await admin.stop()

@@ -96,16 +96,22 @@ class Pop3Server:
         for server in self._servers:
             await server.wait_closed()
 
-    async def drain(self) -> tuple[int, int]:
+    async def drain(self, hurry: asyncio.Event | None = None) -> tuple[int, int]:
         """Graceful shutdown: stop accepting, let sessions end by QUIT within
-        `shutdown_grace`, then `stop` (the rest close without UPDATE). Returns how many
-        sessions ended by themselves in the grace period and how many were cut."""
+        `shutdown_grace` (or until `hurry` is set), then `stop` (the rest close without
+        UPDATE). Returns how many sessions ended by themselves and how many were cut."""
         self.draining = True
         for server in self._servers:
             server.close()
         open_now = list(self._connections)
-        if open_now:
-            await asyncio.wait(open_now, timeout=self._config.server.shutdown_grace)
+        if open_now:  # cancelling a wait leaves the sessions it waited for running
+            grace = asyncio.ensure_future(
+                asyncio.wait(open_now, timeout=self._config.server.shutdown_grace)
+            )
+            waits = {grace} if hurry is None else {grace, asyncio.ensure_future(hurry.wait())}
+            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in pending:
+                waiting.cancel()
         cut = sum(1 for task in open_now if not task.done())
         await self.stop()
         return len(open_now) - cut, cut

@@ -34,18 +34,23 @@ def refuses_connections(port: int) -> bool:
     return False
 
 
+def terminated(daemon: Daemon) -> bytes:
+    """Send SIGTERM; the /readyz answer once the daemon handled it (on its next loop turn)."""
+    daemon.terminate()
+    for _ in range(500):
+        status, body = daemon.http("/readyz")
+        if status == 503:
+            return body
+        time.sleep(0.02)
+    raise AssertionError("still ready after SIGTERM")
+
+
 def test_a_session_that_quits_within_the_grace_is_drained(mailbox: Dovecot, tmp_path: Path) -> None:
     mailbox.seed_generated("alice", 3, 300)
     daemon = start_daemon(mailbox, tmp_path, grace=60)
     try:
         client = logged_in_with_dele(daemon, 1)
-        daemon.terminate()
-        for _ in range(100):  # the signal is handled on the daemon's next loop iteration
-            status, body = daemon.http("/readyz")
-            if status == 503:
-                break
-            time.sleep(0.02)
-        assert status == 503 and b"draining" in body
+        assert b"draining" in terminated(daemon)
         assert refuses_connections(daemon.pop_port)
         assert daemon.process.poll() is None  # still waiting for the open session
         assert client.send(b"STAT").startswith(b"+OK 2 ")
@@ -56,6 +61,24 @@ def test_a_session_that_quits_within_the_grace_is_drained(mailbox: Dovecot, tmp_
     assert status == 0
     assert log.splitlines()[-1].endswith("stopped: 1 sessions drained, 0 cut without UPDATE")
     assert sorted(mailbox.uids("alice")) == [2, 3]  # its QUIT applied its DELE
+
+
+def test_a_second_signal_cuts_the_open_sessions_at_once(mailbox: Dovecot, tmp_path: Path) -> None:
+    mailbox.seed_generated("alice", 2, 300)
+    daemon = start_daemon(mailbox, tmp_path, grace=3600)
+    try:
+        held = logged_in_with_dele(daemon, 1)
+        terminated(daemon)
+        assert held.send(b"NOOP").startswith(b"+OK")  # still served while draining
+        daemon.terminate()
+        status, log = daemon.finish(timeout=30)  # far less than the hour of grace
+        assert held.stream.readline() == b""
+    finally:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+    assert status == EXIT_CUT
+    assert log.splitlines()[-1].endswith("stopped: 0 sessions drained, 1 cut without UPDATE")
+    assert sorted(mailbox.uids("alice")) == [1, 2]
 
 
 def test_sessions_still_open_after_the_grace_are_cut_without_update(
