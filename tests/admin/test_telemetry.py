@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from devkit.memory_backend import MemoryBackend
-from popbridge.contract import Credentials, Disposition, DispositionKind
+from popbridge.contract import Credentials, Disposition, DispositionKind, close_chunks
 from popbridge.errors import AuthFailed, BackendUnavailable, Code, LoginTooSoon, MailboxInUse
 from popbridge.telemetry import metrics
 from popbridge.telemetry.board import SessionBoard, SessionEntry
@@ -85,7 +85,7 @@ async def test_timed_mailbox_records_every_call_and_errors_by_class() -> None:
     fetches = value("popbridge_upstream_seconds_count", backend=name, operation="fetch")
     partial = mailbox.fetch(listing[1].identity)
     await anext(partial)
-    await partial.aclose()  # a TOP that stops early: still one sample
+    await close_chunks(partial)  # a TOP that stops early: still one sample
     assert value("popbridge_upstream_seconds_count", backend=name, operation="fetch") == (
         fetches + 1
     )
