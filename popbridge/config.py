@@ -10,6 +10,7 @@ backend's keys.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from popbridge.contract import Disposition, DispositionKind
 from popbridge.errors import ConfigError
 from popbridge.frontend.tls import PROFILES, VERSIONS, TlsSettings
 from popbridge.session.throttle import LOGINS_IN_FLIGHT, ThrottlePolicy
+from popbridge.telemetry.logs import FORMATS as LOG_FORMATS
 from popbridge.upstream.settings import TableReader
 
 MIN_IDLE_TIMEOUT = 600.0  # RFC 1939 section 3: an autologout timer of at least 10 minutes
@@ -45,6 +47,7 @@ class ListenerConfig:
     plaintext_auth: bool = False
     handshake_timeout: float = 30.0
     sasl_mechanisms: tuple[str, ...] | None = None  # None: all the authenticator accepts
+    name: str = ""  # the label metrics and the status page use; "" shows as "pop3"
 
     def describe(self) -> str:
         tls = "no TLS" if self.tls is None else f"TLS profile {self.tls.describe()}"
@@ -63,6 +66,7 @@ class ServerConfig:
     max_auth_failures: int = 3
     shutdown_grace: float = 30.0
     log_level: str = "INFO"
+    log_format: str = "text"
     certificate_check_interval: float = 60.0
     throttle: ThrottlePolicy = field(default_factory=ThrottlePolicy)
 
@@ -74,6 +78,20 @@ class MaildropConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The operators' HTTP listener (`popbridge.admin`): off unless enabled, loopback only
+    unless a bearer token protects it (or the operator says the network is trusted)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9110
+    token: str | None = field(default=None, repr=False)
+    probe_interval: float = 15.0  # seconds between upstream and store probes
+    ready_max_age: float = 60.0  # the upstream must have answered a probe this recently
+    probe_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: str
     listeners: tuple[ListenerConfig, ...]
@@ -81,6 +99,7 @@ class Config:
     backend_settings: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     server: ServerConfig = ServerConfig()
     maildrop: MaildropConfig = MaildropConfig()
+    admin: AdminConfig = AdminConfig()
     # read by their owners (popbridge.store, popbridge.accounts), which validate them
     store_settings: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     accounts_settings: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
@@ -106,7 +125,7 @@ def load_config(path: Path) -> Config:
 def parse_config(data: Mapping[str, Any], *, source: str) -> Config:
     """Validate an already parsed TOML document."""
     unknown = sorted(
-        set(data) - {"server", "listeners", "backend", "maildrop", "store", "accounts"}
+        set(data) - {"server", "listeners", "backend", "maildrop", "store", "accounts", "admin"}
     )
     if unknown:
         raise ConfigError(f"{source}: {unknown[0]}: unknown section")
@@ -121,6 +140,7 @@ def parse_config(data: Mapping[str, Any], *, source: str) -> Config:
         backend_settings=MappingProxyType(dict(backend)),
         server=_server(TableReader(data.get("server", {}), source=source, path="server")),
         maildrop=_maildrop(TableReader(data.get("maildrop", {}), source=source, path="maildrop")),
+        admin=_admin(TableReader(data.get("admin", {}), source=source, path="admin")),
         store_settings=MappingProxyType(dict(_table(data, "store", source))),
         accounts_settings=MappingProxyType(dict(_table(data, "accounts", source))),
     )
@@ -141,12 +161,12 @@ def _listeners(value: Any, source: str) -> tuple[ListenerConfig, ...]:
     listeners = []
     for index, table in enumerate(value):
         reader = TableReader(table, source=source, path=f"listeners[{index}]")
-        listeners.append(_listener(reader))
+        listeners.append(_listener(reader, f"pop3-{index}"))
         reader.finish()
     return tuple(listeners)
 
 
-def _listener(reader: TableReader) -> ListenerConfig:
+def _listener(reader: TableReader, default_name: str) -> ListenerConfig:
     mode = reader.choice("mode", ("plain", "implicit"), "plain")
     tls = _tls(reader)
     if mode == "implicit" and tls is None:
@@ -163,7 +183,18 @@ def _listener(reader: TableReader) -> ListenerConfig:
         plaintext_auth=reader.boolean("plaintext_auth", False),
         handshake_timeout=reader.number("handshake_timeout", 30.0, minimum=1.0),
         sasl_mechanisms=None if mechanisms is None else tuple(m.upper() for m in mechanisms),
+        name=_label(reader, default_name),
     )
+
+
+def _label(reader: TableReader, default: str) -> str:
+    """A listener's name is a metric label value: short, and safe in any exposition."""
+    name: str = reader.string("name", default)
+    if not (
+        0 < len(name) <= 32 and all(ch.isascii() and (ch.isalnum() or ch in "-_.") for ch in name)
+    ):
+        raise reader.error("name", "must be 1-32 letters, digits, '-', '_' or '.'")
+    return name
 
 
 def _tls(reader: TableReader) -> TlsSettings | None:
@@ -196,6 +227,7 @@ def _server(reader: TableReader) -> ServerConfig:
         max_auth_failures=reader.integer("max_auth_failures", 3, minimum=1),
         shutdown_grace=reader.number("shutdown_grace", 30.0),
         log_level=reader.choice("log_level", _LOG_LEVELS, "INFO"),
+        log_format=reader.choice("log_format", LOG_FORMATS, "text"),
         certificate_check_interval=reader.number("certificate_check_interval", 60.0),
         throttle=ThrottlePolicy(
             base_delay=reader.number("auth_failure_delay", 2.0),
@@ -213,6 +245,39 @@ def _server(reader: TableReader) -> ServerConfig:
     )
     reader.finish()
     return config
+
+
+def _admin(reader: TableReader) -> AdminConfig:
+    config = AdminConfig(
+        enabled=reader.boolean("enabled", False),
+        host=reader.string("host", "127.0.0.1"),
+        port=reader.integer("port", 9110, minimum=0, maximum=65535),
+        token=reader.secret("token"),
+        probe_interval=reader.number("probe_interval", 15.0, minimum=1.0),
+        ready_max_age=reader.number("ready_max_age", 60.0, minimum=1.0),
+        probe_timeout=reader.number("probe_timeout", 10.0, minimum=1.0),
+    )
+    # The status page names users and their addresses: off loopback, only behind a token.
+    if config.token is None and not _loopback(config.host):
+        if not reader.boolean("allow_unauthenticated", False):
+            raise reader.error(
+                "host",
+                "a non-loopback admin listener needs a token "
+                "(token_file or token_env), or allow_unauthenticated = true",
+            )
+    else:
+        reader.boolean("allow_unauthenticated", False)
+    if config.token is not None and not 16 <= len(config.token) <= 512:
+        raise reader.error("token", "must have 16 to 512 characters")
+    reader.finish()
+    return config
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _maildrop(reader: TableReader) -> MaildropConfig:

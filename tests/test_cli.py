@@ -26,13 +26,14 @@ pytestmark = pytest.mark.dovecot
 
 
 def write_config(
-    path: Path, dovecot: Dovecot, *, imap_port: int | None = None, pop_port: int = 0
-) -> Path:
+    path: Path, dovecot: Dovecot, *, imap_port: int | None = None, pop_port: int = 0,
+    server: str = 'log_level = "INFO"\nshutdown_grace = 1', extra: str = "",
+) -> Path:  # fmt: skip
     path.write_text(
         f"""
 [server]
-log_level = "INFO"
 auth_failure_delay = 0
+{server}
 
 [[listeners]]
 host = "127.0.0.1"
@@ -45,6 +46,7 @@ host = "127.0.0.1"
 port = {imap_port or dovecot.imaps_port}
 tls = "implicit"
 ca_file = "{dovecot.pki.ca_file}"
+{extra}
 """
     )
     return path
@@ -118,7 +120,7 @@ def test_serve_then_sigterm_applies_no_pending_deletion(mailbox: Dovecot, tmp_pa
             held.sendall(b"USER alice\r\nPASS secret\r\nDELE 2\r\n")
             time.sleep(0.5)
             os.kill(process.pid, signal.SIGTERM)
-            assert process.wait(timeout=15) == 0
+            assert process.wait(timeout=15) == cli.EXIT_CUT  # it never sent QUIT
             assert held.recv(4096).count(b"\r\n") == 3  # its replies, then the close
     finally:
         if process.poll() is None:
@@ -126,6 +128,7 @@ def test_serve_then_sigterm_applies_no_pending_deletion(mailbox: Dovecot, tmp_pa
     log = process.stderr.read().decode() if process.stderr else ""
     assert sorted(mailbox.uids("alice")) == [2, 3]  # the QUIT-less DELE 2 was not applied
     assert "secret" not in log and "server stopping, closing without UPDATE" in log
+    assert log.rstrip().endswith("stopped: 0 sessions drained, 1 cut without UPDATE")
 
 
 def test_logging_goes_through_a_queue_and_is_written_out_by_the_end(

@@ -33,6 +33,8 @@ CORE_RULES: dict[str, set[str]] = {
         "popbridge.store",
         "popbridge.oauth2",
     },
+    # metrics, the session board, log formats: counted into from the session and frontend
+    "popbridge.telemetry": {"popbridge.errors", "popbridge.contract", "popbridge.pop3"},
     "popbridge.session": {
         "popbridge.errors",
         "popbridge.contract",
@@ -40,6 +42,7 @@ CORE_RULES: dict[str, set[str]] = {
         "popbridge.store",
         "popbridge.accounts",
         "popbridge.pop3",
+        "popbridge.telemetry",
     },
     "popbridge.frontend": {
         "popbridge.errors",
@@ -47,6 +50,7 @@ CORE_RULES: dict[str, set[str]] = {
         "popbridge.pop3",
         "popbridge.session",
         "popbridge.upstream",
+        "popbridge.telemetry",
     },
 }
 ANYTHING_IN_THE_CORE = {"popbridge.config", "popbridge.app", "popbridge.cli"}
@@ -141,6 +145,15 @@ def test_aioimaplib_stays_in_the_imap_backend() -> None:
         if any(name.split(".")[0] == "aioimaplib" for name in imports(p))
     }
     assert users <= {("backends", "imap")}, users
+
+
+def test_prometheus_client_stays_where_metrics_are_kept_and_served() -> None:
+    users = {
+        part_of(module_name(p))
+        for p in core_modules()
+        if any(name.split(".")[0] == "prometheus_client" for name in imports(p))
+    }
+    assert users <= {"popbridge.telemetry", "popbridge.admin"}, users
 
 
 def test_a_forbidden_import_is_found(tmp_path: Path) -> None:

@@ -87,6 +87,11 @@ class MappedAuthenticator:
         self._loader = loader
         self._backends: dict[str, tuple[str, Backend]] = {}
 
+    @property
+    def tokens(self) -> AccessTokens:
+        """The access-token cache, whose `health` the status page shows."""
+        return self._tokens
+
     async def authenticate(self, user: str, secret: str, *, mechanism: str = "password") -> Login:
         if mechanism != "password":
             # a device's own bearer token (RFC 7628) names no local password to check

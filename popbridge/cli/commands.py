@@ -1,10 +1,13 @@
 """The `popbridge` command: `serve` runs the bridge, `check` validates a deployment.
 
-`serve` loads the config, builds the backend through the registry, listens, and runs
-until SIGTERM or SIGINT, on which it stops without applying any pending deletions.
+`serve` loads the config, builds the backend through the registry, listens (and serves
+the admin listener when `[admin]` enables it), and runs until SIGTERM or SIGINT. Then it
+drains: it stops accepting, gives open sessions `shutdown_grace` seconds to QUIT (a second
+signal ends the wait), and closes the rest without applying their pending deletions.
 `check` validates the config and probes the upstream without credentials, printing one
 line per finding, so an operator can test a config before starting the daemon. Exit
-status: 0 when all is well, 1 when the upstream check failed, 2 for a config error.
+status: 0 when all is well, 1 when the upstream check failed, 2 for a config error, 3 when
+`serve` had to cut sessions (the last log line says how many were drained and how many cut).
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from popbridge import __version__
+from popbridge.admin import AdminContext, AdminServer
 from popbridge.app import build_services
 from popbridge.cli import accounts as cli_accounts
 from popbridge.config import Config, load_config
 from popbridge.errors import BridgeError, ConfigError
 from popbridge.frontend.server import Pop3Server
 from popbridge.frontend.tls import build_context, make_self_signed
+from popbridge.telemetry.logs import TEXT_FORMAT, formatter
 
 log = logging.getLogger("popbridge")
 
@@ -54,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+LOG_FORMAT = TEXT_FORMAT
+EXIT_CUT = 3  # serve ended with sessions cut at the end of the grace period
 # How long the writer lets a burst of records gather after the first one wakes it.
 LOG_BATCH_PAUSE = 0.05
 
@@ -69,11 +75,13 @@ class _LogWriter(threading.Thread):
 
     _STOP = object()
 
-    def __init__(self, records: queue.SimpleQueue[Any], stream: TextIO) -> None:
+    def __init__(
+        self, records: queue.SimpleQueue[Any], stream: TextIO, log_format: str = "text"
+    ) -> None:
         super().__init__(name="popbridge-log", daemon=True)
         self._records = records
         self._stream = stream
-        self._formatter = logging.Formatter(LOG_FORMAT)
+        self._formatter = formatter(log_format)
 
     def run(self) -> None:
         while (first := self._records.get()) is not self._STOP:
@@ -102,7 +110,7 @@ class _LogWriter(threading.Thread):
 
 
 @contextlib.contextmanager
-def logging_to_stderr(level: str) -> Iterator[None]:
+def logging_to_stderr(level: str, log_format: str = "text") -> Iterator[None]:
     """Log to stderr from a thread of its own, for as long as the `with` lasts.
 
     Records get their message on the event loop and are queued; a thread of their own
@@ -120,7 +128,7 @@ def logging_to_stderr(level: str) -> Iterator[None]:
     handler = logging.handlers.QueueHandler(records)
     root.setLevel(level)
     root.addHandler(handler)
-    writer = _LogWriter(records, sys.stderr)
+    writer = _LogWriter(records, sys.stderr, log_format)
     writer.start()
     try:
         yield
@@ -129,12 +137,18 @@ def logging_to_stderr(level: str) -> Iterator[None]:
         writer.stop()
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGTERM/SIGINT, then shut down without applying pending deletions."""
+async def serve(config: Config) -> int:
+    """Run until SIGTERM/SIGINT, then drain; the exit status (`EXIT_CUT` if any was cut)."""
     services, store = await build_services(config)
+    admin: AdminServer | None = None
     try:
         server = Pop3Server(config, services)
         await server.start()
+        if config.admin.enabled:
+            context = AdminContext(config, server, services.backend, store, services.authenticator)
+            admin = AdminServer(context)
+            await admin.start()
+            log.info("admin listener on %s:%d", *admin.addresses[0])
         # What exists now (modules, config, TLS contexts) lives as long as the process: the
         # cyclic collector need not walk it again in every full collection during sessions.
         gc.freeze()
@@ -144,10 +158,18 @@ async def serve(config: Config) -> None:
             loop.add_signal_handler(signum, stop.set)
         loop.add_signal_handler(signal.SIGHUP, server.reload_certificates)
         await stop.wait()
-        log.info("shutting down")
-        await server.stop()
+        log.info("draining: %d sessions open, %.0f s to QUIT (signal again to close them now)",
+                 len(server.board), config.server.shutdown_grace)  # fmt: skip
+        hurry = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, hurry.set)
+        drained, cut = await server.drain(hurry)
     finally:
+        if admin is not None:
+            await admin.stop()
         await store.close()
+    log.info("stopped: %d sessions drained, %d cut without UPDATE", drained, cut)
+    return EXIT_CUT if cut else 0
 
 
 async def check(config: Config) -> int:
@@ -159,6 +181,9 @@ async def check(config: Config) -> int:
             build_context(listener.tls)  # raises ConfigError when the files do not load
             print(f"listener {listener.host}:{listener.port}: {listener.tls.cert_file} loads")
     print(f"maildrop: disposition {config.maildrop.disposition.kind.value}")
+    if (admin := config.admin).enabled:
+        guard = "bearer token required" if admin.token else "no token"
+        print(f"admin http://{admin.host}:{admin.port}/ ({guard} but for /healthz)")
     services, store = await build_services(config)
     await store.close()
     print("store: ok")
@@ -184,13 +209,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"popbridge: {error}", file=sys.stderr)
         return 2
     try:
-        with logging_to_stderr(config.server.log_level):
+        with logging_to_stderr(config.server.log_level, config.server.log_format):
             if args.command == "accounts":
                 return asyncio.run(cli_accounts.run(args, config))
             if args.command == "check":
                 return asyncio.run(check(config))
-            asyncio.run(serve(config))
+            return asyncio.run(serve(config))
     except ConfigError as error:
         print(f"popbridge: {error}", file=sys.stderr)
         return 2
-    return 0

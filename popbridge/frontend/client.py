@@ -39,6 +39,7 @@ class SessionLog(logging.LoggerAdapter[logging.Logger]):
         self, msg: Any, kwargs: MutableMapping[str, Any]
     ) -> tuple[Any, MutableMapping[str, Any]]:
         extra = self.extra or {}
+        kwargs["extra"] = extra  # the session and peer fields of a JSON log line
         return f"[{extra['session']} {extra['peer']}] {msg}", kwargs
 
 
@@ -62,6 +63,8 @@ class ClientConnection:
         self._login_by = asyncio.get_running_loop().time() + login_timeout
         peer = protocol.transport.get_extra_info("peername")
         self.address = _address(peer)
+        self.peer = _peer(peer)
+        self.session: Session | None = None  # once serving: what the status page asks
         self.log = SessionLog(log, {"session": session_id, "peer": _peer(peer)})
         self.out = BufferedOutput(protocol, write_timeout=idle_timeout)
 
@@ -82,6 +85,7 @@ class ClientConnection:
             self.protocol.engine, self.out, services, policy,
             secure=implicit, log=self.log, address=self.address,
         )  # fmt: skip
+        self.session = session
         try:
             await self._run(session, implicit)
         finally:

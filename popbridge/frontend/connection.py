@@ -17,6 +17,7 @@ import math
 from typing import Final
 
 from popbridge.pop3.engine import Pop3Engine
+from popbridge.telemetry import metrics
 
 READ_BACKLOG: Final = 65536  # engine bytes before reading pauses (> the longest SASL line)
 READ_SIZE: Final = 4096  # one read; commands are lines of at most 255 octets (RFC 2449)
@@ -140,6 +141,7 @@ class BufferedOutput:
         self._write_timeout = write_timeout
         self._pending: list[bytes] = []
         self._size = 0
+        self.sent = 0  # octets handed to the transport, for the status page
 
     def write(self, data: bytes) -> None:
         if data:
@@ -154,6 +156,8 @@ class BufferedOutput:
         transport = self._protocol.transport
         if self._pending and transport is not None and not transport.is_closing():
             transport.write(b"".join(self._pending))
+            self.sent += self._size
+            metrics.sent(self._size)
         self._pending.clear()
         self._size = 0
         if self._protocol.can_write():

@@ -22,6 +22,8 @@ from popbridge.frontend.connection import Pop3Protocol
 from popbridge.frontend.tls import CertificateSet
 from popbridge.pop3.engine import Pop3Engine, State
 from popbridge.session import Services, SessionPolicy
+from popbridge.telemetry.board import SessionBoard, SessionEntry
+from popbridge.telemetry.engine import CountedEngine
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,8 @@ class Pop3Server:
         self._watcher: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
         self._prefix = secrets.token_hex(2)
+        self.board = SessionBoard()  # what the status page shows
+        self.draining = False  # set by `drain`: readiness fails from then on
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -92,8 +96,28 @@ class Pop3Server:
         for server in self._servers:
             await server.wait_closed()
 
+    async def drain(self, hurry: asyncio.Event | None = None) -> tuple[int, int]:
+        """Graceful shutdown: stop accepting, let sessions end by QUIT within
+        `shutdown_grace` (or until `hurry` is set), then `stop` (the rest close without
+        UPDATE). Returns how many sessions ended by themselves and how many were cut."""
+        self.draining = True
+        for server in self._servers:
+            server.close()
+        open_now = list(self._connections)
+        if open_now:  # cancelling a wait leaves the sessions it waited for running
+            grace = asyncio.ensure_future(
+                asyncio.wait(open_now, timeout=self._config.server.shutdown_grace)
+            )
+            waits = {grace} if hurry is None else {grace, asyncio.ensure_future(hurry.wait())}
+            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in pending:
+                waiting.cancel()
+        cut = sum(1 for task in open_now if not task.done())
+        await self.stop()
+        return len(open_now) - cut, cut
+
     def _protocol(self, listener: ListenerConfig, certs: CertificateSet | None) -> Pop3Protocol:
-        protocol = Pop3Protocol(Pop3Engine())
+        protocol = Pop3Protocol(CountedEngine())
         task = asyncio.create_task(self._connection(protocol, listener, certs))
         self._connections[task] = protocol.engine
         task.add_done_callback(self._connections.pop)
@@ -103,11 +127,13 @@ class Pop3Server:
         self, protocol: Pop3Protocol, listener: ListenerConfig, certs: CertificateSet | None
     ) -> None:
         await protocol.connected
+        sid = f"{self._prefix}-{next(self._ids)}"
         client = ClientConnection(
-            protocol, listener, certs, session_id=f"{self._prefix}-{next(self._ids)}",
+            protocol, listener, certs, session_id=sid,
             idle_timeout=self._config.server.idle_timeout,
             login_timeout=self._config.server.login_timeout,
         )  # fmt: skip
+        entry = self.board.add(SessionEntry(sid, client.peer, listener.name or "pop3", client))
         refusal = self._admission(client.address)
         if refusal is not None:
             client.refuse(refusal)
@@ -117,6 +143,7 @@ class Pop3Server:
         except asyncio.CancelledError:
             pass  # shutdown: the session already cleaned up and applied nothing
         finally:
+            self.board.remove(entry)
             self._services.throttle.disconnect(client.address)
 
     def _admission(self, address: str) -> str | None:

@@ -76,6 +76,7 @@ class AccessTokens:
         self._clock = clock
         self._cache: dict[str, _Cached] = {}
         self._flights: dict[str, asyncio.Task[str]] = {}
+        self._refused: set[str] = set()  # accounts whose refresh token the provider refused
 
     async def get(self, account: str, provider: Provider, refresh_token: str) -> str:
         """A valid access token for `account`, refreshing only when the cached one is due."""
@@ -91,6 +92,16 @@ class AccessTokens:
         if cached is not None and cached.token == stale:
             del self._cache[account]
         return await self.get(account, provider, refresh_token)
+
+    def health(self, account: str) -> str:
+        """How `account`'s tokens stand in this process, for the status page: "refused"
+        (authorize again), "valid N s" (a cached access token) or "not fetched yet"."""
+        if account in self._refused:
+            return "refresh token refused"
+        cached = self._cache.get(account)
+        if cached is not None and (left := cached.expires_at - self._clock()) > 0:
+            return f"access token valid {left:.0f} s"
+        return "no access token fetched yet"
 
     def forget(self, account: str) -> None:
         self._cache.pop(account, None)
@@ -115,6 +126,7 @@ class AccessTokens:
             grant = await refresh(provider, refresh_token, deadline=self.deadline)
         except RefreshRevoked:
             self.forget(account)
+            self._refused.add(account)
             logger.error(
                 "account %r: provider %r refused the OAuth2 refresh token (revoked or expired); "
                 "authorize again with: popbridge accounts add %s --oauth2 %s --replace ...",
@@ -130,6 +142,7 @@ class AccessTokens:
         margin = min(self.margin, lifetime / 2)
         expires_at = self._clock() + lifetime - margin
         self._cache[account] = _Cached(grant.access_token, expires_at, source)
+        self._refused.discard(account)
         logger.info(
             "account %r: new access token from %r, valid %.0f s", account, provider.name, lifetime
         )

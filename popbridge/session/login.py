@@ -24,6 +24,8 @@ from popbridge.pop3.replies import Continue, Err, Ok, Reply
 from popbridge.session.services import Services
 from popbridge.session.throttle import Throttled
 from popbridge.store.locks import Lease
+from popbridge.telemetry import metrics
+from popbridge.telemetry.upstream import timed_open
 
 LOGOUT_DEADLINE: Final = 10.0  # seconds an upstream LOGOUT may take before it is abandoned
 PLAINTEXT_REFUSED: Final = "Plaintext authentication disallowed on non-secure (SSL/TLS) connections"
@@ -56,6 +58,7 @@ class Login:
         self._sasl: sasl.Mechanism | None = None
         self._refusal: Err | None = None  # an RFC 7628 error waiting for the client's reply
         self.failures = 0
+        self.user: str | None = None  # who logged in, for the status page
 
     def exchange_ended(self) -> None:
         """A refused line ends any SASL exchange (RFC 5034 §4)."""
@@ -111,15 +114,20 @@ class Login:
                 attempt.succeeded(account)
         except Throttled as throttled:
             self.failures += 1
+            metrics.login_refused(mechanism, throttled.refusal.code)
             self._log.info("login of %r refused by throttling: %s", user, throttled)
             return Err(throttled.refusal.text, throttled.refusal.code)
         except AuthFailed as error:
             self.failures += 1
+            metrics.login(mechanism, "failed")
             self._log.info("login failed for %r: %s", user, error)
             return Err(AuthFailed.wire_text, Code.AUTH)
         except BridgeError as error:
+            metrics.login_error(mechanism, error)
             self._log.warning("login of %r not completed: %r", user, error)
             return Err(error.wire_text, error.code)
+        self.user = user
+        metrics.login(mechanism, "ok")
         self._log.info("%r logged in, %d messages", user, count)
         return Ok(f"maildrop has {count} messages ({octets} octets)")
 
@@ -129,7 +137,7 @@ class Login:
         """Authenticate, lock, enter; on any failure leave nothing held."""
         assert self._services.authenticator is not None
         login = await self._services.authenticator.authenticate(user, secret, mechanism=mechanism)
-        mailbox = await login.backend.open(login.credentials)
+        mailbox = await timed_open(login.backend, login.credentials)
         lease: Lease | None = None
         try:
             if self._services.throttle.too_soon(login.account):

@@ -23,6 +23,7 @@ from typing import Final
 
 from popbridge.contract import Mailbox, close_chunks
 from popbridge.pop3.wire import BodyEncoder
+from popbridge.telemetry import metrics
 from popbridge.upstream.budget import Budget
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class Lookahead:
     async def take(self, identity: str) -> Prepared | None:
         """The answer for `identity`, once ready; None if another one was prepared (dropped)."""
         prepared = await self.settle()
-        return prepared if prepared is not None and prepared.identity == identity else None
+        return metrics.lookahead(prepared if prepared and prepared.identity == identity else None)
 
     async def settle(self) -> Prepared | None:
         """Wait for a preparation in progress and hand it over; the mailbox is then free."""

@@ -21,6 +21,7 @@ from popbridge.session.retrieval import Output, SessionClosing
 from popbridge.session.services import Services, SessionPolicy
 from popbridge.session.transaction import Transaction
 from popbridge.session.update import apply_update
+from popbridge.telemetry import metrics
 
 __all__ = [
     "PLAINTEXT_REFUSED",
@@ -47,6 +48,11 @@ class Session:
         self._log = log
         self._login = Login(services, policy.sasl_mechanisms, log=log, address=address)
         self.transaction: Transaction | None = None
+
+    @property
+    def user(self) -> str | None:
+        """Who logged in (None before), for the status page."""
+        return self._login.user
 
     @property
     def plaintext_allowed(self) -> bool:
@@ -162,6 +168,7 @@ class Session:
                 transaction.mailbox, transaction.snapshot, transaction.retrieved,
                 self._policy, self._log,
             )  # fmt: skip
+            metrics.update_done(len(transaction.snapshot.deleted_identities()), failed)
         except BaseException:
             await self.abort()
             raise
