@@ -53,7 +53,10 @@ TOKENS = [
 ]  # fmt: skip
 
 
-def mutate(rng: random.Random, data: bytes) -> bytes:
+def mutate(
+    rng: random.Random, data: bytes, *, seeds: Sequence[bytes] = SEEDS,
+    tokens: Sequence[bytes] = TOKENS, limit: int = 8192,
+) -> bytes:  # fmt: skip
     """One to four random edits of `data`: byte flips, token inserts, cuts, copies, splices."""
     out = bytearray(data)
     for _ in range(rng.randint(1, 4)):
@@ -62,17 +65,17 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
             case 0 if out:
                 out[min(at, len(out) - 1)] = rng.randrange(256)
             case 1:
-                out[at:at] = rng.choice(TOKENS)
+                out[at:at] = rng.choice(tokens)
             case 2:
                 del out[at : at + rng.randint(1, 16)]
             case 3:
                 out[at:at] = out[at : at + rng.randint(1, 64)]
             case 4:
-                other = rng.choice(SEEDS)
+                other = rng.choice(seeds)
                 out[at:] = other[rng.randint(0, len(other)) :]
             case _:
                 out[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
-    return bytes(out[:8192])
+    return bytes(out[:limit])
 
 
 def inputs(runs: int, seed: int) -> Iterator[bytes]:

@@ -20,6 +20,7 @@ from typing import Any
 
 from popbridge.contract import Disposition, DispositionKind
 from popbridge.errors import ConfigError
+from popbridge.frontend.proxy import IPNetwork, networks
 from popbridge.frontend.tls import PROFILES, VERSIONS, TlsSettings
 from popbridge.session.throttle import LOGINS_IN_FLIGHT, ThrottlePolicy
 from popbridge.telemetry.logs import FORMATS as LOG_FORMATS
@@ -48,12 +49,18 @@ class ListenerConfig:
     handshake_timeout: float = 30.0
     sasl_mechanisms: tuple[str, ...] | None = None  # None: all the authenticator accepts
     name: str = ""  # the label metrics and the status page use; "" shows as "pop3"
+    # A PROXY protocol header (v1 or v2) first on every connection, only from these peers
+    proxy_protocol: bool = False
+    proxy_trusted: tuple[IPNetwork, ...] = ()
 
     def describe(self) -> str:
         tls = "no TLS" if self.tls is None else f"TLS profile {self.tls.describe()}"
         kind = "POP3S" if self.mode == "implicit" else ("POP3+STLS" if self.tls else "POP3")
         auth = "plaintext passwords allowed" if self.plaintext_auth else "plaintext refused"
-        return f"{self.host}:{self.port} {kind}, {tls}, {auth}"
+        via = ""
+        if self.proxy_protocol:
+            via = ", PROXY protocol from " + " ".join(str(n) for n in self.proxy_trusted)
+        return f"{self.host}:{self.port} {kind}, {tls}, {auth}{via}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +191,7 @@ def _listener(reader: TableReader, default_name: str) -> ListenerConfig:
         handshake_timeout=reader.number("handshake_timeout", 30.0, minimum=1.0),
         sasl_mechanisms=None if mechanisms is None else tuple(m.upper() for m in mechanisms),
         name=_label(reader, default_name),
+        **_proxy(reader),
     )
 
 
@@ -195,6 +203,21 @@ def _label(reader: TableReader, default: str) -> str:
     ):
         raise reader.error("name", "must be 1-32 letters, digits, '-', '_' or '.'")
     return name
+
+
+def _proxy(reader: TableReader) -> dict[str, Any]:
+    """`proxy_protocol` needs `proxy_trusted`: a header is believed only from those peers."""
+    enabled = reader.boolean("proxy_protocol", False)
+    cidrs = reader.list_of_strings("proxy_trusted", [])
+    if enabled and not cidrs:
+        raise reader.error("proxy_trusted", "is required with proxy_protocol = true")
+    if cidrs and not enabled:
+        raise reader.error("proxy_trusted", "has no effect without proxy_protocol = true")
+    try:
+        trusted = networks(cidrs)
+    except ValueError as error:
+        raise reader.error("proxy_trusted", str(error)) from None
+    return {"proxy_protocol": enabled, "proxy_trusted": trusted}
 
 
 def _tls(reader: TableReader) -> TlsSettings | None:

@@ -53,15 +53,16 @@ class ClientConnection:
     def __init__(
         self, protocol: Pop3Protocol, listener: ListenerConfig,
         certificates: CertificateSet | None, *, session_id: str, idle_timeout: float,
-        login_timeout: float = LOGIN_TIMEOUT,
+        peer: tuple[str, int] | None = None, login_timeout: float = LOGIN_TIMEOUT,
     ) -> None:  # fmt: skip
+        """`peer`: the client as a PROXY header named it; default: the socket's peer."""
         assert protocol.transport is not None
         self.protocol = protocol
         self._listener = listener
         self._certificates = certificates
         self._idle_timeout = idle_timeout
         self._login_by = asyncio.get_running_loop().time() + login_timeout
-        peer = protocol.transport.get_extra_info("peername")
+        peer = peer or protocol.transport.get_extra_info("peername")
         self.address = _address(peer)
         self.peer = _peer(peer)
         self.session: Session | None = None  # once serving: what the status page asks

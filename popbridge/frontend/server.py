@@ -19,6 +19,7 @@ import secrets
 from popbridge.config import Config, ListenerConfig
 from popbridge.frontend.client import ClientConnection
 from popbridge.frontend.connection import Pop3Protocol
+from popbridge.frontend.preface import ProxyPreface
 from popbridge.frontend.tls import CertificateSet
 from popbridge.pop3.engine import Pop3Engine, State
 from popbridge.session import Services, SessionPolicy
@@ -116,21 +117,31 @@ class Pop3Server:
         await self.stop()
         return len(open_now) - cut, cut
 
-    def _protocol(self, listener: ListenerConfig, certs: CertificateSet | None) -> Pop3Protocol:
+    def _protocol(
+        self, listener: ListenerConfig, certs: CertificateSet | None
+    ) -> asyncio.BaseProtocol:
         protocol = Pop3Protocol(CountedEngine())
-        task = asyncio.create_task(self._connection(protocol, listener, certs))
+        preface = ProxyPreface.for_listener(protocol, listener)  # None: no PROXY protocol
+        task = asyncio.create_task(self._connection(protocol, listener, certs, preface))
         self._connections[task] = protocol.engine
         task.add_done_callback(self._connections.pop)
-        return protocol
+        return preface or protocol
 
     async def _connection(
-        self, protocol: Pop3Protocol, listener: ListenerConfig, certs: CertificateSet | None
-    ) -> None:
-        await protocol.connected
+        self, protocol: Pop3Protocol, listener: ListenerConfig, certs: CertificateSet | None,
+        preface: ProxyPreface | None,
+    ) -> None:  # fmt: skip
         sid = f"{self._prefix}-{next(self._ids)}"
+        peer = None  # the socket's peer, unless a PROXY header names the client
+        if preface is not None:
+            header = await preface.accepted(sid)
+            if header is None:
+                return  # closed without a byte sent; the preface logged why
+            peer = header.source
+        await protocol.connected
         client = ClientConnection(
             protocol, listener, certs, session_id=sid,
-            idle_timeout=self._config.server.idle_timeout,
+            idle_timeout=self._config.server.idle_timeout, peer=peer,
             login_timeout=self._config.server.login_timeout,
         )  # fmt: skip
         entry = self.board.add(SessionEntry(sid, client.peer, listener.name or "pop3", client))
