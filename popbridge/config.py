@@ -11,6 +11,7 @@ backend's keys.
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from popbridge.contract import Disposition, DispositionKind
+from popbridge.environment import apply_environment
 from popbridge.errors import ConfigError
 from popbridge.frontend.proxy import IPNetwork, networks
 from popbridge.frontend.tls import PROFILES, VERSIONS, TlsSettings
@@ -117,8 +119,9 @@ class Config:
         return Path(self.source).resolve().parent
 
 
-def load_config(path: Path) -> Config:
-    """Read and validate `path`; raises `ConfigError` naming the file and key."""
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read `path`, apply `POPBRIDGE_...` overrides from `environ` (default: the process
+    environment, see `popbridge.environment`) and validate; `ConfigError` names file and key."""
     source = str(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -126,6 +129,7 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"{source}: cannot read: {error.strerror}") from error
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{source}: not valid TOML: {error}") from error
+    data = apply_environment(data, os.environ if environ is None else environ)
     return parse_config(data, source=source)
 
 

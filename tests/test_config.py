@@ -199,3 +199,62 @@ def test_address_prefix_lengths(tmp_path: Path) -> None:
     assert (config.server.throttle.ipv4_prefix, config.server.throttle.ipv6_prefix) == (24, 56)
     with pytest.raises(ConfigError, match=r"server\.ipv6_prefix_length: must be"):
         load_config(write(tmp_path, MINIMAL + "\n[server]\nipv6_prefix_length = 129\n"))
+
+
+PROXIED = MINIMAL.replace("port = 1110", "port = 1110\nproxy_protocol = true")
+
+
+def test_proxy_protocol_needs_trusted_networks(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"listeners\[0\]\.proxy_trusted: is required"):
+        load_config(write(tmp_path, PROXIED))
+    text = PROXIED.replace("proxy_protocol = true", 'proxy_trusted = ["10.0.0.0/8"]')
+    with pytest.raises(ConfigError, match="no effect without proxy_protocol"):
+        load_config(write(tmp_path, text))
+    bad = PROXIED.replace(
+        "proxy_protocol = true", 'proxy_protocol = true\nproxy_trusted = ["10.0.0.1/8"]'
+    )
+    with pytest.raises(ConfigError, match="host bits set"):
+        load_config(write(tmp_path, bad))
+    good = PROXIED.replace(
+        "proxy_protocol = true", 'proxy_protocol = true\nproxy_trusted = ["10.0.0.0/8", "::1/128"]'
+    )
+    listener = load_config(write(tmp_path, good)).listeners[0]
+    assert listener.proxy_protocol
+    assert "PROXY protocol from 10.0.0.0/8 ::1/128" in listener.describe()
+
+
+def test_environment_overrides_config_keys(tmp_path: Path) -> None:
+    environ = {
+        "POPBRIDGE_BACKEND__HOST": "imap.internal",
+        "POPBRIDGE_SERVER__MAX_CONNECTIONS": "500",
+        "popbridge_listeners__0__plaintext_auth": "true",
+        "POPBRIDGE_LISTENERS__1__PORT": "2110",
+        "POPBRIDGE_LISTENERS__1__PROXY_PROTOCOL": "true",
+        "POPBRIDGE_LISTENERS__1__PROXY_TRUSTED": '["10.0.0.0/8"]',
+        "POPBRIDGE_MAILDROP__KEYWORD": '"007"',
+        "POPBRIDGE_ACCOUNTS_KEY": "not an override: no double underscore",
+        "PATH": "/usr/bin",
+    }
+    config = load_config(write(tmp_path, MINIMAL), environ)
+    assert config.backend_settings["host"] == "imap.internal"
+    assert config.server.max_connections == 500
+    assert config.listeners[0].plaintext_auth and config.listeners[0].port == 1110
+    assert config.listeners[1].port == 2110 and config.listeners[1].proxy_protocol
+    assert config.maildrop.disposition.keyword == "007"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("POPBRIDGE_SERVER__MAX_CONNECTIONZ", "5", "server.max_connectionz"),
+        ("POPBRIDGE_SERVER__MAX_CONNECTIONS", "many", "server.max_connections"),
+        ("POPBRIDGE_LISTENERS__5__PORT", "1", "POPBRIDGE_LISTENERS__5__PORT"),
+        ("POPBRIDGE_BACKEND__HOST__X", "1", "POPBRIDGE_BACKEND__HOST__X"),
+        ("POPBRIDGE_BACKEND____HOST", "1", "empty part"),
+    ],
+)
+def test_environment_mistakes_name_the_key(
+    tmp_path: Path, name: str, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, MINIMAL), {name: value})

@@ -22,6 +22,7 @@ BACKENDS = ROOT / "backends"
 CORE_RULES: dict[str, set[str]] = {
     "popbridge.errors": set(),
     "popbridge.contract": {"popbridge.errors"},
+    "popbridge.environment": {"popbridge.errors"},  # POPBRIDGE_... overrides, read by config
     "popbridge.upstream": {"popbridge.errors"},
     "popbridge.pop3": {"popbridge.errors", "popbridge.upstream"},  # upstream.lines: pure
     "popbridge.store": {"popbridge.errors", "popbridge.contract", "popbridge.upstream"},
