@@ -44,7 +44,10 @@ LOCK_RELEASE_DEADLINE = 60.0  # a bound against hanging, not a timing assertion
 class Bridge:
     """One `popbridge serve` process on its own port, logging to a file."""
 
-    def __init__(self, directory: Path, dovecot: Dovecot, store: str, name: str) -> None:
+    def __init__(
+        self, directory: Path, dovecot: Dovecot, store: str, name: str, *,
+        server: str = "", listener: str = "",
+    ) -> None:  # fmt: skip
         self.port = free_port()
         self.config = directory / f"{name}.toml"
         self.log = directory / f"{name}.log"
@@ -53,11 +56,13 @@ class Bridge:
 [server]
 auth_failure_delay = 0
 log_level = "DEBUG"
+{server}
 
 [[listeners]]
 host = "127.0.0.1"
 port = {self.port}
 plaintext_auth = true
+{listener}
 
 [backend]
 type = "imap"
