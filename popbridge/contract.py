@@ -108,12 +108,14 @@ class Credentials:
     """What the POP3 client proved, passed to the backend to open the mailbox.
 
     `secret` is a password for `mechanism == "password"` or a bearer token for
-    `mechanism == "oauth2"`. Never log it; `repr` hides it.
+    `mechanism == "oauth2"`. Never log it; `repr` hides it. `client_address` is the POP3
+    client's IP address ("" when unknown), which a backend may pass on to its upstream.
     """
 
     user: str
     secret: str = field(repr=False)
     mechanism: str = "password"
+    client_address: str = ""
 
     @property
     def lock_key(self) -> str:

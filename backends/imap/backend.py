@@ -16,6 +16,7 @@ from backends.imap import wire
 from backends.imap.config import ImapSettings
 from backends.imap.connection import Connection, connect
 from backends.imap.folders import Folders, Window
+from backends.imap.ident import send_client_address
 from backends.imap.mailbox import ImapMailbox
 from popbridge.contract import Credentials
 from popbridge.errors import AuthFailed
@@ -63,6 +64,8 @@ class ImapBackend:
         """A new connection, logged in as `credentials`; nothing is left open on failure."""
         connection = await connect(self.settings)
         try:
+            if self.settings.send_client_address and credentials.client_address:
+                await send_client_address(connection, credentials.client_address)
             await connection.login(credentials)
         except BaseException:
             connection.abort()

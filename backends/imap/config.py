@@ -52,6 +52,7 @@ class ImapSettings:
     window_newest: int | None = None
     window_days: int | None = None
     max_literal_size: int = DEFAULT_MAX_LITERAL
+    send_client_address: bool = False  # ID x-originating-ip before login (RFC 2971)
 
     @property
     def maildrop_folders(self) -> tuple[str, ...]:
@@ -94,6 +95,7 @@ def parse_settings(settings: Mapping[str, Any], *, source: str) -> ImapSettings:
         fetch_chunk=fetch_chunk,
         max_literal_size=_max_literal(table, fetch_chunk),
         auth=table.choice("auth", AUTH_MODES, "auto"),
+        send_client_address=table.boolean("send_client_address", False),
         ca_file=ca_file,
         tls_context=None if tls == "none" else _tls_context(table, ca_file),
     )

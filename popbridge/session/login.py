@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from popbridge.contract import Mailbox
@@ -137,7 +137,8 @@ class Login:
         """Authenticate, lock, enter; on any failure leave nothing held."""
         assert self._services.authenticator is not None
         login = await self._services.authenticator.authenticate(user, secret, mechanism=mechanism)
-        mailbox = await timed_open(login.backend, login.credentials)
+        credentials = replace(login.credentials, client_address=self._address)
+        mailbox = await timed_open(login.backend, credentials)
         lease: Lease | None = None
         try:
             if self._services.throttle.too_soon(login.account):

@@ -53,8 +53,8 @@ class Pop3From(poplib.POP3):
 @pytest.fixture
 def cluster(
     dovecot: Dovecot,
-    postgres: Postgres,
-    tmp_path: Path,  # noqa: F811
+    postgres: Postgres,  # noqa: F811
+    tmp_path: Path,
 ) -> Iterator[tuple[HAProxy, list[Bridge]]]:
     dovecot.reset_mailbox(USER)
     dovecot.seed_generated(USER, 2, 400)
