@@ -232,6 +232,7 @@ def test_environment_overrides_config_keys(tmp_path: Path) -> None:
         "POPBRIDGE_LISTENERS__1__PROXY_PROTOCOL": "true",
         "POPBRIDGE_LISTENERS__1__PROXY_TRUSTED": '["10.0.0.0/8"]',
         "POPBRIDGE_MAILDROP__KEYWORD": '"007"',
+        "POPBRIDGE_LISTENERS__2": '{ port = 3110, host = "::1" }',  # a whole table
         "POPBRIDGE_ACCOUNTS_KEY": "not an override: no double underscore",
         "PATH": "/usr/bin",
     }
@@ -241,6 +242,7 @@ def test_environment_overrides_config_keys(tmp_path: Path) -> None:
     assert config.listeners[0].plaintext_auth and config.listeners[0].port == 1110
     assert config.listeners[1].port == 2110 and config.listeners[1].proxy_protocol
     assert config.maildrop.disposition.keyword == "007"
+    assert (config.listeners[2].host, config.listeners[2].port) == ("::1", 3110)
 
 
 @pytest.mark.parametrize(

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
 from devkit.haproxy import v1_header, v2_header
 from devkit.memory_backend import MemoryBackend
 from devkit.servers import Servers
+from devkit.tlsca import make_test_pki
 from popbridge.config import Config, ListenerConfig, ServerConfig
+from popbridge.frontend.preface import ProxyPreface
 from popbridge.frontend.proxy import networks
 from popbridge.frontend.server import Pop3Server
+from popbridge.frontend.tls import TlsSettings
 from popbridge.session.throttle import ThrottlePolicy
 
 LOCAL = ("127.0.0.1", 110)
@@ -33,11 +39,12 @@ async def start() -> AsyncIterator[Callable[..., object]]:
 
     async def start(
         trusted: tuple[str, ...] = ("127.0.0.1/32",), handshake_timeout: float = 30.0,
-        **throttle: object,
+        tls: TlsSettings | None = None, **throttle: object,
     ) -> Pop3Server:  # fmt: skip
         listener = ListenerConfig(
             host="127.0.0.1", port=0, plaintext_auth=True, handshake_timeout=handshake_timeout,
             proxy_protocol=True, proxy_trusted=networks(trusted),
+            mode="plain" if tls is None else "implicit", tls=tls,
         )  # fmt: skip
         policy = ThrottlePolicy(base_delay=0, **throttle)  # type: ignore[arg-type]
         config = Config(
@@ -180,3 +187,95 @@ async def test_failed_logins_are_throttled_by_the_named_client(start: StartServe
     await command(reader, writer, "USER alice")
     assert (await command(reader, writer, "PASS secret")).startswith(b"+OK")
     writer.close()
+
+
+async def test_a_tls_client_hello_in_the_same_segment_as_the_header_is_not_lost(
+    start: StartServer, tmp_path: Path
+) -> None:
+    pki = make_test_pki(tmp_path / "pki")
+    server = await start(tls=TlsSettings(pki.cert_file, pki.key_file))
+    context = ssl.create_default_context(cafile=str(pki.ca_file))
+    header = v2_header(("192.0.2.20", 1), LOCAL)
+    greeting = await asyncio.to_thread(_tls_greeting, server.addresses[0], context, header)
+    assert greeting.startswith(b"+OK")
+
+
+def _tls_greeting(address: tuple[str, int], context: ssl.SSLContext, header: bytes) -> bytes:
+    """The POP3S greeting, the PROXY header and the ClientHello sent in one write."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with socket.create_connection(address, timeout=10) as sock:
+        pending = header
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(pending + outgoing.read())
+                pending = b""
+                incoming.write(sock.recv(65536) or b"")
+        sock.sendall(outgoing.read())
+        while True:
+            try:
+                return tls.read(1024)
+            except ssl.SSLWantReadError:
+                incoming.write(sock.recv(65536))
+
+
+async def test_a_connection_waiting_for_its_header_is_closed_on_shutdown(
+    start: StartServer,
+) -> None:
+    server = await start()
+    reader, writer = await proxied(server, b"PROXY TCP4 ")
+    await asyncio.sleep(0)
+    await server.stop()
+    assert await closed_silently(reader, writer)
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self, peer: object) -> None:
+        super().__init__()
+        self.peer, self.aborted, self.protocol = peer, False, None
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self.peer if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol  # type: ignore[assignment]
+
+
+def feed(preface: ProxyPreface, data: bytes) -> None:
+    buffer = preface.get_buffer(-1)
+    buffer[: len(data)] = data
+    preface.buffer_updated(len(data))
+
+
+async def test_the_preface_edges() -> None:
+    inner = asyncio.Protocol()
+    trusted = networks(["127.0.0.1/32"])
+    # a header completing after the waiting task was cancelled: closed, not handed over
+    preface = ProxyPreface(inner, trusted, 30)
+    transport = FakeTransport(("127.0.0.1", 5))
+    preface.connection_made(transport)
+    preface.header.cancel()
+    feed(preface, b"PROXY UNKNOWN\r\n")
+    assert transport.aborted and transport.protocol is None
+    # once accepted, a late failure (a stray timer) leaves the POP3 protocol's transport alone
+    preface = ProxyPreface(inner, trusted, 30)
+    transport = FakeTransport(("127.0.0.1", 5))
+    preface.connection_made(transport)
+    feed(preface, b"PROXY UNKNOWN\r\n")
+    assert transport.protocol is inner and (await preface.header).source is None
+    preface.fail("late")
+    assert not transport.aborted
+    # a peer that is not an address (a Unix socket) is never trusted
+    preface = ProxyPreface(inner, trusted, 30)
+    transport = FakeTransport("/run/popbridge.sock")
+    preface.connection_made(transport)
+    assert await preface.accepted("s-1") is None and transport.aborted

@@ -94,6 +94,9 @@ class ProxyPreface(asyncio.BufferedProtocol):
         self._finish(header)
 
     def _finish(self, header: proxy.ProxyHeader) -> None:
+        if self.header.done():  # no one waits any more: the server is stopping
+            self.fail("server stopping")
+            return
         if self._timer is not None:
             self._timer.cancel()
         transport = self._transport
