@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -137,11 +136,6 @@ def _wait_ready(proxy: HAProxy) -> bool:
                 return False
             time.sleep(0.02)
     return False
-
-
-def which() -> str | None:
-    """The HAProxy binary, if installed."""
-    return str(HAPROXY_BIN) if HAPROXY_BIN.exists() else shutil.which("haproxy")
 
 
 def v1_header(source: tuple[str, int], destination: tuple[str, int]) -> bytes:
