@@ -126,15 +126,21 @@ def fuzz_with_atheris(argv: Sequence[str]) -> None:
     args = list(argv)
     if not any(a.startswith("-max_len=") for a in args):
         args.append("-max_len=4096")
-    if not any(a.startswith("-artifact_prefix=") for a in args):  # not into the work tree
-        args.append(f"-artifact_prefix={tempfile.mkdtemp(prefix='popbridge-fuzz-crash-')}/")
-    if not any(not a.startswith("-") for a in args[1:]):  # no corpus directory given
-        corpus = Path(tempfile.mkdtemp(prefix="popbridge-fuzz-corpus-"))
-        for index, data in enumerate(SEEDS):
-            (corpus / f"seed-{index:02d}").write_bytes(data)
-        args.append(str(corpus))
-    atheris.Setup(args, one_input)
+    atheris.Setup(libfuzzer_arguments(args, SEEDS), one_input)
     atheris.Fuzz()
+
+
+def libfuzzer_arguments(args: list[str], seeds: Sequence[bytes]) -> list[str]:
+    """`args`, plus a temporary crash directory (never the work tree) and, when no corpus
+    directory is given, a temporary one holding `seeds`."""
+    if not any(a.startswith("-artifact_prefix=") for a in args):
+        args = [*args, f"-artifact_prefix={tempfile.mkdtemp(prefix='popbridge-fuzz-crash-')}/"]
+    if not any(not a.startswith("-") for a in args[1:]):
+        corpus = Path(tempfile.mkdtemp(prefix="popbridge-fuzz-corpus-"))
+        for index, data in enumerate(seeds):
+            (corpus / f"seed-{index:02d}").write_bytes(data)
+        args = [*args, str(corpus)]
+    return args
 
 
 def replay(files: list[Path]) -> int:

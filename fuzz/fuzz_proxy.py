@@ -15,13 +15,11 @@ import argparse
 import ipaddress
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 from devkit.haproxy import v1_header, v2_header
-from fuzz.fuzz_parser import mutate
+from fuzz.fuzz_parser import libfuzzer_arguments, mutate
 from popbridge.frontend import proxy
 
 TAIL = b"USER alice\r\n"  # the client's first bytes after the header
@@ -106,15 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{runs} inputs in {time.monotonic() - started:.1f} s, no violation")
         return 0
     atheris.instrument_all()  # the parser is imported already: instrument what is loaded
-    args = [argv[0], *rest]
-    if not any(a.startswith("-artifact_prefix=") for a in args):  # not into the work tree
-        args.append(f"-artifact_prefix={tempfile.mkdtemp(prefix='popbridge-fuzz-proxy-')}/")
-    if not any(not a.startswith("-") for a in args[1:]):  # no corpus directory: the seeds
-        corpus = Path(tempfile.mkdtemp(prefix="popbridge-fuzz-proxy-corpus-"))
-        for index, data in enumerate(SEEDS):
-            (corpus / f"seed-{index:02d}").write_bytes(data)
-        args.append(str(corpus))
-    atheris.Setup(args, check)
+    atheris.Setup(libfuzzer_arguments([argv[0], *rest], SEEDS), check)
     atheris.Fuzz()
     return 0
 
