@@ -2,15 +2,15 @@
 
 HAProxy (`mode tcp`, round-robin, `send-proxy-v2`) stands in front of two bridges whose
 listeners take the PROXY protocol from 127.0.0.1 only; both talk to the real Dovecot.
-Clients connect from 127.0.0.2 and 127.0.0.3, so the address HAProxy names differs from
-the address the bridges see (127.0.0.1). Round-robin sends two consecutive connections to
-different bridges, which the bridges' logs confirm. Every process is stopped by PID.
+Clients connect from 127.0.0.2, 127.0.0.3, ..., so the address HAProxy names differs from
+the address the bridges see (127.0.0.1); the bridges' logs say which instance served whom.
+`[IN-USE]` and a login lockout counted on one instance hold on the other. Every process is
+stopped by PID.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import poplib
 import re
 import socket
@@ -34,10 +34,6 @@ pytestmark = pytest.mark.dovecot
 
 LOG_DEADLINE = 10.0  # a bound against hanging, not a timing assertion
 PROXIED = 'proxy_protocol = true\nproxy_trusted = ["127.0.0.1/32"]'
-LOCKOUT_WAITS_FOR = (
-    "failed logins are counted per process until the PostgreSQL store shares them "
-    "(popbridge.store.pgfailures, the failed-login ledger of the concurrent-lockout fix)"
-)
 
 
 class Pop3From(poplib.POP3):
@@ -134,11 +130,6 @@ def test_the_client_address_reaches_the_bridge_and_in_use_holds_across_instances
         assert password not in bridge.log.read_text()
 
 
-@pytest.mark.xfail(
-    importlib.util.find_spec("popbridge.store.pgfailures") is None,
-    reason=LOCKOUT_WAITS_FOR,
-    strict=True,
-)
 def test_a_lockout_counted_on_one_instance_holds_on_the_other(
     cluster: tuple[HAProxy, list[Bridge]], dovecot: Dovecot
 ) -> None:
