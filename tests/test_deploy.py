@@ -24,7 +24,6 @@ import pytest
 import yaml
 
 from devkit.dovecot import Dovecot
-from popbridge import config as config_module
 from popbridge.config import load_config
 from tests.conftest import StartBridge
 
@@ -72,11 +71,6 @@ def test_kubernetes_example_is_valid_and_complete() -> None:
     assert "secret" in volumes["tls"]
 
 
-@pytest.mark.xfail(
-    not hasattr(config_module, "AdminConfig"),
-    reason="the example enables the [admin] listener, whose section is not in this tree yet",
-    strict=True,
-)
 def test_kubernetes_config_is_a_valid_popbridge_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
