@@ -25,8 +25,12 @@ def parse(argv: Sequence[str] | None) -> Options:
     size.add_argument("--smoke", action="store_true", help="tiny mailboxes, 1 run: correctness")
     parser.add_argument("--runs", type=int, metavar="N", help="timed runs per scenario")
     parser.add_argument(
-        "--only", default="abcdef", metavar="KEYS", help="scenarios to run, e.g. 'ac'"
+        "--only", default="abcdefg", metavar="KEYS", help="scenarios to run, e.g. 'ac'"
     )
+    parser.add_argument(
+        "--plain", action="store_true",
+        help="plaintext POP3 clients and plain IMAP upstream (default: POP3S and verified IMAPS)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, help="output dir (default: bench/results)")
     parser.add_argument(
         "--keep", action="store_true", help="keep the temp dir with configs and server logs"
@@ -39,6 +43,7 @@ def parse(argv: Sequence[str] | None) -> Options:
         runs=args.runs,
         only=frozenset(args.only.lower()),
         keep=args.keep,
+        tls=not args.plain,
     )
     return options if args.out is None else replace(options, out=args.out)
 

@@ -6,6 +6,8 @@ reply ends in CRLF, a multi-line one in CRLF.CRLF: without pipelining nothing fo
 There is no per-line Python loop, so their own cost stays small next to the server's; poplib
 (one ``readline`` per line) is kept for comparison with the usual Python client. Every
 retrieval is checked: the unstuffed sizes of all messages must add up to what STAT announced.
+Given a client TLS context, every client speaks POP3S (TLS from the first byte, RFC 8314),
+verifying the server's certificate for the host name 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import poplib
 import socket
+import ssl
 from dataclasses import dataclass
 
 HOST = "127.0.0.1"
@@ -72,9 +75,11 @@ class Tally:
 class LeanClient:
     """Blocking POP3 client: one ``sendall`` per command, ``recv(1 MiB)`` until done."""
 
-    def __init__(self, port: int, host: str = HOST) -> None:
+    def __init__(self, port: int, host: str = HOST, tls: ssl.SSLContext | None = None) -> None:
         self.sock = socket.create_connection((host, port), timeout=TIMEOUT)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname=host)
         checked(self._read(False), b"greeting")
 
     def _read(self, multi: bool) -> bytes:
@@ -113,9 +118,15 @@ class LeanClient:
             self.sock.close()
 
 
-def poplib_session(port: int, user: str, password: str, tally: Tally) -> None:
+def poplib_session(
+    port: int, user: str, password: str, tally: Tally, tls: ssl.SSLContext | None = None
+) -> None:
     """The same session as ``LeanClient.retrieve_all`` through the standard library's poplib."""
-    client = poplib.POP3(HOST, port, timeout=TIMEOUT)
+    client = (
+        poplib.POP3(HOST, port, timeout=TIMEOUT)
+        if tls is None
+        else poplib.POP3_SSL(HOST, port, timeout=TIMEOUT, context=tls)
+    )
     try:
         client.user(user)
         client.pass_(password)
@@ -141,13 +152,17 @@ class AsyncClient:
         self.latencies: list[tuple[bytes, float]] = []
 
     @classmethod
-    async def connect(cls, port: int, source: str | None = None) -> AsyncClient:
-        """Connect to ``port`` on loopback, from the local address ``source`` if given."""
+    async def connect(
+        cls, port: int, source: str | None = None, tls: ssl.SSLContext | None = None
+    ) -> AsyncClient:
+        """Connect to ``port`` on loopback, from the local address ``source`` if given; the
+        TLS handshake, when ``tls`` is given, counts as part of connecting."""
         local = (source, 0) if source else None
         started = asyncio.get_running_loop().time()
         reader, writer = await asyncio.open_connection(
-            HOST, port, limit=RECV_SIZE, local_addr=local
-        )
+            HOST, port, limit=RECV_SIZE, local_addr=local, ssl=tls,
+            server_hostname=HOST if tls is not None else None,
+        )  # fmt: skip
         sock = writer.get_extra_info("socket")
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client = cls(reader, writer)

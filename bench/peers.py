@@ -21,6 +21,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import string
 import subprocess
 import sys
@@ -74,14 +75,28 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 
 
-def wait_port(port: int, process: subprocess.Popen[bytes] | None, what: str) -> None:
-    """Until ``port`` greets with +OK (POP3) or * OK (IMAP); fails if ``process`` exits."""
+def client_context(ca_file: Path) -> ssl.SSLContext:
+    """What the benchmark's clients verify servers with: the backend's test CA, host names on."""
+    return ssl.create_default_context(cafile=str(ca_file))
+
+
+def wait_port(
+    port: int, process: subprocess.Popen[bytes] | None, what: str, *, tls: Path | None = None
+) -> None:
+    """Until ``port`` greets with +OK (POP3) or * OK (IMAP), over TLS verified against the CA
+    file ``tls`` if given; fails if ``process`` exits."""
     deadline = time.monotonic() + START_TIMEOUT
+    context = client_context(tls) if tls is not None else None
     while True:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"{what} exited with status {process.returncode}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            with contextlib.ExitStack() as stack:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=2)
+                stack.enter_context(sock)
+                if context is not None:
+                    sock = context.wrap_socket(sock, server_hostname="127.0.0.1")
+                    stack.enter_context(sock)
                 greeting = sock.recv(512)
                 if greeting.startswith((b"+OK", b"* OK")):
                     sock.sendall(b"QUIT\r\n" if greeting[:1] == b"+" else b"Z LOGOUT\r\n")
@@ -134,7 +149,7 @@ def start_backend(directory: Path, users: dict[str, str]) -> Dovecot:
 
 @dataclass
 class Instance:
-    """A started server process listening for POP3 on ``port``."""
+    """A started server process listening for POP3 on ``port`` (POP3S when started with TLS)."""
 
     name: str
     directory: Path
@@ -153,10 +168,17 @@ _Started = TypeVar("_Started", bound=Instance)
 
 
 def launch(
-    kind: type[_Started], name: str, directory: Path, port: int, command: list[str], log: Path
+    kind: type[_Started],
+    name: str,
+    directory: Path,
+    port: int,
+    command: list[str],
+    log: Path,
+    *,
+    tls: Path | None = None,
 ) -> _Started:
-    """Start ``command`` (output appended to ``log``) and wait until ``port`` greets;
-    the process is stopped again if it never does."""
+    """Start ``command`` (output appended to ``log``) and wait until ``port`` greets (over TLS
+    verified against the CA file ``tls`` when given); the process is stopped if it never does."""
     with log.open("ab") as out:
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -164,7 +186,7 @@ def launch(
         )  # fmt: skip
     instance = kind(name, directory, port, process)
     try:
-        wait_port(port, process, name)
+        wait_port(port, process, name, tls=tls)
     except BaseException:
         instance.stop()
         raise
@@ -187,8 +209,19 @@ def _identities() -> dict[str, object]:
     }  # fmt: skip
 
 
-def start_imapc(directory: Path, backend: Dovecot) -> Instance:
-    """Dovecot POP3 with imapc storage, proxying to ``backend``'s plain IMAP port."""
+# imapc and its passdb reach the backend over verified IMAPS (certificate checked against the
+# backend's test CA: ssl_client_ca_file for imapc, ssl_ca_file for passdb imap) or plain IMAP.
+_IMAPC_TLS = """\
+imapc_port = {port}
+imapc_ssl = imaps
+imapc_ssl_verify = yes
+ssl_client_ca_file = {ca_file}
+"""
+
+
+def start_imapc(directory: Path, backend: Dovecot, *, tls: bool = False) -> Instance:
+    """Dovecot POP3 with imapc storage proxying to ``backend``: with ``tls`` POP3S to the
+    clients and verified IMAPS upstream, else plain POP3 and the backend's plain IMAP port."""
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o755)  # Dovecot's unprivileged processes must get in
     ids = _identities()
@@ -196,15 +229,27 @@ def start_imapc(directory: Path, backend: Dovecot) -> Instance:
     home.mkdir(exist_ok=True)
     os.chown(home, int(str(ids["mail_uid"])), int(str(ids["mail_gid"])))
     pop3, pop3s = free_port(), free_port()
+    up_port = backend.imaps_port if tls else backend.imap_port
     text = string.Template(IMAPC_TEMPLATE.read_text()).substitute(
         ids, dir=directory, pop3_port=pop3, pop3s_port=pop3s,
-        up_host=backend.host, up_port=backend.imap_port,
+        up_host=backend.host, up_port=up_port,
+        passdb_ssl=f" ssl=imaps ssl_ca_file={backend.pki.ca_file}" if tls else "",
+        upstream_tls=(
+            _IMAPC_TLS.format(port=up_port, ca_file=backend.pki.ca_file)
+            if tls
+            else f"imapc_port = {up_port}\n"
+        ),
         cert_file=backend.pki.cert_file, key_file=backend.pki.key_file,
         process_limit=PROCESS_LIMIT, client_limit=CLIENT_LIMIT,
     )  # fmt: skip
     (directory / "dovecot.conf").write_text(text)
     command = [str(DOVECOT_BIN), "-F", "-c", str(directory / "dovecot.conf")]
-    return launch(Instance, "imapc", directory, pop3, command, directory / "dovecot.out")
+    log = directory / "dovecot.out"
+    instance = launch(Instance, "imapc", directory, pop3, command, log)
+    if tls:
+        wait_port(pop3s, instance.process, "imapc POP3S", tls=backend.pki.ca_file)
+        instance.port = pop3s
+    return instance
 
 
 # ----------------------------------------------------------------- popbridge
@@ -221,13 +266,12 @@ log_level = "$log_level"
 [[listeners]]
 host = "127.0.0.1"
 port = $port
-plaintext_auth = true
-
+$listener
 [backend]
 type = "imap"
 host = "$up_host"
 port = $up_port
-tls = "none"
+$upstream
 
 [store]
 type = "memory"
@@ -267,23 +311,34 @@ def start_popbridge(
     *,
     profile: Path | None = None,
     log_level: str = "INFO",
+    tls: bool = False,
 ) -> Popbridge:
-    """Run ``popbridge serve --config`` (optionally under cProfile, written at SIGTERM)."""
+    """Run ``popbridge serve --config`` (optionally under cProfile, written at SIGTERM): with
+    ``tls`` POP3S on its port and verified IMAPS upstream, else plain POP3 and plain IMAP."""
     port = free_port()
+    pki = backend.pki
     config = _POPBRIDGE_CONFIG.substitute(
         max_connections=2000,
         log_level=log_level,
         port=port,
         up_host=backend.host,
-        up_port=backend.imap_port,
+        up_port=backend.imaps_port if tls else backend.imap_port,
+        listener=(
+            f'mode = "implicit"\ncert_file = "{pki.cert_file}"\nkey_file = "{pki.key_file}"\n'
+            if tls
+            else "plaintext_auth = true\n"
+        ),
+        upstream=f'tls = "implicit"\nca_file = "{pki.ca_file}"\n' if tls else 'tls = "none"\n',
     )
-    return launch_popbridge(directory, port, config, profile=profile)
+    ca_file = pki.ca_file if tls else None
+    return launch_popbridge(directory, port, config, profile=profile, tls=ca_file)
 
 
 def launch_popbridge(
-    directory: Path, port: int, text: str, *, profile: Path | None = None
+    directory: Path, port: int, text: str, *, profile: Path | None = None, tls: Path | None = None
 ) -> Popbridge:
-    """Write ``text`` as ``popbridge.toml`` in ``directory`` and serve it; waits for ``port``."""
+    """Write ``text`` as ``popbridge.toml`` in ``directory`` and serve it; waits for ``port``
+    (a TLS port, verified against the CA file ``tls``, when given)."""
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "popbridge.toml"
     config.write_text(text)
@@ -293,7 +348,8 @@ def launch_popbridge(
     if profile is not None:
         command = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "popbridge.cli"]
         command += serve
-    return launch(Popbridge, "popbridge", directory, port, command, directory / "popbridge.log")
+    log = directory / "popbridge.log"
+    return launch(Popbridge, "popbridge", directory, port, command, log, tls=tls)
 
 
 # ----------------------------------------------------------------- memory of process trees

@@ -1,11 +1,14 @@
 """The benchmark's order of work: start the peers, seed, run scenarios alternately, report.
 
 One Dovecot backend and one Dovecot imapc proxy live for the whole run; popbridge is started
-fresh for each scenario (so its memory figures belong to that scenario) and stopped by PID at
-the scenario's end. Each scenario first runs once untimed on every server (warm-up: Dovecot
-builds its indexes, caches fill), except (d), whose 1,000 logins would cost more than they
-teach; then timed runs go direct, imapc, popbridge, direct, imapc, popbridge, ... so that all
-three see the same machine noise. Nothing here measures; ``bench.scenarios`` does.
+fresh for each scenario (so its memory figures belong to that scenario), and before each of
+its runs of the login scenarios (b) and (g), and stopped by PID at the scenario's end. By
+default every client speaks POP3S and both proxies reach the backend over verified IMAPS, as
+deployed; ``tls=False`` measures the plaintext variant. Each scenario first runs once
+untimed on every server (warm-up: Dovecot builds its indexes, caches fill), except (d), whose
+1,000 logins would cost more than they teach; then timed runs go direct, imapc, popbridge,
+direct, imapc, popbridge, ... so that all three see the same machine noise. Nothing here
+measures; ``bench.scenarios`` does.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from bench.peers import (
     HERE,
     Instance,
     Popbridge,
+    client_context,
     raise_fd_limit,
     start_backend,
     start_imapc,
@@ -45,9 +49,10 @@ NO_WARMUP = frozenset({"d"})
 class Options:
     profile: str = "full"
     runs: int | None = None
-    only: frozenset[str] = frozenset("abcdef")
+    only: frozenset[str] = frozenset("abcdefg")
     out: Path = HERE / "results"
     keep: bool = False  # leave the work dir (configs, Dovecot and popbridge logs) behind
+    tls: bool = True  # POP3S clients, verified IMAPS upstream; False: plaintext both sides
 
 
 def sizes(profile: Profile) -> dict[str, str]:
@@ -59,6 +64,7 @@ def sizes(profile: Profile) -> dict[str, str]:
         "d": f"{profile.idle:,}",
         "e": f"{e_n} sessions x {e_msgs} x {e_size // 1000} KB",
         "f": f"{a_n} x {a_size // 1000} KB",
+        "g": f"{profile.giant:,} messages",
     }
 
 
@@ -72,12 +78,12 @@ def run(options: Options) -> Results:
     if options.runs is not None:
         profile = replace(profile, runs=options.runs)
     limit = raise_fd_limit()
-    results = Results(profile.name, sizes(profile))
-    results.notes += _notes(profile, limit)
+    results = Results(profile.name, sizes(profile), tls=options.tls)
+    results.notes += _notes(profile, limit, options.tls)
     work = Path(tempfile.mkdtemp(prefix="popbridge-bench-"))
     work.chmod(0o755)  # Dovecot's unprivileged processes must get in
     try:
-        if options.only & set("abcde"):
+        if options.only & set("abcdeg"):
             _dovecot_scenarios(options, profile, work, results)
         if "f" in options.only:
             _jmap_scenario(profile, work, results)
@@ -90,17 +96,17 @@ def run(options: Options) -> Results:
 
 
 def _dovecot_scenarios(options: Options, profile: Profile, work: Path, results: Results) -> None:
-    """(a) to (e): one Dovecot backend and one imapc proxy for all of them."""
+    """(a) to (e) and (g): one Dovecot backend and one imapc proxy for all of them."""
     with contextlib.ExitStack() as stack:
         progress(f"profile {profile.name}: starting Dovecot backend, seeding mailboxes")
         backend = start_backend(work / "backend", users(profile))
         stack.callback(backend.stop)
         seed(backend, profile)
-        imapc = start_imapc(work / "imapc", backend)
+        imapc = start_imapc(work / "imapc", backend, tls=options.tls)
         stack.callback(imapc.stop)
         for scenario in SCENARIOS:
             if scenario.key in options.only:
-                _scenario(scenario, profile, (backend, imapc), work, results)
+                _scenario(scenario, profile, (backend, imapc), work, results, options.tls)
 
 
 def _jmap_scenario(profile: Profile, work: Path, results: Results) -> None:
@@ -131,20 +137,27 @@ def _scenario(
     dovecots: tuple[Dovecot, Instance],
     work: Path,
     results: Results,
+    tls: bool,
 ) -> None:
     backend, imapc = dovecots
-    bridge = start_popbridge(work / f"popbridge-{scenario.key}", backend)
+    start = functools.partial(start_popbridge, work / f"popbridge-{scenario.key}", backend, tls=tls)
+    context = client_context(backend.pki.ca_file) if tls else None
+    bridge = Target("popbridge", 0, bridge=start(), tls=context)
     try:
-        start_kb = bridge.status_kb()["VmRSS"]
+        assert bridge.bridge is not None
+        bridge.port = bridge.bridge.port
+        start_kb = bridge.bridge.status_kb()["VmRSS"]
         targets = [
-            Target("direct", backend.pop3_port, tree_root=backend.pid),
-            Target("imapc", imapc.port, tree_root=imapc.pid),
-            Target("popbridge", bridge.port, bridge=bridge),
-        ]
-        peak = _runs(scenario, profile, targets, results, bridge)
+            Target("direct", backend.pop3s_port if tls else backend.pop3_port,
+                   tree_root=backend.pid, tls=context),
+            Target("imapc", imapc.port, tree_root=imapc.pid, tls=context),
+            bridge,
+        ]  # fmt: skip
+        peak = _runs(scenario, profile, targets, results, start)
         results.memory[scenario.key] = {"start": start_kb / 1024, "peak": peak / 1024}
     finally:
-        bridge.stop()
+        if bridge.bridge is not None:  # the latest one, after restarts
+            bridge.bridge.stop()
 
 
 def _runs(
@@ -152,7 +165,7 @@ def _runs(
     profile: Profile,
     targets: Sequence[Target],
     results: Results,
-    bridge: Popbridge,
+    restart: Callable[[], Popbridge],
 ) -> int:
     """Warm-up, then the timed runs, alternating servers; returns popbridge's peak RSS (kB)."""
     first = 0 if scenario.key in NO_WARMUP else -1
@@ -161,9 +174,14 @@ def _runs(
         label = "warm-up" if number < 0 else f"run {number + 1}/{scenario.repeat(profile)}"
         for target in targets:
             progress(f"({scenario.key}) {scenario.title}: {label}, {target.name}")
-            cpu = bridge.cpu_seconds()
+            bridge = target.bridge
+            if bridge is not None and scenario.fresh:
+                bridge.stop()  # nothing remembered from the previous run: a first login
+                bridge = target.bridge = restart()
+                target.port = bridge.port
+            cpu = bridge.cpu_seconds() if bridge is not None else 0.0
             outcome = _guarded(functools.partial(scenario.run, target, profile))
-            if target.bridge is not None:
+            if bridge is not None:
                 peak = max(peak, bridge.status_kb()["VmHWM"])
                 outcome.figures[f"{scenario.key}.cpu"] = bridge.cpu_seconds() - cpu
             _record(results, scenario.key, target.name, number, outcome)
@@ -205,7 +223,7 @@ def _source_state() -> str:
     )
 
 
-def _notes(profile: Profile, fd_limit: int) -> list[str]:
+def _notes(profile: Profile, fd_limit: int, tls: bool) -> list[str]:
     dovecot = subprocess.run(
         [str(DOVECOT_BIN), "--version"], capture_output=True, text=True, check=False
     ).stdout.strip()
@@ -218,6 +236,10 @@ def _notes(profile: Profile, fd_limit: int) -> list[str]:
         f"{platform.python_version()}, Dovecot {dovecot}, popbridge {__version__}; "
         f"fd limit {fd_limit}",
         f"- popbridge source: {_source_state()}",
+        "- TLS: POP3S clients (certificate verified), imapc and popbridge upstream over verified "
+        "IMAPS"
+        if tls
+        else "- plaintext (`--plain`): POP3 clients, plain IMAP upstream",
         "- ratios are medians of per-run ratios (popbridge / reference in the same run)",
     ]
     return notes

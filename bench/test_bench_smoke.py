@@ -2,8 +2,10 @@
 
 The smoke profile runs every scenario on tiny mailboxes (20 x 2 KB, ...) once, through the same
 code as the real benchmark: Dovecot backend, Dovecot imapc, ``popbridge serve`` in its own
-process, the lean client and poplib. No timing is asserted, only that the table and its files
-were produced and every session of every server retrieved exactly the seeded messages.
+process, the lean client and poplib, all over TLS (POP3S clients, verified IMAPS upstream) as
+by default; (b) alone runs once more in plaintext (``--plain``). No timing is asserted, only
+that the table and its files were produced and every session of every server retrieved exactly
+the seeded messages.
 The test suite collects bench/ too; ``.venv/bin/python -m pytest bench -q`` runs these alone.
 """
 
@@ -52,14 +54,15 @@ def test_every_session_retrieved_every_seeded_message(smoke: tuple[int, Path, fl
     profile = PROFILES["smoke"]
     expected = {
         "a": 2 * profile.bulk[0],  # lean client and poplib
-        "b": profile.many[0],  # UIDL lines
+        "b": 2 * profile.many[0],  # UIDL lines of a first and a repeat login
         "c": 2,
         "d": 0,
         "e": profile.busy[0] * profile.busy[1],
         "f": profile.bulk[0],  # raw JMAP pass ("direct") and popbridge over JMAP
+        "g": 2 * profile.giant,
     }
     seen = {(c["scenario"], c["server"]) for c in checks}
-    wanted = {(key, server) for key in "abcde" for server in SERVERS}
+    wanted = {(key, server) for key in "abcdeg" for server in SERVERS}
     assert seen == wanted | {("f", "direct"), ("f", "popbridge")}
     for check in checks:
         assert check["failed"] == 0, check
@@ -69,12 +72,22 @@ def test_every_session_retrieved_every_seeded_message(smoke: tuple[int, Path, fl
 def test_all_figures_present_for_all_servers(smoke: tuple[int, Path, float]) -> None:
     _, out, _ = smoke
     samples = json.loads((out / "results.json").read_text())["samples"]
-    for key in ("a.lean", "a.poplib", "b.lean", "c.retr", "d.mem", "e.p99"):
+    for key in ("a.lean", "a.poplib", "b.first", "b.repeat", "c.retr", "d.mem", "e.p99", "g.first"):
         assert set(samples[key]) == set(SERVERS), key
     assert samples["d.errors"] == {server: [0.0] for server in SERVERS}
     assert "popbridge" in samples["c.rss_growth"]
     assert set(samples["f.wall"]) == {"direct", "popbridge"}
     assert set(samples["f.cpu"]) == {"popbridge"}
+
+
+def test_the_plaintext_variant_stays_available(tmp_path: Path) -> None:
+    ensure_installed()
+    assert main(["--smoke", "--plain", "--only", "b", "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "results.md").read_text()
+    assert "plaintext (`--plain`)" in table
+    checks = json.loads((tmp_path / "results.json").read_text())["checks"]
+    assert {c["server"] for c in checks} == set(SERVERS)
+    assert all(c["failed"] == 0 for c in checks)
 
 
 def table_rows(capsys: pytest.CaptureFixture[str]) -> list[str]:
