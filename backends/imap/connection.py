@@ -32,8 +32,13 @@ from popbridge.errors import (
     BackendUnavailable,
     BridgeError,
 )
+from popbridge.upstream.tlsreads import ReadSizing
 
 logger = logging.getLogger(__name__)
+
+# TLS read size while no FETCH is in flight: replies to LOGIN, EXAMINE and SEARCH are short,
+# and an idle session should not hold asyncio's 256 KiB read buffer per upstream connection.
+IDLE_READ = 8 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,7 @@ class Connection:
         self._transport = transport
         self._lost = lost
         self._dead: str | None = None
+        self._reads = ReadSizing(transport, IDLE_READ)
 
     @property
     def peer(self) -> str:
@@ -98,7 +104,7 @@ class Connection:
             command = self._protocol.command(name, args, uid=uid)
         except ValueError:  # NUL/CR/LF in an argument: our validation let something through
             raise BackendFailure(f"{self.peer}: refused to send a {name} argument") from None
-        task = asyncio.ensure_future(self._protocol.submit(command))
+        task = self._submit(command, name)
         try:
             async with asyncio.timeout(self.settings.timeout):
                 await asyncio.wait((task, self._lost), return_when=asyncio.FIRST_COMPLETED)
@@ -113,6 +119,14 @@ class Connection:
         if check and not reply.ok:
             raise refusal(reply, f"{self.peer}: {name}")
         return reply
+
+    def _submit(self, command: Any, name: str) -> asyncio.Future[Reply]:
+        """Send `command`; a FETCH (a listing or bodies) reads in large pieces until it ends."""
+        task = asyncio.ensure_future(self._protocol.submit(command))
+        if name == "FETCH":
+            self._reads.begin()
+            task.add_done_callback(lambda _: self._reads.end())
+        return task
 
     async def _outcome(self, task: asyncio.Future[Reply], name: str) -> Reply:
         if not task.done():
@@ -185,6 +199,7 @@ class Connection:
         if upgraded is None:
             raise self._kill("STARTTLS handshake returned no transport")
         self._transport = self._protocol.transport = upgraded
+        self._reads.rebind(upgraded)
         self.capabilities = frozenset()
         await self.refresh_capabilities()
 

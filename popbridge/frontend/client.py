@@ -164,7 +164,7 @@ class ClientConnection:
             raise HandshakeFailed(error.__class__.__name__) from error
         if transport is None:
             raise HandshakeFailed("connection closed during handshake")
-        protocol.transport = transport
+        protocol.tls_started(transport)
         tls = transport.get_extra_info("ssl_object")
         self.log.info("TLS established: %s %s", tls.version(), tls.cipher()[0] if tls else "")
 

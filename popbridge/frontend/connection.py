@@ -5,7 +5,8 @@
 2595 section 4, the CVE-2011-0411 class), pauses reading while the engine holds more than
 a bounded backlog, and tracks write flow control. It reads into a small buffer of its own:
 a plain protocol would get a fresh 256 KiB bytes object per read, allocated and shrunk
-(mmap, mremap, munmap) for every few-byte command. `BufferedOutput` gathers the replies to
+(mmap, mremap, munmap) for every few-byte command; under TLS, the TLS layer's own reads are
+sized for commands too. `BufferedOutput` gathers the replies to
 pipelined commands into few writes and waits when the client is not reading (conformance
 S-7). Both are plain objects the server's connection task drives.
 """
@@ -18,9 +19,13 @@ from typing import Final
 
 from popbridge.pop3.engine import Pop3Engine
 from popbridge.telemetry import metrics
+from popbridge.upstream.tlsreads import set_read_size
 
 READ_BACKLOG: Final = 65536  # engine bytes before reading pauses (> the longest SASL line)
 READ_SIZE: Final = 4096  # one read; commands are lines of at most 255 octets (RFC 2449)
+# One TLS read from the client: asyncio's default, 256 KiB per connection, is sized for bulk
+# transfer, and clients send only commands (a thousand idle sessions would hold 250 MB).
+TLS_READ_SIZE: Final = 4096
 FLUSH_THRESHOLD: Final = 65536
 
 
@@ -47,6 +52,11 @@ class Pop3Protocol(asyncio.BufferedProtocol):
         self.transport = transport
         if not self.connected.done():
             self.connected.set_result(None)
+
+    def tls_started(self, transport: asyncio.Transport) -> None:
+        """Bytes now come through TLS on `transport`, read in pieces sized for commands."""
+        self.transport = transport
+        set_read_size(transport, TLS_READ_SIZE)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._read_buffer

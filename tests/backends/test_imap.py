@@ -18,11 +18,13 @@ from typing import Any
 import pytest
 
 from backends.imap import create
+from backends.imap.connection import IDLE_READ
 from devkit.dovecot import Dovecot, free_port
 from devkit.fake_imap import RecordingProxy
 from devkit.tlsca import make_test_pki
 from popbridge.contract import Backend, Credentials, Disposition, DispositionKind, withheld_by
 from popbridge.errors import AuthFailed, BackendFailure, BackendUnavailable, MessageGone
+from popbridge.upstream.tlsreads import BULK
 from tests.backends.contract import BackendContract, Stored, Where, by_subject, message, read_all
 
 pytestmark = pytest.mark.dovecot
@@ -118,6 +120,32 @@ async def test_implicit_tls_with_the_test_ca(harness: ImapHarness) -> None:
         finally:
             await mailbox.close()
     assert b"AUTHENTICATE" not in bytes(proxy.sent)  # encrypted from the first byte
+
+
+def tls_read_size(mailbox: object) -> int:
+    """Octets asyncio's TLS layer of the mailbox's upstream connection reads at once."""
+    layer: Any = mailbox._connection._transport._ssl_protocol  # type: ignore[attr-defined]
+    return len(layer.get_buffer(-1))
+
+
+@pytest.mark.parametrize("tls", ["implicit", "starttls"])
+async def test_tls_reads_are_small_while_idle_and_large_while_fetching(
+    harness: ImapHarness, tls: str
+) -> None:
+    sent = harness.seed_generated(3, 300_000)
+    dovecot = harness.dovecot
+    port = dovecot.imaps_port if tls == "implicit" else harness.proxy.port
+    ca_file = str(dovecot.pki.ca_file)
+    backend = harness.backend(tls=tls, host="localhost", port=port, ca_file=ca_file)
+    mailbox = await backend.open(harness.credentials)
+    try:
+        assert tls_read_size(mailbox) == IDLE_READ  # logged in, nothing fetched yet
+        listed = await mailbox.list()  # a FETCH
+        bodies = [b"".join(await read_all(mailbox, m.identity)) for m in listed]
+        assert bodies == sent  # every byte came through the resized reads
+        assert tls_read_size(mailbox) == BULK  # kept for the next message for a moment
+    finally:
+        await mailbox.close()
 
 
 async def test_starttls_upgrades_before_login(harness: ImapHarness) -> None:
