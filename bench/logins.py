@@ -8,6 +8,8 @@ to the answer to PASS, through USER and PASS), and for a raw IMAP client (``imap
 against the backend exactly what popbridge does at PASS and nothing else: connect, LOGIN,
 EXAMINE, UID SEARCH and the listing's UID FETCH. ``imap`` is the floor of any bridge that logs
 in upstream when its client does. Runs alternate; it prints the medians of p50, p90 and p99.
+As deployed, POP3 clients speak POP3S and the IMAP side is verified IMAPS (the raw client's
+too); ``--plain`` measures the plaintext variant.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
+import ssl
 import statistics
 import sys
 import tempfile
@@ -23,7 +27,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bench.clients import AsyncClient
-from bench.peers import raise_fd_limit, start_backend, start_imapc, start_popbridge
+from bench.peers import (
+    client_context,
+    raise_fd_limit,
+    start_backend,
+    start_imapc,
+    start_popbridge,
+)
 from bench.scenarios import PASSWORD, PROFILES, session_user, source_address
 from devkit.dovecot import generate_message
 
@@ -37,12 +47,13 @@ IMAP_LOGIN = (
 )
 
 
-async def imap_login(port: int, index: int) -> float:
+async def imap_login(port: int, index: int, tls: ssl.SSLContext | None = None) -> float:
     """Seconds from connect to the listing's tagged OK, as popbridge's PASS needs upstream."""
     started = time.perf_counter()
     reader, writer = await asyncio.open_connection(
-        "127.0.0.1", port, local_addr=(source_address(index), 0)
-    )
+        "127.0.0.1", port, local_addr=(source_address(index), 0), ssl=tls,
+        server_hostname="127.0.0.1" if tls is not None else None,
+    )  # fmt: skip
     try:
         await reader.readline()  # greeting
         for number, command in enumerate(IMAP_LOGIN):
@@ -61,10 +72,10 @@ async def imap_login(port: int, index: int) -> float:
         writer.close()
 
 
-async def pop3_login(port: int, index: int) -> float:
+async def pop3_login(port: int, index: int, tls: ssl.SSLContext | None = None) -> float:
     """Seconds from connect to the answer to PASS."""
     started = time.perf_counter()
-    client = await AsyncClient.connect(port, source_address(index))
+    client = await AsyncClient.connect(port, source_address(index), tls)
     try:
         await client.login(session_user(index), PASSWORD)
         elapsed = time.perf_counter() - started
@@ -99,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.logins", description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    parser.add_argument("--plain", action="store_true", help="plaintext POP3 and IMAP")
     args = parser.parse_args(argv)
+    tls = not args.plain
     raise_fd_limit()
     sessions, messages, octets = PROFILES[args.profile].busy
     with (
@@ -113,15 +126,18 @@ def main(argv: list[str] | None = None) -> int:
         mail = [generate_message(number, octets) for number in range(1, messages + 1)]
         for name in names:
             backend.seed(name, mail)
-        imapc = start_imapc(work / "imapc", backend)
+        imapc = start_imapc(work / "imapc", backend, tls=tls)
         stack.callback(imapc.stop)
-        bridge = start_popbridge(work / "popbridge", backend)
+        bridge = start_popbridge(work / "popbridge", backend, tls=tls)
         stack.callback(bridge.stop)
+        context = client_context(backend.pki.ca_file) if tls else None
+        imap = functools.partial(imap_login, tls=context)
+        pop3 = functools.partial(pop3_login, tls=context)
         servers: dict[str, tuple[Login, int]] = {
-            "imap": (imap_login, backend.imap_port),
-            "direct": (pop3_login, backend.pop3_port),
-            "imapc": (pop3_login, imapc.port),
-            "popbridge": (pop3_login, bridge.port),
+            "imap": (imap, backend.imaps_port if tls else backend.imap_port),
+            "direct": (pop3, backend.pop3s_port if tls else backend.pop3_port),
+            "imapc": (pop3, imapc.port),
+            "popbridge": (pop3, bridge.port),
         }
         figures: dict[str, list[tuple[float, float, float]]] = {name: [] for name in servers}
         for number in range(-1, args.runs):  # a warm-up round first: indexes, caches
@@ -129,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                 times = asyncio.run(storm(login, port, sessions))
                 if number >= 0:
                     figures[name].append(percentiles(times))
-        print(f"{sessions} logins at once, {messages} messages each, {args.runs} runs, medians:")
+        mode = "POP3S and IMAPS" if tls else "plaintext"
+        print(f"{sessions} logins at once ({mode}), {messages} messages each, {args.runs} runs:")
         print(report(figures))
     return 0
 

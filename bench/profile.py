@@ -7,6 +7,7 @@ in it, idle time in epoll left out) when it is on PATH, otherwise popbridge runs
 cProfile (deterministic, but it roughly doubles popbridge's time). The summary, written to
 ``profile-KEY.txt`` in the output dir, gives CPU share by layer (asyncio, aioimaplib, the
 IMAP backend, the POP3 core, sockets) and the top functions by own and by inclusive time.
+Clients and upstream speak TLS as in the benchmark; ``--plain`` profiles the plaintext variant.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from bench.peers import HERE, raise_fd_limit, start_backend, start_popbridge
+from bench.peers import HERE, client_context, raise_fd_limit, start_backend, start_popbridge
 from bench.scenarios import PROFILES, SCENARIOS, Target, seed, users
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::\d+)?\)$")
@@ -118,6 +119,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="the --quick mailbox sizes")
     parser.add_argument("--sampler", choices=("py-spy", "cprofile"), help="default: py-spy")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="output dir")
+    parser.add_argument("--plain", action="store_true", help="plaintext POP3 and IMAP")
     args = parser.parse_args(argv)
     if args.sampler is None:
         args.sampler = "py-spy" if shutil.which("py-spy") else "cprofile"
@@ -131,8 +133,10 @@ def _profile(args: argparse.Namespace, work: Path) -> str:
     try:
         seed(backend, profile)
         prof = work / "popbridge.prof" if args.sampler == "cprofile" else None
-        bridge = start_popbridge(work / "popbridge", backend, profile=prof)
-        target = Target("popbridge", bridge.port, bridge=bridge)
+        tls = not args.plain
+        bridge = start_popbridge(work / "popbridge", backend, profile=prof, tls=tls)
+        context = client_context(backend.pki.ca_file) if tls else None
+        target = Target("popbridge", bridge.port, bridge=bridge, tls=context)
         try:
             scenario.run(target, profile)  # warm-up, not sampled
             sampler = None

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from backends.imap import wire
+from backends.imap import resumption, wire
 from backends.imap.config import ImapSettings
 from backends.imap.protocol import ImapProtocol, LibraryError, Reply
 from popbridge.contract import Credentials
@@ -82,6 +82,11 @@ class Connection:
     def commands_sent(self) -> int:
         """Commands written so far: lets a caller wait until one it started is on the wire."""
         return self._protocol.commands_sent
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        """The current transport (the TLS one after STARTTLS)."""
+        return self._transport
 
     @property
     def tls_version(self) -> str | None:
@@ -185,7 +190,7 @@ class Connection:
         if self._protocol.incomplete_line:  # bytes after the OK would be read as if under TLS
             raise self._kill("data after the STARTTLS reply (injection attempt?)")
         loop = asyncio.get_running_loop()
-        context = self.settings.tls_context
+        context = _resuming(self.settings.tls_context)
         if context is None:
             raise BackendFailure(f"{self.peer}: STARTTLS without a TLS context")
         with _connect_errors(self.peer):
@@ -326,7 +331,7 @@ async def connect(settings: ImapSettings) -> Connection:
     protocol = ImapProtocol(
         loop, on_lost, peer=settings.peer, max_literal=settings.max_literal_size
     )
-    implicit = settings.tls_context if settings.tls == "implicit" else None
+    implicit = _resuming(settings.tls_context) if settings.tls == "implicit" else None
     with _connect_errors(settings.peer):
         async with asyncio.timeout(settings.connect_timeout):
             transport, _ = await loop.create_connection(
@@ -350,7 +355,15 @@ async def connect(settings: ImapSettings) -> Connection:
     except BaseException:
         connection.abort()
         raise
+    resumption.remember(connection.transport)  # the server has spoken since the handshake
     return connection
+
+
+def _resuming(context: ssl.SSLContext | None) -> ssl.SSLContext | None:
+    """`context`, offering the upstream's last TLS session (see `backends.imap.resumption`)."""
+    if context is not None:
+        resumption.enable(context)
+    return context
 
 
 async def _greeted(connection: Connection, protocol: ImapProtocol) -> None:

@@ -11,15 +11,15 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from backends.imap import create
+from backends.imap import create, resumption
 from backends.imap.connection import IDLE_READ
-from devkit.dovecot import Dovecot, free_port
+from devkit.dovecot import Dovecot, free_port, start_dovecot
 from devkit.fake_imap import RecordingProxy
 from devkit.tlsca import make_test_pki
 from popbridge.contract import Backend, Credentials, Disposition, DispositionKind, withheld_by
@@ -146,6 +146,55 @@ async def test_tls_reads_are_small_while_idle_and_large_while_fetching(
         assert tls_read_size(mailbox) == BULK  # kept for the next message for a moment
     finally:
         await mailbox.close()
+
+
+# One long-lived login process, as in Dovecot's high-performance mode: TLS session tickets are
+# encrypted with keys of the process that issued them, so only then can a later one resume.
+ONE_LOGIN_PROCESS = """
+service imap-login {
+  service_count = 0
+  process_min_avail = 1
+  process_limit = 1
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def resuming_dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
+    server = start_dovecot(
+        tmp_path_factory.mktemp("dovecot-resume"), {USER: "resume-secret"},
+        extra_config=ONE_LOGIN_PROCESS,
+    )  # fmt: skip
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("tls", ["implicit", "starttls"])
+async def test_later_connections_resume_tls_but_each_logs_in_itself(
+    resuming_dovecot: Dovecot, tls: str
+) -> None:
+    dovecot = resuming_dovecot
+    dovecot.reset_mailbox(USER)
+    dovecot.seed(USER, [message("resumed")])
+    port = dovecot.imaps_port if tls == "implicit" else dovecot.imap_port
+    ca_file = str(dovecot.pki.ca_file)
+    table = settings(dovecot, tls=tls, host="localhost", port=port, ca_file=ca_file)
+    backend = create(table, source="test.toml")
+    credentials = Credentials(USER, "resume-secret")
+    first = await backend.open(credentials)
+    await first.close()
+    opened = await asyncio.gather(*(backend.open(credentials) for _ in range(3)))
+    try:
+        for mailbox in opened:
+            transport = mailbox._connection.transport  # type: ignore[attr-defined]
+            assert resumption.resumed(transport)  # no certificate sent or verified again
+            assert list(await by_subject(mailbox)) == ["resumed"]
+    finally:
+        for mailbox in opened:
+            await mailbox.close()
+    # a resumed TLS session proves the server, never the user: a wrong password still fails
+    with pytest.raises(AuthFailed):
+        await backend.open(Credentials(USER, "wrong password"))
 
 
 async def test_starttls_upgrades_before_login(harness: ImapHarness) -> None:
