@@ -54,6 +54,8 @@ def remember(transport: asyncio.BaseTransport) -> None:
     tls = transport.get_extra_info("ssl_object")
     if not isinstance(tls, _ResumingObject) or tls.server_hostname is None:
         return
+    if tls.session_reused:
+        return  # the session offered still works: reading a new one costs a copy of it
     session = tls.session
     if session is not None and (session.has_ticket or tls.version() != "TLSv1.3"):
         type(tls).sessions[tls.server_hostname] = session
