@@ -160,18 +160,18 @@ def rows(results: Results) -> list[list[str]]:
 
 
 def per_message(results: Results) -> list[str]:
-    """(g)'s target beside the table: a login on 100,000 messages never costs popbridge more
-    per message than (b)'s first login on 10,000."""
+    """(g)'s target beside the table: a repeat login on 100,000 unchanged messages never costs
+    popbridge more per message than (b)'s first login on 10,000."""
     counts = {key: _count(results.sizes.get(key, "")) for key in "bg"}
-    lines = []
+    cost: dict[str, float] = {}
     for key, login in (("b", "first"), ("g", "first"), ("g", "repeat")):
         seconds = results.median(f"{key}.{login}", "popbridge")
         if counts[key] and not math.isnan(seconds):
-            lines.append(f"({key}) {login} login: {seconds / counts[key] * 1e6:.1f} µs per message")
-    if len(lines) == 3:
-        cost = {k: results.median(k, "popbridge") / counts[k[0]] for k in ("b.first", "g.first")}
-        met = "met" if cost["g.first"] <= cost["b.first"] else "MISSED"
-        lines.append(f"target (g) first login per message <= (b) first login per message: {met}")
+            cost[f"{key}.{login}"] = seconds / counts[key]
+    lines = [f"({k[0]}) {k[2:]} login: {v * 1e6:.1f} µs per message" for k, v in cost.items()]
+    if "b.first" in cost and "g.repeat" in cost:
+        met = "met" if cost["g.repeat"] <= cost["b.first"] else "MISSED"
+        lines.append(f"target (g) repeat login per message <= (b) first login per message: {met}")
     return lines
 
 
