@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devkit.installed import require
+
 from .dovecot import free_port
 
 HAPROXY_BIN = Path("/usr/sbin/haproxy")
@@ -49,14 +51,8 @@ backend bridges
 
 
 def ensure_installed() -> None:
-    """apt-get install haproxy when it is missing (needs root)."""
-    if HAPROXY_BIN.exists():
-        return
-    if os.geteuid() != 0:
-        raise RuntimeError("need HAProxy installed (apt-get install haproxy needs root)")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for args in (["update"], ["install", "-y", "--no-install-recommends", "haproxy"]):
-        subprocess.run(["apt-get", *args], check=True, env=env, stdin=subprocess.DEVNULL)
+    """Fail with a message naming `scripts/bootstrap` when HAProxy is missing."""
+    require([HAPROXY_BIN], "HAProxy")
 
 
 def _pdeathsig() -> None:
