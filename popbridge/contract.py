@@ -208,6 +208,15 @@ def check_disposition(backend: Backend, how: Disposition) -> None:
         accept(how)
 
 
+def window_expiry(newest: int | None, days: int | None) -> str | None:
+    """The `expire` of a backend with a listing window (see `expire_policy`): a date window
+    lets messages go after its days; a window of the newest N moves with every arrival,
+    which no day count describes; no window keeps every message until DELE."""
+    if newest is not None:
+        return None
+    return str(days) if days is not None else "NEVER"
+
+
 class BackendFactory(Protocol):
     """The object an entry point names: builds a backend from its config table."""
 

@@ -20,7 +20,7 @@ from backends.graph.mailbox import GraphMailbox
 from backends.graph.spool import Spool
 from backends.graph.transport import Transport
 from backends.http import bearer_token
-from popbridge.contract import Credentials
+from popbridge.contract import Credentials, window_expiry
 from popbridge.errors import AuthFailed, BackendFailure
 
 logger = logging.getLogger(__name__)
@@ -43,13 +43,8 @@ class GraphBackend:
 
     @property
     def expire(self) -> str | None:
-        """RFC 2449 §6.7: messages leave a date window after its days; a window of the
-        newest N moves with every arrival, which no day count describes."""
-        if self.settings.window_newest is not None:
-            return None
-        if self.settings.window_days is not None:
-            return str(self.settings.window_days)
-        return "NEVER"
+        """RFC 2449 §6.7 EXPIRE as this backend's window makes it true."""
+        return window_expiry(self.settings.window_newest, self.settings.window_days)
 
     async def open(self, credentials: Credentials) -> GraphMailbox:
         """Check the token's user and find the folder; AuthFailed, BackendUnavailable/Failure."""

@@ -18,7 +18,7 @@ from backends.imap.connection import Connection, connect
 from backends.imap.folders import Folders, Window
 from backends.imap.ident import send_client_address
 from backends.imap.mailbox import ImapMailbox
-from popbridge.contract import Credentials
+from popbridge.contract import Credentials, window_expiry
 from popbridge.errors import AuthFailed
 
 logger = logging.getLogger(__name__)
@@ -34,13 +34,8 @@ class ImapBackend:
 
     @property
     def expire(self) -> str | None:
-        """RFC 2449 §6.7: messages leave a date window after its days; a window of the
-        newest N moves with every arrival, which no day count describes."""
-        if self.settings.window_newest is not None:
-            return None
-        if self.settings.window_days is not None:
-            return str(self.settings.window_days)
-        return "NEVER"
+        """RFC 2449 §6.7 EXPIRE as this backend's window makes it true."""
+        return window_expiry(self.settings.window_newest, self.settings.window_days)
 
     async def open(self, credentials: Credentials) -> ImapMailbox:
         """Log in and EXAMINE the folder; raises AuthFailed, BackendUnavailable/Failure."""
