@@ -12,6 +12,7 @@ transaction cannot start, the login releases what it took, closing the mailbox o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -152,6 +153,8 @@ class Login:
                 if lease is not None:
                     await lease.release()
             finally:
-                # the only close: `enter` failed, nothing else owns it; our own deadline
-                await asyncio.wait_for(mailbox.close(), LOGOUT_DEADLINE)
+                # the only close: `enter` failed, nothing else owns it. Under our own
+                # deadline, and a LOGOUT that overruns it must not hide why the login failed.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(mailbox.close(), LOGOUT_DEADLINE)
             raise
