@@ -67,16 +67,19 @@ def utc_datetime(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-async def read_bounded(response: aiohttp.ClientResponse, url: str, limit: int) -> bytes:
-    """The whole body, refused (BackendFailure) as soon as it is known to exceed `limit`."""
+async def read_bounded(
+    response: aiohttp.ClientResponse, url: str, limit: int, *, setting: str = "the limit"
+) -> bytes:
+    """The whole body, refused (BackendFailure) as soon as it is known to exceed `limit`,
+    whether its length is declared or it is chunked; `setting` names the key that sets it."""
     declared = response.content_length
     if declared is not None and declared > limit:
-        raise BackendFailure(f"{url}: reply of {declared} octets is too large")
+        raise BackendFailure(f"{url}: a reply of {declared} octets exceeds {setting}")
     data = bytearray()
     async for piece in response.content.iter_chunked(1 << 16):
         data += piece
         if len(data) > limit:
-            raise BackendFailure(f"{url}: reply is larger than {limit} octets")
+            raise BackendFailure(f"{url}: a reply exceeds {setting} ({limit} octets)")
     return bytes(data)
 
 

@@ -96,7 +96,9 @@ class Transport:
             self._request(method, path, what, params, payload) as response,
             guarded(path, self.settings.timeout),
         ):
-            data = await read_bounded(response, path, self.settings.max_json_size)
+            data = await read_bounded(
+                response, path, self.settings.max_json_size, setting="max_json_size"
+            )
         if not data.strip():
             return None
         try:
@@ -111,7 +113,9 @@ class Transport:
             self._request("POST", path, what, None, payload, units) as response,
             guarded(path, self.settings.timeout),
         ):
-            data = await read_bounded(response, path, self.settings.max_json_size)
+            data = await read_bounded(
+                response, path, self.settings.max_json_size, setting="max_json_size"
+            )
             return response.headers.get("Content-Type", ""), data
 
     @contextlib.asynccontextmanager

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import inspect
 import json
 import logging
 import ssl
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +27,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from backends.http import guarded, read_bounded, retry_after
 from backends.jmap.config import JmapSettings
 from backends.jmap.sockets import quickack_socket
 from popbridge.errors import (
@@ -123,8 +122,10 @@ class Transport:
         """One request whose whole (bounded) reply is read; statuses are the caller's to map,
         except 429/503, which are retried or become BackendUnavailable."""
         async with self._request(method, url, body) as response:
-            async with _guarded(url, self.settings.timeout):
-                data = await _read_bounded(response, url, self.settings.max_json_size)
+            async with guarded(url, self.settings.timeout):
+                data = await read_bounded(
+                    response, url, self.settings.max_json_size, setting="max_json_size"
+                )
             return Reply(response.status, str(response.url), response.headers, data)
 
     @contextlib.asynccontextmanager
@@ -143,7 +144,7 @@ class Transport:
     ) -> AsyncIterator[bytes]:
         pieces = response.content.iter_chunked(chunk)
         while True:
-            async with _guarded(url, self.settings.timeout):
+            async with guarded(url, self.settings.timeout):
                 piece = await anext(pieces, None)
             if piece is None:
                 return
@@ -187,7 +188,7 @@ class Transport:
                     " its API URLs, over https or to this machine)"
                 )
             headers["Authorization"] = self._authorization
-        async with _guarded(url, self.settings.timeout):
+        async with guarded(url, self.settings.timeout):
             return await self._session.request(
                 method, url, data=body, headers=headers, allow_redirects=False
             )
@@ -198,20 +199,6 @@ class Transport:
             self._closed = True
             with contextlib.suppress(Exception):
                 await self._session.close()
-
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After value: delta-seconds or an HTTP-date (RFC 9110 10.2.3)."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(int(value))
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def status_error(
@@ -242,26 +229,12 @@ async def _error_detail(response: aiohttp.ClientResponse) -> str:
     return kind if isinstance(kind, str) else ""
 
 
-async def _read_bounded(response: aiohttp.ClientResponse, url: str, bound: int) -> bytes:
-    """The whole body, refused (and its connection dropped) past `bound` octets, whether
-    the length is declared or the body is chunked."""
-    declared = response.content_length
-    if declared is not None and declared > bound:
-        raise BackendFailure(f"{url}: a reply of {declared} octets exceeds max_json_size")
-    data = bytearray()
-    async for piece in response.content.iter_chunked(1 << 16):
-        data += piece
-        if len(data) > bound:
-            raise BackendFailure(f"{url}: a reply exceeds max_json_size ({bound} octets)")
-    return bytes(data)
-
-
 async def tls_version(settings: JmapSettings, url: str) -> str:
     """The TLS version a verified handshake with `url`'s host negotiates (for `check`; the
     pool does not expose its connections' TLS state once a reply has been read)."""
     parts = urlsplit(url)
     host, port = parts.hostname or "", parts.port or 443
-    async with _guarded(url, settings.connect_timeout):
+    async with guarded(url, settings.connect_timeout):
         try:
             _, writer = await asyncio.open_connection(
                 host, port, ssl=settings.tls_context, server_hostname=host
@@ -276,33 +249,3 @@ async def tls_version(settings: JmapSettings, url: str) -> str:
     writer.close()
     version = ssl_object.version() if isinstance(ssl_object, ssl.SSLObject) else None
     return version or "unknown"
-
-
-@contextlib.asynccontextmanager
-async def _guarded(url: str, seconds: float) -> AsyncIterator[None]:
-    """Our own deadline (house rule 6), and connection-level failures as bridge errors.
-
-    Past the deadline the await is cancelled and aiohttp drops the connection it was using,
-    so a late reply can never be read as the answer to a later request. A certificate that
-    does not verify needs an operator (conformance S-8); a refused or lost connection is
-    temporary.
-    """
-    try:
-        async with asyncio.timeout(seconds):
-            yield
-    except TimeoutError:
-        raise BackendUnavailable(f"{url}: no answer within {seconds:g} s") from None
-    except aiohttp.ClientConnectorCertificateError as exc:
-        raise BackendFailure(
-            f"{url}: TLS certificate not trusted: {exc.certificate_error}"
-        ) from None
-    except aiohttp.ClientSSLError as exc:
-        raise BackendFailure(f"{url}: TLS handshake failed: {exc}") from None
-    except aiohttp.InvalidURL:
-        raise BackendFailure(f"{url}: not a usable URL") from None
-    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-        raise BackendUnavailable(f"{url}: connection failed: {exc!r}") from None
-    except aiohttp.ClientResponseError as exc:
-        raise BackendFailure(f"{url}: unusable HTTP reply: {exc.message}") from None
-    except aiohttp.ClientError as exc:
-        raise BackendUnavailable(f"{url}: HTTP client error: {exc!r}") from None
