@@ -10,20 +10,19 @@ from pathlib import Path
 import pytest
 
 from devkit import clients
-from devkit.clients import Pop3Target, strip_client_additions
+from devkit.clients import Pop3Target
 from devkit.dovecot import Dovecot, wire_form
 from popbridge.frontend.server import Pop3Server
 from tests.conftest import StartBridge
+from tests.e2e.client_checks import (
+    SPECIAL,
+    curl_lists_retrieves_and_uidls,
+    fetchmail,
+    getmail,
+    mpop,
+)
 
 pytestmark = [pytest.mark.dovecot, pytest.mark.clients]
-
-SPECIAL = [
-    b"From: a@example.org\nSubject: dots\n\n.\n..\n.leading dot\n...\nend\n",
-    b"From: a@example.org\nSubject: 8bit\nContent-Type: text/plain; charset=utf-8\n"
-    b"Content-Transfer-Encoding: 8bit\n\nGr\xc3\xbc\xc3\x9fe aus K\xc3\xb6ln\n",
-    b"From: a@example.org\nSubject: empty body\n\n",
-    b"From: a@example.org\nSubject: long line\n\n" + b"y" * 1500 + b"\n",
-]
 
 
 @pytest.fixture
@@ -56,14 +55,7 @@ async def test_curl_lists_and_retrieves_on_one_connection(
     bridge: StartBridge, expected: list[bytes], tmp_path: Path
 ) -> None:
     server = await bridge()
-    listing = await asyncio.to_thread(clients.curl_list, target(server))
-    assert listing.split() == [str(x) for n, m in enumerate(expected, 1) for x in (n, len(m))]
-    retrieved = await asyncio.to_thread(
-        clients.curl_retr_all, target(server), len(expected), tmp_path
-    )
-    assert retrieved == expected
-    uidl = await asyncio.to_thread(clients.curl_command, target(server), "UIDL")
-    assert len(uidl.split()) == 2 * len(expected)
+    await curl_lists_retrieves_and_uidls(target(server), expected, tmp_path)
 
 
 async def test_curl_dele_is_applied_at_its_quit(
@@ -79,8 +71,7 @@ async def test_fetchmail(
     bridge: StartBridge, mailbox: Dovecot, expected: list[bytes], tmp_path: Path, keep: bool
 ) -> None:
     server = await bridge()
-    delivered = await asyncio.to_thread(clients.run_fetchmail, target(server), tmp_path, keep=keep)
-    assert [strip_client_additions("fetchmail", m) for m in delivered] == expected
+    assert await fetchmail(target(server), tmp_path, keep=keep) == expected
     remaining = mailbox.uids("alice")
     assert len(remaining) == (len(expected) if keep else 0)
     assert all("\\Seen" not in flags for flags in remaining.values())
@@ -91,8 +82,7 @@ async def test_mpop_pipelining(
     bridge: StartBridge, mailbox: Dovecot, expected: list[bytes], tmp_path: Path, keep: bool
 ) -> None:
     server = await bridge()
-    delivered = await asyncio.to_thread(clients.run_mpop, target(server), tmp_path, keep=keep)
-    assert [strip_client_additions("mpop", m) for m in delivered] == expected
+    assert await mpop(target(server), tmp_path, keep=keep) == expected
     assert len(mailbox.uids("alice")) == (len(expected) if keep else 0)
 
 
@@ -100,6 +90,5 @@ async def test_getmail_delete(
     bridge: StartBridge, mailbox: Dovecot, expected: list[bytes], tmp_path: Path
 ) -> None:
     server = await bridge()
-    delivered = await asyncio.to_thread(clients.run_getmail, target(server), tmp_path, delete=True)
-    assert [strip_client_additions("getmail", m) for m in delivered] == expected
+    assert await getmail(target(server), tmp_path, delete=True) == expected
     assert mailbox.uids("alice") == {}

@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 
 from devkit import clients
-from devkit.clients import strip_client_additions
 from devkit.dovecot import generate_message, wire_form
 from devkit.fake_graph import FakeGraph
 from devkit.oauth_provider import FakeOAuthProvider
@@ -29,6 +28,13 @@ from devkit.servers import Servers
 from popbridge.config import MaildropConfig
 from popbridge.contract import Disposition, DispositionKind
 from popbridge.frontend.server import Pop3Server
+from tests.e2e.client_checks import (
+    SPECIAL,
+    curl_lists_retrieves_and_uidls,
+    fetchmail,
+    getmail,
+    mpop,
+)
 from tests.e2e.oauth_bridges import (
     access_token,
     start_mapped,
@@ -41,13 +47,6 @@ from tests.e2e.oauth_bridges import (
 pytestmark = pytest.mark.clients
 
 UPSTREAM_USER = "alice@contoso.example"
-SPECIAL = [
-    b"From: a@example.org\nSubject: dots\n\n.\n..\n.leading dot\n...\nend\n",
-    b"From: a@example.org\nSubject: 8bit\nContent-Type: text/plain; charset=utf-8\n"
-    b"Content-Transfer-Encoding: 8bit\n\nGr\xc3\xbc\xc3\x9fe aus K\xc3\xb6ln\n",
-    b"From: a@example.org\nSubject: empty body\n\n",
-    b"From: a@example.org\nSubject: long line\n\n" + b"y" * 1500 + b"\n",
-]
 StartBridge = Callable[..., Awaitable[Pop3Server]]
 
 
@@ -114,16 +113,7 @@ async def test_curl_lists_retrieves_and_uidls(
     bridge: StartBridge, expected: list[bytes], tmp_path: Path
 ) -> None:
     server = await bridge()
-    listing = await asyncio.to_thread(clients.curl_list, target(server))
-    assert listing.split() == [str(x) for n, m in enumerate(expected, 1) for x in (n, len(m))]
-    retrieved = await asyncio.to_thread(
-        clients.curl_retr_all, target(server), len(expected), tmp_path / "curl"
-    )
-    assert retrieved == expected
-    uidl = await asyncio.to_thread(clients.curl_command, target(server), "UIDL")
-    again = await asyncio.to_thread(clients.curl_command, target(server), "UIDL")
-    assert len(uidl.split()) == 2 * len(expected)
-    assert uidl == again  # the same unique-ids in every session (RFC 1939 section 7)
+    await curl_lists_retrieves_and_uidls(target(server), expected, tmp_path / "curl")
 
 
 async def test_curl_gets_the_listed_octets_when_mime_is_regenerated(
@@ -155,8 +145,7 @@ async def test_fetchmail(
     bridge: StartBridge, graph: FakeGraph, expected: list[bytes], tmp_path: Path, keep: bool
 ) -> None:
     server = await bridge()
-    delivered = await asyncio.to_thread(clients.run_fetchmail, target(server), tmp_path, keep=keep)
-    assert [strip_client_additions("fetchmail", m) for m in delivered] == expected
+    assert await fetchmail(target(server), tmp_path, keep=keep) == expected
     assert remaining(graph) == (len(expected) if keep else 0)
     assert not any(m.is_read for m in graph.messages)
 
@@ -166,8 +155,7 @@ async def test_mpop_pipelining(
     bridge: StartBridge, graph: FakeGraph, expected: list[bytes], tmp_path: Path, keep: bool
 ) -> None:
     server = await bridge()
-    delivered = await asyncio.to_thread(clients.run_mpop, target(server), tmp_path, keep=keep)
-    assert [strip_client_additions("mpop", m) for m in delivered] == expected
+    assert await mpop(target(server), tmp_path, keep=keep) == expected
     assert remaining(graph) == (len(expected) if keep else 0)
 
 
@@ -175,8 +163,7 @@ async def test_getmail_delete(
     bridge: StartBridge, graph: FakeGraph, expected: list[bytes], tmp_path: Path
 ) -> None:
     server = await bridge()
-    delivered = await asyncio.to_thread(clients.run_getmail, target(server), tmp_path, delete=True)
-    assert [strip_client_additions("getmail", m) for m in delivered] == expected
+    assert await getmail(target(server), tmp_path, delete=True) == expected
     assert remaining(graph) == 0
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from devkit import clients
-from devkit.clients import Pop3Target, strip_client_additions
+from devkit.clients import Pop3Target
 from devkit.cyrus import Cyrus, start_cyrus
 from devkit.dovecot import generate_message, wire_form
 from devkit.servers import Servers
@@ -25,17 +25,17 @@ from popbridge.config import Config, ListenerConfig, MaildropConfig, ServerConfi
 from popbridge.contract import Disposition, DispositionKind, load_backend
 from popbridge.frontend.server import Pop3Server
 from popbridge.session.throttle import ThrottlePolicy
+from tests.e2e.client_checks import (
+    SPECIAL,
+    curl_lists_retrieves_and_uidls,
+    fetchmail,
+    getmail,
+    mpop,
+)
 
 pytestmark = [pytest.mark.clients, pytest.mark.cyrus]
 
 USER, PASSWORD = "alice", "secret"
-SPECIAL = [
-    b"From: a@example.org\nSubject: dots\n\n.\n..\n.leading dot\n...\nend\n",
-    b"From: a@example.org\nSubject: 8bit\nContent-Type: text/plain; charset=utf-8\n"
-    b"Content-Transfer-Encoding: 8bit\n\nGr\xc3\xbc\xc3\x9fe aus K\xc3\xb6ln\n",
-    b"From: a@example.org\nSubject: empty body\n\n",
-    b"From: a@example.org\nSubject: long line\n\n" + b"y" * 1500 + b"\n",
-]
 
 StartBridge = Callable[..., Awaitable[Pop3Server]]
 NO_DELAY = ThrottlePolicy(base_delay=0)  # no pause after a failed login
@@ -104,16 +104,7 @@ async def test_curl_lists_retrieves_and_uidls(
     bridge: StartBridge, expected: list[bytes], tmp_path: Path
 ) -> None:
     server = await bridge()
-    listing = await asyncio.to_thread(clients.curl_list, target(server))
-    assert listing.split() == [str(x) for n, m in enumerate(expected, 1) for x in (n, len(m))]
-    retrieved = await asyncio.to_thread(
-        clients.curl_retr_all, target(server), len(expected), tmp_path
-    )
-    assert retrieved == expected
-    uidl = await asyncio.to_thread(clients.curl_command, target(server), "UIDL")
-    again = await asyncio.to_thread(clients.curl_command, target(server), "UIDL")
-    assert len(uidl.split()) == 2 * len(expected)
-    assert uidl == again  # the same unique-ids in every session (RFC 1939 section 7)
+    await curl_lists_retrieves_and_uidls(target(server), expected, tmp_path)
 
 
 async def test_curl_dele_moves_to_trash_at_its_quit(
@@ -130,8 +121,7 @@ async def test_fetchmail(
     bridge: StartBridge, cyrus: Cyrus, expected: list[bytes], tmp_path: Path, keep: bool
 ) -> None:
     server = await bridge()
-    delivered = await asyncio.to_thread(clients.run_fetchmail, target(server), tmp_path, keep=keep)
-    assert [strip_client_additions("fetchmail", m) for m in delivered] == expected
+    assert await fetchmail(target(server), tmp_path, keep=keep) == expected
     stored = cyrus.stored(USER)
     assert len(stored) == (len(expected) if keep else 0)
     assert all("\\Seen" not in m.flags for m in stored)
@@ -142,8 +132,7 @@ async def test_mpop_pipelining(
     bridge: StartBridge, cyrus: Cyrus, expected: list[bytes], tmp_path: Path, keep: bool
 ) -> None:
     server = await bridge()
-    delivered = await asyncio.to_thread(clients.run_mpop, target(server), tmp_path, keep=keep)
-    assert [strip_client_additions("mpop", m) for m in delivered] == expected
+    assert await mpop(target(server), tmp_path, keep=keep) == expected
     assert len(remaining(cyrus)) == (len(expected) if keep else 0)
 
 
@@ -151,6 +140,5 @@ async def test_getmail_delete(
     bridge: StartBridge, cyrus: Cyrus, expected: list[bytes], tmp_path: Path
 ) -> None:
     server = await bridge()
-    delivered = await asyncio.to_thread(clients.run_getmail, target(server), tmp_path, delete=True)
-    assert [strip_client_additions("getmail", m) for m in delivered] == expected
+    assert await getmail(target(server), tmp_path, delete=True) == expected
     assert remaining(cyrus) == []

@@ -21,7 +21,7 @@ from devkit.dovecot import wire_form
 from devkit.imap_peer import ImapPeer
 from popbridge.frontend.server import Pop3Server
 from tests.conftest import IMAP4D_USERS, StartBridge
-from tests.e2e.test_clients import SPECIAL
+from tests.e2e.client_checks import SPECIAL
 
 pytestmark = [pytest.mark.clients]
 
