@@ -20,11 +20,14 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
 import aiohttp
 
 from popbridge.contract import Credentials
 from popbridge.errors import AuthFailed, BackendFailure, BackendUnavailable
+from popbridge.upstream.settings import TableReader
+from popbridge.upstream.tls import is_loopback
 
 MAX_TOKEN_OCTETS = 16384
 # RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
@@ -40,6 +43,28 @@ def bearer_token(credentials: Credentials, service: str) -> str:
     if len(token) > MAX_TOKEN_OCTETS or not _B64TOKEN.fullmatch(token):
         raise AuthFailed("bearer token refused before sending: not an RFC 6750 b64token")
     return token
+
+
+def checked_url(
+    table: TableReader, key: str, value: str, *, cleartext_to_loopback_only: bool = True
+) -> SplitResult:
+    """The config's `key` as an http(s) URL with a host name and a valid port, without a
+    user name or password, in printable ASCII; with `cleartext_to_loopback_only`, http://
+    only to this machine, so credentials never cross a network in clear."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise table.error(key, "must be an http:// or https:// URL with a host name")
+    if parts.username is not None or parts.password is not None:
+        raise table.error(key, "must not contain a user name or password")
+    if any(ord(char) <= 0x20 or ord(char) >= 0x7F for char in value):
+        raise table.error(key, "must not contain spaces, control or non-ASCII characters")
+    try:
+        parts.port  # noqa: B018  (validates the port number)
+    except ValueError:
+        raise table.error(key, "has an invalid port") from None
+    if cleartext_to_loopback_only and parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise table.error(key, "must be https:// (http:// only to this machine, loopback)")
+    return parts
 
 
 def retry_after(value: str | None) -> float | None:

@@ -18,10 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from backends.http import checked_url
 from popbridge.upstream.settings import TableReader
-from popbridge.upstream.tls import client_context, is_loopback
+from popbridge.upstream.tls import client_context
 
 FULL_SCOPE = "https://mail.google.com/"
 MODIFY_SCOPE = "https://www.googleapis.com/auth/gmail.modify"
@@ -93,22 +93,9 @@ def parse_settings(settings: Mapping[str, Any], *, source: str) -> GmailSettings
 
 
 def _url(table: TableReader) -> str:
-    value: str = table.string("url", DEFAULT_URL)
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise table.error("url", "must be an http:// or https:// URL with a host name")
-    if parts.username is not None or parts.password is not None:
-        raise table.error("url", "must not contain a user name or password")
+    parts = checked_url(table, "url", table.string("url", DEFAULT_URL))
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise table.error("url", "must be the API's origin only")
-    if any(ord(char) <= 0x20 or ord(char) >= 0x7F for char in value):
-        raise table.error("url", "must not contain spaces, control or non-ASCII characters")
-    try:
-        parts.port  # noqa: B018  (validates the port number)
-    except ValueError:
-        raise table.error("url", "has an invalid port") from None
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
-        raise table.error("url", "must be https:// (http:// only to this machine, loopback)")
     return f"{parts.scheme}://{parts.netloc}"
 
 

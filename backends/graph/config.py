@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from backends.http import checked_url
 from popbridge.upstream.settings import TableReader
 from popbridge.upstream.tls import client_context, is_loopback
 
@@ -91,19 +92,9 @@ def parse_settings(settings: Mapping[str, Any], *, source: str) -> GraphSettings
 
 def _service_root(table: TableReader) -> str:
     value: str = table.string("url", DEFAULT_URL)
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise table.error("url", "must be an http:// or https:// URL with a host name")
-    if parts.username is not None or parts.password is not None:
-        raise table.error("url", "must not contain a user name or password")
+    parts = checked_url(table, "url", value, cleartext_to_loopback_only=False)  # warned below
     if parts.query or parts.fragment:
         raise table.error("url", "must be the service root, without query or fragment")
-    if any(ord(char) <= 0x20 or ord(char) >= 0x7F for char in value):
-        raise table.error("url", "must not contain spaces, control or non-ASCII characters")
-    try:
-        parts.port  # noqa: B018  (validates the port number)
-    except ValueError:
-        raise table.error("url", "has an invalid port") from None
     return value.rstrip("/")
 
 

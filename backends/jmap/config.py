@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from backends.http import checked_url
 from popbridge.upstream.settings import TableReader
-from popbridge.upstream.tls import client_context, is_loopback
+from popbridge.upstream.tls import client_context
 
 WELL_KNOWN = "/.well-known/jmap"
 # Far above any listing page or Session object (a page of 1,024 Emails is about 300 KB).
@@ -84,19 +85,7 @@ def _session_url(table: TableReader) -> str:
         raise table.error("url", "give exactly one of url and session_url")
     key, value = ("url", base) if base is not None else ("session_url", direct)
     assert value is not None
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise table.error(key, "must be an http:// or https:// URL with a host name")
-    if parts.username is not None or parts.password is not None:
-        raise table.error(key, "must not contain a user name or password")
-    if any(ord(char) <= 0x20 or ord(char) >= 0x7F for char in value):
-        raise table.error(key, "must not contain spaces, control or non-ASCII characters")
-    try:
-        parts.port  # noqa: B018  (validates the port number)
-    except ValueError:
-        raise table.error(key, "has an invalid port") from None
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
-        raise table.error(key, "must be https:// (http:// only to this machine, loopback)")
+    parts = checked_url(table, key, value)
     value = parts.scheme + value[len(parts.scheme) :]  # urlsplit gave it in lower case
     if base is not None:
         if parts.path not in ("", "/") or parts.query or parts.fragment:
