@@ -99,12 +99,12 @@ async def read_bounded(
     whether its length is declared or it is chunked; `setting` names the key that sets it."""
     declared = response.content_length
     if declared is not None and declared > limit:
-        raise BackendFailure(f"{url}: a reply of {declared} octets exceeds {setting}")
+        raise BackendFailure(f"{url}: a reply of {declared} octets is too large ({setting})")
     data = bytearray()
     async for piece in response.content.iter_chunked(1 << 16):
         data += piece
         if len(data) > limit:
-            raise BackendFailure(f"{url}: a reply exceeds {setting} ({limit} octets)")
+            raise BackendFailure(f"{url}: a reply is larger than {setting} ({limit} octets)")
     return bytes(data)
 
 
