@@ -40,6 +40,10 @@ class MemoryUpstream:
     mutations: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     fail_dispose: set[str] = field(default_factory=set)
     misreported: dict[str, int] = field(default_factory=dict)  # identity -> size listed
+    # list raw sizes as not exact (as IMAP's RFC822.SIZE is) and measure them when asked
+    provisional: bool = False
+    measured: list[tuple[str, ...]] = field(default_factory=list)  # each `measure` call
+    fail_measure: bool = False
     chunk_size: int = 7
     next_id: int = 1
 
@@ -65,13 +69,27 @@ class MemoryMailbox:
             if hidden_keyword is not None and hidden_keyword in m.flags
         )
         return [
-            RemoteMessage(
-                m.identity, self.store.misreported.get(m.identity, normalised_size(m.data))
-            )
+            self._listed(m)
             for m in self.store.messages
             if "\\Deleted" not in m.flags
             and (hidden_keyword is None or hidden_keyword not in m.flags)
         ]
+
+    def _listed(self, message: StoredMessage) -> RemoteMessage:
+        if self.store.provisional:
+            return RemoteMessage(message.identity, len(message.data), exact=False)
+        size = self.store.misreported.get(message.identity, normalised_size(message.data))
+        return RemoteMessage(message.identity, size)
+
+    async def measure(self, identities: Collection[str]) -> dict[str, int]:
+        self.store.measured.append(tuple(identities))
+        if self.store.fail_measure:
+            raise BackendUnavailable("measuring refused")
+        return {
+            m.identity: normalised_size(m.data)
+            for m in self.store.messages
+            if m.identity in identities
+        }
 
     async def fetch(self, identity: str, *, body_lines: int | None = None) -> AsyncIterator[bytes]:
         found = [m for m in self.store.messages if m.identity == identity]

@@ -10,6 +10,7 @@ calls `Mailbox.dispose` (RFC 1939 section 6). Backends are found by name through
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,10 @@ class RemoteMessage:
     """One message as the backend lists it.
 
     `size` is the number of octets RETR will send: CRLF line ends, before dot-stuffing
-    (RFC 1939 section 11). `message_id` and `received` are hints that let the core keep
+    (RFC 1939 section 11). A backend that cannot know it without reading the message says
+    `exact=False` and gives the upstream's count, off by at most the CRLF POP3 adds to an
+    unterminated last line; the core asks `SizeMeasurer.measure` for the exact one before
+    it tells a client a size. `message_id` and `received` are hints that let the core keep
     UIDLs stable when identities change.
     """
 
@@ -36,6 +40,7 @@ class RemoteMessage:
     message_id: str | None = None
     received: datetime | None = None
     version: str | None = None  # a content version where content can change (Graph changeKey)
+    exact: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +168,36 @@ def withheld_by(mailbox: Mailbox) -> frozenset[str]:
     attribute. The UID map keeps their UIDLs from passing to a content-identical copy."""
     found = getattr(mailbox, "withheld", None)
     return frozenset(found) if found else frozenset()
+
+
+class SizeMeasurer(Protocol):
+    """What a mailbox that lists sizes with `exact=False` also offers (found by `measurer_of`)."""
+
+    async def measure(self, identities: Collection[str]) -> dict[str, int]:
+        """The exact sizes of these listed messages, and remembers them in the listing memory
+        `list` was given, so no later session measures them again. A message it cannot
+        measure (gone, refused) is left out: its listed size stands, and RETR measures it."""
+        ...
+
+
+def with_exact_sizes(
+    messages: Sequence[RemoteMessage], sizes: Mapping[str, int]
+) -> list[RemoteMessage]:
+    """`messages` with the exact sizes measured since (identity -> octets) put in place."""
+    if not sizes:
+        return list(messages)
+    return [_with_size(message, sizes.get(message.identity)) for message in messages]
+
+
+def _with_size(message: RemoteMessage, size: int | None) -> RemoteMessage:
+    if size is None or (size == message.size and message.exact):
+        return message
+    return dataclasses.replace(message, size=size, exact=True)
+
+
+def measurer_of(mailbox: Mailbox) -> SizeMeasurer | None:
+    """The mailbox as a `SizeMeasurer`, when it has a `measure` method."""
+    return mailbox if callable(getattr(mailbox, "measure", None)) else None  # type: ignore[return-value]
 
 
 async def close_chunks(chunks: AsyncIterator[bytes]) -> None:

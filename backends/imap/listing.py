@@ -23,9 +23,9 @@ import json
 import logging
 from bisect import bisect_right
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from backends.imap import tails, wire
+from backends.imap import wire
 from backends.imap.connection import Connection, Selected
 from backends.imap.folders import Folder, Folders, Listed, Window
 from backends.imap.protocol import Reply
@@ -297,24 +297,20 @@ class _Lister:
                 # Unsolicited FETCHes (flag changes by other clients) carry no size.
                 if uid is not None and uid in wanted and size is not None:
                     found[uid] = Listed(_message(folder, uid, fetched, size), folder.index, uid)
-        await self._exact(found)
+        self._exact(found)
         return [found[uid] for uid in sorted(found)]
 
-    async def _exact(self, found: dict[int, Listed]) -> None:
-        """Replace each upstream size by the octets RETR will send: remembered, or measured
-        from the message's last two octets (RFC 1939 3: a last line is ended with CRLF)."""
-        unknown: list[tuple[int, int]] = []
+    def _exact(self, found: dict[int, Listed]) -> None:
+        """Replace each upstream size by the octets RETR will send where it was measured
+        before; the others are listed as not exact (RFC 1939 3: POP3 ends an unterminated
+        last line with CRLF, which RFC822.SIZE does not count), for `measure` to settle."""
         for uid, entry in found.items():
             message = entry.message
             remembered = self._known.get(message.identity)
-            if remembered is not None:
+            if remembered is not None and remembered.exact:
                 found[uid] = _resized(entry, remembered.size)
             elif message.size > 0:
-                unknown.append((uid, message.size))
-        for band in tails.bands(unknown):
-            extra = await tails.read(self._connection, band)
-            for uid, added in extra.items():
-                found[uid] = _resized(found[uid], found[uid].message.size + added)
+                found[uid] = Listed(replace(message, exact=False), entry.folder, uid)
 
 
 def _comparable(folder: Folder, mark: Mark, status: wire.Status) -> Mark | None:

@@ -15,12 +15,19 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 
-from backends.imap import dispose, listing, wire
+from backends.imap import dispose, listing, tails, wire
 from backends.imap.connection import Connection, Selected
 from backends.imap.folders import Folder, Folders, Window
 from backends.imap.protocol import Reply
 from backends.imap.readahead import ReadAhead
-from popbridge.contract import DisposeResult, Disposition, ListingMemory, RemoteMessage
+from popbridge.contract import (
+    DisposeResult,
+    Disposition,
+    ListingMemory,
+    ListingState,
+    RemoteMessage,
+    with_exact_sizes,
+)
 from popbridge.errors import AuthFailed, BackendFailure, BackendUnavailable, MessageGone
 from popbridge.upstream.lines import TopCut
 
@@ -50,6 +57,7 @@ class ImapMailbox:
         self._window = window
         self._chunk = connection.settings.fetch_chunk
         self._sizes: dict[tuple[int, int], int] = {}
+        self._memory: ListingMemory | None = None
         # in the folders but left out of the last listing on purpose (keyword, window)
         self.withheld: set[str] = set()
         self._ahead = ReadAhead()
@@ -69,9 +77,37 @@ class ImapMailbox:
             self._connection, self._folders, self._window, keyword=hidden_keyword,
             memory=memory, opened=opened, withheld=self.withheld,
         )  # fmt: skip
+        self._memory = memory
         self._sizes = {(entry.folder, entry.uid): entry.message.size for entry in chosen}
         self._ahead.listed([(entry.folder, entry.uid) for entry in chosen], self._sizes)
         return [entry.message for entry in chosen]
+
+    async def measure(self, identities: Collection[str]) -> dict[str, int]:
+        """The exact sizes of listed messages from their last octets (`backends.imap.tails`),
+        folder by folder, saved with the listing so they are read once per message."""
+        await self._settle()
+        await self._reconnected()
+        wanted: dict[int, tuple[Folder, list[tuple[int, int]]]] = {}
+        for identity in identities:
+            located = self._folders.locate(identity)
+            size = None if located is None else self._sizes.get((located[0].index, located[1]))
+            if located is not None and size is not None:
+                folder, uid = located
+                wanted.setdefault(folder.index, (folder, []))[1].append((uid, size))
+        measured: dict[str, int] = {}
+        for folder, sized in wanted.values():
+            await self._enter_folder(folder)
+            for band in tails.bands(sized):
+                for uid, added in (await tails.read(self._connection, band)).items():
+                    measured[folder.identity(uid)] = band.sizes[uid] + added
+        await self._remember(measured)
+        return measured
+
+    async def _remember(self, measured: dict[str, int]) -> None:
+        state = await self._memory.load() if self._memory is not None and measured else None
+        if self._memory is not None and state is not None:
+            exact = tuple(with_exact_sizes(state.messages, measured))
+            await self._memory.save(ListingState(state.token, exact))
 
     async def _examine(self, folder: Folder) -> Selected:
         return await self._connection.select(read_only=True, folder=folder.name)
@@ -265,12 +301,16 @@ class ImapMailbox:
         if located is None:
             raise MessageGone(f"identity {identity!r} is not from a listed UIDVALIDITY")
         folder, uid = located
+        await self._enter_folder(folder)
+        return folder, uid
+
+    async def _enter_folder(self, folder: Folder) -> None:
+        """EXAMINE `folder` unless it is selected; `MessageGone` if its UIDs changed meaning."""
         if self._connection.selected != folder.name:
             selected = await self._examine(folder)
             if selected.uidvalidity != folder.uidvalidity:
                 # RFC 3501 2.3.1.1: the UIDs may now name other messages.
                 raise MessageGone(f"{folder.name!r}: UIDVALIDITY changed since the listing")
-        return folder, uid
 
     async def dispose(self, identities: Collection[str], how: Disposition) -> DisposeResult:
         """Apply `how` at QUIT, folder by folder; see `backends.imap.dispose`."""

@@ -41,8 +41,9 @@ class Held:
     account: str
 
 
-Enter = Callable[[Held], Awaitable[tuple[int, int]]]
-"""Starts the transaction on what a login holds; returns STAT's (count, octets)."""
+Enter = Callable[[Held], Awaitable[tuple[int, int | None]]]
+"""Starts the transaction on what a login holds; returns STAT's (count, octets), octets None
+while some sizes are not yet exact."""
 
 
 class Login:
@@ -130,11 +131,13 @@ class Login:
         self.user = user
         metrics.login(mechanism, "ok")
         self._log.info("%r logged in, %d messages", user, count)
+        if octets is None:
+            return Ok(f"maildrop has {count} messages")
         return Ok(f"maildrop has {count} messages ({octets} octets)")
 
     async def _open(
         self, user: str, secret: str, mechanism: str, enter: Enter
-    ) -> tuple[str, tuple[int, int]]:
+    ) -> tuple[str, tuple[int, int | None]]:
         """Authenticate, lock, enter; on any failure leave nothing held."""
         assert self._services.authenticator is not None
         login = await self._services.authenticator.authenticate(user, secret, mechanism=mechanism)

@@ -50,7 +50,7 @@ async def send_message(
     """
     prepared = await lookahead.take(entry.message.identity)
     if prepared is not None and body_lines is None:
-        out.write(engine.send(Ok(f"{entry.size} octets")))
+        out.write(engine.send(Ok(f"{prepared.octets} octets")))
         out.write(prepared.wire)
         return prepared.octets
     return await _stream_message(engine, out, lookahead.mailbox, entry, body_lines, log)
@@ -69,6 +69,7 @@ async def _stream_message(
         first = await _first_chunk(engine, out, chunks, log)
         if first is None:
             return None
+        # RFC 1939 §7 leaves the text free: a size not yet exact is not announced
         out.write(engine.send(Ok(f"{entry.size} octets")))
         encoder = BodyEncoder(body_lines=body_lines)
         await _stream(out, first, chunks, encoder, log)

@@ -93,7 +93,7 @@ class Session:
             case c.Stls():
                 return self._stls()
             case c.Stat() | c.List() | c.Uidl() | c.Dele() | c.Noop() | c.Rset():
-                return self._require_transaction().answer(command)
+                return await self._require_transaction().answer(command)
             case c.User() | c.Pass() | c.Auth() | c.SaslResponse():
                 return await self._authorization(command)
         # APOP needs the backend's shared secret, which a bridge never has (RFC 1939 §7)
@@ -113,10 +113,12 @@ class Session:
             return await self._login.auth(command.mechanism, command.initial_response, self._enter)
         return Ok("send PASS")  # USER; RFC 1939 §13: the same answer for every name
 
-    async def _enter(self, held: Held) -> tuple[int, int]:
+    async def _enter(self, held: Held) -> tuple[int, int | None]:
         transaction = await Transaction.enter(held, self._services, self._policy, self._log)
         self.transaction = transaction
-        return transaction.snapshot.stat()
+        count, octets = transaction.snapshot.stat()
+        # Sizes not yet exact are measured when STAT or LIST asks, not at every login.
+        return count, octets if transaction.snapshot.exact() else None
 
     def capabilities(self) -> list[str]:
         """RFC 2449 §5; STLS only where it is permitted (RFC 2595 §4)."""

@@ -9,10 +9,11 @@ set, and the session's UPDATE step is the only place that acts on it (RFC 1939 s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from popbridge.contract import RemoteMessage
+from popbridge.contract import RemoteMessage, with_exact_sizes
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,23 @@ class Snapshot:
         """(count, octets) of the messages not marked deleted (RFC 1939 section 5 STAT)."""
         live = self.live()
         return len(live), sum(e.size for e in live)
+
+    def provisional(self, number: int | None = None) -> list[str]:
+        """Identities of live messages (all, or just `number`) whose size is not yet exact."""
+        entries = self.live() if number is None else [self.get(number)]
+        return [e.message.identity for e in entries if not e.message.exact]
+
+    def measured(self, sizes: Mapping[str, int]) -> None:
+        """Replace listed sizes by the exact ones found since (identity -> octets)."""
+        messages = with_exact_sizes([e.message for e in self._entries], sizes)
+        self._entries = [
+            entry if entry.message is message else dataclasses.replace(entry, message=message)
+            for entry, message in zip(self._entries, messages, strict=True)
+        ]
+
+    def exact(self) -> bool:
+        """True when every size a client could be told is exact."""
+        return all(e.message.exact for e in self._entries)
 
     def delete(self, number: int) -> None:
         self.get(number)

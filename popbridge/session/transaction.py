@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import logging
 
-from popbridge.contract import Mailbox, withheld_by
+from popbridge.contract import Mailbox, measurer_of, withheld_by
+from popbridge.errors import BridgeError
 from popbridge.pop3 import commands as c
 from popbridge.pop3.engine import Pop3Engine
 from popbridge.pop3.replies import Err, Ok, Reply
@@ -63,10 +64,14 @@ class Transaction:
         """The opened mailbox, until `close`."""
         return None if self._held is None else self._held.mailbox
 
-    def answer(self, command: Listing) -> Reply:
-        """STAT, LIST, UIDL, DELE, RSET and NOOP: the snapshot alone answers them."""
+    async def answer(self, command: Listing) -> Reply:
+        """STAT, LIST, UIDL, DELE, RSET and NOOP: the snapshot answers them, once the sizes
+        STAT and LIST tell are exact."""
         snapshot = self.snapshot
         try:
+            if isinstance(command, c.Stat | c.List):
+                number = command.msg if isinstance(command, c.List) else None
+                await self._measure(snapshot.provisional(number))
             match command:
                 case c.Stat():
                     count, octets = snapshot.stat()
@@ -90,15 +95,34 @@ class Transaction:
             return Ok()  # NOOP
         except NoSuchMessage as missing:
             return Err(str(missing))
+        except BridgeError as error:  # measuring sizes failed: nothing is told inexactly
+            self._log.warning("exact sizes not measured: %r", error)
+            return Err(error.wire_text, error.code)
+
+    async def _measure(self, identities: list[str]) -> None:
+        """Ask the backend for the exact sizes of `identities`: RFC 1939 §5 LIST and STAT
+        count the octets RETR sends. Measured once per message: the backend remembers."""
+        mailbox = self.mailbox
+        measurer = measurer_of(mailbox) if mailbox is not None and identities else None
+        if measurer is None:
+            return
+        await self.settle()  # the mailbox serves one call at a time
+        self.snapshot.measured(await measurer.measure(identities))
 
     async def send(self, command: c.Retr | c.Top, engine: Pop3Engine, out: Output) -> None:
         """RETR or TOP: stream the message, then prepare the next if reading in order."""
+        lines = command.lines if isinstance(command, c.Top) else None
         try:
+            if lines is None:  # "+OK <octets>" (RFC 1939 §7) must agree with LIST
+                await self._measure(self.snapshot.provisional(command.msg))
             entry = self.snapshot.get(command.msg)
         except NoSuchMessage as missing:
             out.write(engine.send(Err(str(missing))))
             return
-        lines = command.lines if isinstance(command, c.Top) else None
+        except BridgeError as error:
+            self._log.warning("exact size not measured: %r", error)
+            out.write(engine.send(Err(error.wire_text, error.code)))
+            return
         octets = await send_message(engine, out, self._lookahead, entry, lines, self._log)
         if octets is None or lines is not None:
             return
@@ -109,6 +133,8 @@ class Transaction:
             following = self.snapshot.get(entry.number + 1)
             if in_order:  # the client reads in order: prepare the next
                 self._lookahead.start(following.message.identity, following.size)
+        if not entry.message.exact:
+            self.snapshot.measured({entry.message.identity: octets})
         if octets != entry.size:
             # RFC 1939 §11: LIST must count what RETR sends; content is immutable per
             # identity (RFC 3501 §2.3.1.1), so later sessions list the size sent now.

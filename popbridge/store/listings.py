@@ -24,7 +24,7 @@ from popbridge.contract import ListingMemory, ListingState, RemoteMessage
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1  # the first byte of a blob: the column layout below
+FORMAT = 2  # the first byte of a blob: the column layout below (1: without `exact`)
 _HEADER = struct.Struct("<BI")  # format, message count
 _NONE = "\x01"  # an absent Message-ID or version (NUL separates, 0x01 never occurs in hints)
 
@@ -96,10 +96,11 @@ def encode(state: ListingState) -> bytes:
     sizes = array("q", (m.size for m in messages))
     stamps = array("d", (_stamp(m.received) for m in messages))
     offsets = array("i", (_offset(m.received) for m in messages))
+    exact = array("B", (m.exact for m in messages))
     encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
     lengths = array("q", (len(e) for e in encoded))
     body = b"".join([lengths.tobytes(), *encoded, sizes.tobytes(), stamps.tobytes(),
-                     offsets.tobytes()])  # fmt: skip
+                     offsets.tobytes(), exact.tobytes()])  # fmt: skip
     return _HEADER.pack(FORMAT, len(messages)) + zlib.compress(body, 1)
 
 
@@ -123,7 +124,7 @@ def decode(blob: bytes) -> ListingState | None:
 
 def _decode(blob: bytes) -> ListingState | None:
     kind, count = _HEADER.unpack_from(blob)
-    if kind != FORMAT:
+    if kind not in (1, FORMAT):
         raise ValueError(f"unknown listing format {kind}")
     body = memoryview(zlib.decompress(blob[_HEADER.size :]))
     lengths = array("q")
@@ -134,23 +135,26 @@ def _decode(blob: bytes) -> ListingState | None:
         texts.append(str(body[at : at + length], "utf-8", "surrogatepass"))
         at += length
     token, identities, hints, versions = texts
-    sizes, stamps, offsets = array("q"), array("d"), array("i")
-    for column in (sizes, stamps, offsets):
+    sizes, stamps, offsets, exact = array("q"), array("d"), array("i"), array("B")
+    # format 1 kept only exact sizes, and had no column to say so
+    for column in (sizes, stamps, offsets, exact) if kind == FORMAT else (sizes, stamps, offsets):
         end = at + column.itemsize * count
         column.frombytes(body[at:end])
         at = end
+    if kind != FORMAT:
+        exact.extend(bytes([1]) * count)
     if at != len(body):
         raise ValueError("stored listing has trailing data")
     names = identities.split("\0") if count else []
     ids = hints.split("\0") if count else []
     kept = versions.split("\0") if count else []
-    if not len(names) == len(ids) == len(kept) == len(sizes) == count:
+    if not len(names) == len(ids) == len(kept) == len(sizes) == len(exact) == count:
         raise ValueError("stored listing columns disagree")
     messages = tuple(
         RemoteMessage(name, size, None if mid == _NONE else mid, _received(stamp, offset),
-                      None if version == _NONE else version)
-        for name, size, mid, stamp, offset, version
-        in zip(names, sizes, ids, stamps, offsets, kept, strict=True)
+                      None if version == _NONE else version, bool(flag))
+        for name, size, mid, stamp, offset, version, flag
+        in zip(names, sizes, ids, stamps, offsets, kept, exact, strict=True)
     )  # fmt: skip
     return ListingState(token, messages)
 

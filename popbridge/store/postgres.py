@@ -17,13 +17,12 @@ import logging
 import re
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import replace
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 import asyncpg
 
-from popbridge.contract import ListingMemory, ListingState, RemoteMessage
+from popbridge.contract import ListingMemory, ListingState, RemoteMessage, with_exact_sizes
 from popbridge.errors import ConfigError
 from popbridge.store import listings, uidmap
 from popbridge.store.migrations import SCHEMA_VERSION_POSTGRES, SchemaTooNew, pending
@@ -195,14 +194,7 @@ class PostgresSizes:
             rows = await connection.fetch(
                 "SELECT identity, size FROM sizes WHERE account = $1", account
             )
-        measured = {str(row[0]): int(row[1]) for row in rows}
-        corrected = []
-        for message in messages:
-            size = measured.get(message.identity)
-            if size is not None and size != message.size:
-                message = replace(message, size=size)
-            corrected.append(message)
-        return corrected
+        return with_exact_sizes(messages, {str(row[0]): int(row[1]) for row in rows})
 
     async def record(self, account: str, identity: str, size: int) -> None:
         async with guarded("sizes"), self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as connection:

@@ -10,12 +10,11 @@ in-memory cache is bounded; a persistent store can implement the same protocol.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
 
-from popbridge.contract import RemoteMessage
+from popbridge.contract import RemoteMessage, with_exact_sizes
 
 
 class SizeCache(Protocol):
@@ -36,16 +35,13 @@ class MemorySizeCache:
         self._sizes: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     async def correct(self, account: str, messages: Sequence[RemoteMessage]) -> list[RemoteMessage]:
-        if not self._sizes:
-            return list(messages)
-        corrected = []
-        for message in messages:
+        measured: dict[str, int] = {}
+        for message in messages if self._sizes else ():
             size = self._sizes.get((account, message.identity))
-            if size is not None and size != message.size:
+            if size is not None:
                 self._sizes.move_to_end((account, message.identity))
-                message = dataclasses.replace(message, size=size)
-            corrected.append(message)
-        return corrected
+                measured[message.identity] = size
+        return with_exact_sizes(messages, measured)
 
     async def record(self, account: str, identity: str, size: int) -> None:
         self._sizes[(account, identity)] = size

@@ -18,11 +18,10 @@ import sqlite3
 import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
-from popbridge.contract import ListingMemory, ListingState, RemoteMessage
+from popbridge.contract import ListingMemory, ListingState, RemoteMessage, with_exact_sizes
 from popbridge.errors import ConfigError
 from popbridge.store import StoreUnavailable, listings, uidmap
 from popbridge.store.failures import FailureLedger, MemoryFailures
@@ -242,7 +241,7 @@ class SqliteSizes:
             return {str(identity): int(size) for identity, size in rows}
 
         measured = await self._database.call(work)
-        return [_corrected(m, measured) for m in messages]
+        return with_exact_sizes(messages, measured)
 
     async def record(self, account: str, identity: str, size: int) -> None:
         def work(connection: sqlite3.Connection) -> None:
@@ -253,11 +252,6 @@ class SqliteSizes:
             )
 
         await self._database.call(work, write=True)
-
-
-def _corrected(message: RemoteMessage, measured: dict[str, int]) -> RemoteMessage:
-    size = measured.get(message.identity)
-    return message if size is None or size == message.size else replace(message, size=size)
 
 
 class SqliteListings:

@@ -22,6 +22,8 @@ from popbridge.contract import (
     Mailbox,
     RemoteMessage,
     close_chunks,
+    measurer_of,
+    withheld_by,
 )
 from popbridge.telemetry.metrics import UPSTREAM_ERRORS, UPSTREAM_SECONDS
 
@@ -79,6 +81,18 @@ class TimedMailbox:
         finally:
             await close_chunks(chunks)
             UPSTREAM_SECONDS.labels(self.backend, "fetch").observe(time.monotonic() - started)
+
+    async def measure(self, identities: Collection[str]) -> dict[str, int]:
+        """The inner mailbox's exact sizes; none from one that lists only exact sizes."""
+        measurer = measurer_of(self.inner)
+        if measurer is None:
+            return {}
+        return await _timed(self.backend, "measure", measurer.measure(identities))
+
+    @property
+    def withheld(self) -> frozenset[str]:
+        """What the inner mailbox's last listing left out on purpose (`withheld_by`)."""
+        return withheld_by(self.inner)
 
     async def dispose(self, identities: Collection[str], how: Disposition) -> DisposeResult:
         return await _timed(self.backend, "dispose", self.inner.dispose(identities, how))

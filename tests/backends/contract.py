@@ -22,11 +22,15 @@ from popbridge.contract import (
     Credentials,
     Disposition,
     DispositionKind,
+    ListingMemory,
     Mailbox,
     RemoteMessage,
+    measurer_of,
+    with_exact_sizes,
 )
 from popbridge.errors import AuthFailed, BackendUnavailable, MessageGone
 from popbridge.pop3.wire import normalised_size
+from popbridge.store.listings import MemoryListings
 
 Where = Literal["maildrop", "trash", "move"]
 HIDDEN = "popbridge-done"
@@ -78,6 +82,21 @@ async def read_all(mailbox: Mailbox, identity: str, **options: Any) -> list[byte
     return [piece async for piece in mailbox.fetch(identity, **options)]
 
 
+async def as_told(mailbox: Mailbox, listed: Sequence[RemoteMessage]) -> list[RemoteMessage]:
+    """The listing as STAT and LIST tell it: sizes not yet exact measured, as the core does."""
+    unsure = [message.identity for message in listed if not message.exact]
+    measurer = measurer_of(mailbox)
+    if not unsure or measurer is None:
+        return list(listed)
+    return with_exact_sizes(listed, await measurer.measure(unsure))
+
+
+async def listed_as_told(
+    mailbox: Mailbox, memory: ListingMemory | None = None, **options: Any
+) -> list[RemoteMessage]:
+    return await as_told(mailbox, await mailbox.list(memory=memory, **options))
+
+
 async def by_subject(mailbox: Mailbox, hidden: str | None = None) -> dict[str, RemoteMessage]:
     """The listing keyed by Subject (read with a TOP-style fetch of the header only)."""
     found: dict[str, RemoteMessage] = {}
@@ -111,13 +130,17 @@ class BackendContract:
         if not getattr(harness, "exact_on_first_sight", True):
             pytest.xfail("no partial download: exact once the message was first sent")
         harness.seed([b"Subject: open\r\n\r\nno line end", message("closed")])
-        mailbox = await harness.backend().open(harness.credentials)
-        try:
-            for entry in await mailbox.list():
-                data = b"".join(await read_all(mailbox, entry.identity))
-                assert entry.size == normalised_size(data)
-        finally:
-            await mailbox.close()
+        memories = MemoryListings()
+        for session in ("first", "next"):  # measured in the first, remembered for the next
+            mailbox = await harness.backend().open(harness.credentials)
+            try:
+                listed = await mailbox.list(memory=memories.for_account("someone"))
+                assert session == "first" or all(m.exact for m in listed)
+                for entry in await as_told(mailbox, listed):
+                    data = b"".join(await read_all(mailbox, entry.identity))
+                    assert entry.size == normalised_size(data) and entry.exact
+            finally:
+                await mailbox.close()
 
     async def test_identities_are_stable_across_sessions(self, harness: Harness) -> None:
         harness.seed([message(f"m{n}") for n in range(5)])

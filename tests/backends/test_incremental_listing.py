@@ -37,6 +37,7 @@ from devkit.fake_imap import RecordingProxy
 from popbridge.contract import Credentials, RemoteMessage, load_backend
 from popbridge.pop3.wire import normalised_size
 from popbridge.store.listings import MemoryListings
+from tests.backends.contract import listed_as_told
 
 FOLDER = "Drop"
 KEYWORD = "popbridge_done"
@@ -206,7 +207,7 @@ async def listing(
     user = login(server)
     mailbox = await backend.open(Credentials(user, server.users[user]))
     try:
-        return list(await mailbox.list(hidden_keyword=KEYWORD, memory=memory))
+        return await listed_as_told(mailbox, memory, hidden_keyword=KEYWORD)
     finally:
         await mailbox.close()
 

@@ -46,7 +46,7 @@ class Bridge:
 
     def __init__(
         self, directory: Path, dovecot: Dovecot, store: str, name: str, *,
-        server: str = "", listener: str = "",
+        server: str = "", listener: str = "", maildrop: str = "",
     ) -> None:  # fmt: skip
         self.port = free_port()
         self.config = directory / f"{name}.toml"
@@ -73,6 +73,9 @@ timeout = 10
 
 [store]
 {store}
+
+[maildrop]
+{maildrop}
 """
         )
         self.process: subprocess.Popen[bytes] | None = None
@@ -199,6 +202,39 @@ def test_a_uidvalidity_reset_changes_no_uidl(
     (new,) = set(latest.values()) - set(before.values())
     assert new.startswith(f"{new_validity}.") and new not in before.values()
     assert password not in bridge.log.read_text()
+
+
+def test_a_copy_of_a_hidden_message_gets_a_uidl_of_its_own(
+    dovecot: Dovecot, tmp_path: Path, bridges: list[Bridge]
+) -> None:
+    # Another client sets the hiding keyword on a message, copies it and clears the keyword
+    # on the copy: same Message-ID, date (RFC 3501 6.4.7 keeps INTERNALDATE) and size. A
+    # client that keeps mail has the hidden one's UIDL; were the copy to inherit it, that
+    # client would never download the copy (RFC 1939 section 7).
+    dovecot.reset_mailbox(USER)
+    dovecot.seed_generated(USER, 3, 700)
+    password = dovecot.users[USER]
+    store = f'type = "sqlite"\npath = "{tmp_path / "state.sqlite3"}"'
+    keyword = 'disposition = "keyword"\nkeyword = "$POP3Deleted"'
+    bridge = Bridge(tmp_path, dovecot, store, "sqlite", maildrop=keyword).start()
+    bridges.append(bridge)
+    client = bridge.login(password)
+    before = [line.split()[1] for line in client.uidl()[1]]
+    client.quit()
+    imap = dovecot.imap(USER)
+    try:
+        imap.select("INBOX")
+        imap.uid("STORE", "2", "+FLAGS", "($POP3Deleted)")
+        imap.uid("COPY", "2", "INBOX")
+        _, data = imap.response("COPYUID")  # RFC 4315 section 3: uidvalidity, source, copy
+        imap.uid("STORE", data[0].split()[-1].decode(), "-FLAGS", "($POP3Deleted)")
+    finally:
+        imap.logout()
+    client = bridge.login(password)
+    after = [line.split()[1] for line in client.uidl()[1]]
+    client.quit()
+    assert after[:-1] == [before[0], before[2]]
+    assert after[-1] not in before
 
 
 def test_two_processes_on_one_postgres_share_the_lock(

@@ -43,7 +43,7 @@ def test_an_overlong_reply_line_is_caught(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_a_deletion_without_quit_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    def dele_now(self: Transaction, command: object) -> Ok:
+    async def dele_now(self: Transaction, command: object) -> Ok:
         mailbox = getattr(self.mailbox, "inner", None)  # inside the session's timing wrapper
         assert isinstance(mailbox, MemoryMailbox)
         mailbox.store.mutations.append(("expunge", ("m1",)))  # as if removed at once
@@ -55,7 +55,7 @@ def test_a_deletion_without_quit_is_caught(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_an_exception_escaping_the_session_is_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
-    def boom(self: Transaction, command: object) -> Ok:
+    async def boom(self: Transaction, command: object) -> Ok:
         raise ValueError("unexpected")
 
     monkeypatch.setattr(Transaction, "answer", boom)

@@ -27,7 +27,6 @@ from tests.e2e.test_bad_input import upstream_state
 from tests.hardening.hostile_cases import (
     AUTHORIZATION_EXTRA,
     NOT_IN_STATE,
-    SIZES,
     TRANSACTION_EXTRA,
     b64,
 )
@@ -76,8 +75,8 @@ async def converse(served: Served, login: bool, sent: bytes, expected: list[byte
     """Send `sent`, compare the replies, show the connection still serves, check upstream."""
     client = await Pop3Client.connect(served.address)
     if login:
-        octets = b"+OK maildrop has 3 messages (%d octets)" % sum(SIZES)
-        assert await client.login() == octets
+        # the octets are told once every size is exact (measured when STAT or LIST asks)
+        assert (await client.login()).startswith(b"+OK maildrop has 3 messages")
     client.writer.write(sent)
     assert [await client.line() for _ in expected] == expected
     assert await client.command(b"CAPA") == b"+OK capability list follows"
