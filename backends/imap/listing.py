@@ -23,7 +23,7 @@ import json
 import logging
 from bisect import bisect_right
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from backends.imap import wire
 from backends.imap.connection import Connection, Selected
@@ -285,7 +285,9 @@ class _Lister:
         return reply
 
     async def fetch(self, folder: Folder, uids: Sequence[int]) -> list[Listed]:
-        """The listing items of `uids` (some may be gone), with exact sizes."""
+        """The listing items of `uids` (some may be gone); a size is exact where it was
+        measured before, else RFC822.SIZE, listed as not exact (RFC 1939 3: POP3 ends an
+        unterminated last line with CRLF, which RFC822.SIZE does not count) for `measure`."""
         found: dict[int, Listed] = {}
         for batch in wire.batches(uids, LIST_BATCH):
             reply = await self._connection.run(
@@ -296,21 +298,22 @@ class _Lister:
                 uid, size = fetched.uid, fetched.number("RFC822.SIZE")
                 # Unsolicited FETCHes (flag changes by other clients) carry no size.
                 if uid is not None and uid in wanted and size is not None:
-                    found[uid] = Listed(_message(folder, uid, fetched, size), folder.index, uid)
-        self._exact(found)
+                    found[uid] = Listed(
+                        self._message(folder, uid, fetched, size), folder.index, uid
+                    )
         return [found[uid] for uid in sorted(found)]
 
-    def _exact(self, found: dict[int, Listed]) -> None:
-        """Replace each upstream size by the octets RETR will send where it was measured
-        before; the others are listed as not exact (RFC 1939 3: POP3 ends an unterminated
-        last line with CRLF, which RFC822.SIZE does not count), for `measure` to settle."""
-        for uid, entry in found.items():
-            message = entry.message
-            remembered = self._known.get(message.identity)
-            if remembered is not None and remembered.exact:
-                found[uid] = _resized(entry, remembered.size)
-            elif message.size > 0:
-                found[uid] = Listed(replace(message, exact=False), entry.folder, uid)
+    def _message(self, folder: Folder, uid: int, fetched: wire.Fetched, size: int) -> RemoteMessage:
+        identity = folder.identity(uid)
+        remembered = self._known.get(identity)
+        exact = remembered is not None and remembered.exact
+        return RemoteMessage(
+            identity=identity,
+            size=remembered.size if exact and remembered is not None else size,
+            message_id=wire.message_id(fetched.prefixed("BODY[HEADER.FIELDS")),
+            received=wire.internal_date(fetched.items.get("INTERNALDATE")),
+            exact=exact or size == 0,
+        )
 
 
 def _comparable(folder: Folder, mark: Mark, status: wire.Status) -> Mark | None:
@@ -378,20 +381,3 @@ async def _nothing() -> dict[int, frozenset[str]]:
 
 def _ordered(folder: Folder, kept: dict[int, RemoteMessage]) -> list[Listed]:
     return [Listed(kept[uid], folder.index, uid) for uid in sorted(kept)]
-
-
-def _message(folder: Folder, uid: int, fetched: wire.Fetched, size: int) -> RemoteMessage:
-    return RemoteMessage(
-        identity=folder.identity(uid),
-        size=size,
-        message_id=wire.message_id(fetched.prefixed("BODY[HEADER.FIELDS")),
-        received=wire.internal_date(fetched.items.get("INTERNALDATE")),
-    )
-
-
-def _resized(entry: Listed, size: int) -> Listed:
-    if entry.message.size == size:
-        return entry
-    message = entry.message
-    resized = RemoteMessage(message.identity, size, message.message_id, message.received)
-    return Listed(resized, entry.folder, entry.uid)
