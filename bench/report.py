@@ -55,6 +55,7 @@ def metrics(sizes: dict[str, str], tls: bool = True) -> list[Metric]:
                (Target("imapc", 1.0),)),
         Metric("b.repeat", f"(b) repeat login to UIDL, {sizes['b']}", "s",
                (Target("direct", 2.5),)),
+        Metric("b.stat", f"(b) first STAT after the first login, {sizes['b']}", "s"),
         Metric("b.cpu", "(b) popbridge CPU time per run (both logins)", "s"),
         Metric("c.retr", f"(c) RETR {sizes['c']}, lean client", "s",
                (Target("imapc", 1.2), Target("direct", 1.2))),

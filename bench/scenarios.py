@@ -144,11 +144,13 @@ def bulk(target: Target, profile: Profile) -> Outcome:
     return outcome
 
 
-def _logins(target: Target, key: str, user: str, seeded: int) -> Outcome:
+def _logins(target: Target, key: str, user: str, seeded: int, *, stat: bool = False) -> Outcome:
     """Connect, log in and UIDL ``user``'s mailbox twice (QUIT is not timed): ``KEY.first``
     and ``KEY.repeat``. The runner starts popbridge afresh before these scenarios, so its
     first login finds nothing remembered about the mailbox, and the repeat login whatever
-    the first one left behind."""
+    the first one left behind. With ``stat``, the first session then sends STAT, timed
+    alone as ``KEY.stat``: popbridge measures the exact size of every never-seen message
+    there, once (a login and UIDL do not need sizes)."""
     outcome = Outcome()
     for login in ("first", "repeat"):
         started = time.perf_counter()
@@ -156,6 +158,10 @@ def _logins(target: Target, key: str, user: str, seeded: int) -> Outcome:
         client.login(user, PASSWORD)
         listed = listing_count(client.command(b"UIDL", multi=True))
         outcome.figures[f"{key}.{login}"] = time.perf_counter() - started
+        if stat and login == "first":
+            started = time.perf_counter()
+            client.command(b"STAT")
+            outcome.figures[f"{key}.stat"] = time.perf_counter() - started
         client.quit()
         outcome.add(Tally(listed, 0, 0, listed), seeded)
     return outcome
@@ -163,7 +169,7 @@ def _logins(target: Target, key: str, user: str, seeded: int) -> Outcome:
 
 def many(target: Target, profile: Profile) -> Outcome:
     """(b) Log in and UIDL a large mailbox: a first and a repeat login."""
-    return _logins(target, "b", "many", profile.many[0])
+    return _logins(target, "b", "many", profile.many[0], stat=True)
 
 
 def giant(target: Target, profile: Profile) -> Outcome:

@@ -97,9 +97,9 @@ class ImapMailbox:
         measured: dict[str, int] = {}
         for folder, sized in wanted.values():
             await self._enter_folder(folder)
-            for band in tails.bands(sized):
-                for uid, added in (await tails.read(self._connection, band)).items():
-                    measured[folder.identity(uid)] = band.sizes[uid] + added
+            sizes = dict(sized)
+            for uid, added in (await tails.read(self._connection, sized)).items():
+                measured[folder.identity(uid)] = sizes[uid] + added
         await self._remember(measured)
         return measured
 

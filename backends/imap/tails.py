@@ -10,11 +10,13 @@ message's octets from the band's start to its own end: the last two tell. Bands 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
 from backends.imap import wire
 from backends.imap.connection import Connection
+from backends.imap.protocol import Reply
 
 logger = logging.getLogger(__name__)
 
@@ -22,22 +24,56 @@ logger = logging.getLogger(__name__)
 # most this many octets (plus two), and each band costs a round trip.
 TAIL_SPAN = 512
 LIST_BATCH = 500
+# Loop turns a FETCH may take to reach the wire (the task, then the command's write).
+_SEND_TURNS = 4
 
 
-async def read(connection: Connection, band: Band) -> dict[int, int]:
-    """The octets POP3 adds at the end of each message (0, 1 or 2), from one partial
-    FETCH of `[start, start+length)`: each message's data ends with its last octets. A
-    message whose data is not as long as its listed size says is left out (the listed
-    size stands, and RETR measures it)."""
-    start = band.start
-    reply = await connection.run(
-        "FETCH", wire.uid_set(band.sizes), f"(BODY.PEEK[]<{start}.{band.length}>)", uid=True,
-        check=False,
+async def read(connection: Connection, sized: list[tuple[int, int]]) -> dict[int, int]:
+    """The octets POP3 adds at the end of each message (UID -> 0, 1 or 2) of `sized`
+    ((UID, listed size) pairs), in bands (`bands`). The next band's FETCH is on the wire
+    while this one's reply is parsed, so the server reads messages while we parse."""
+    extra: dict[int, int] = {}
+    found = bands(sized)
+    pending = await _sent(connection, found[0]) if found else None
+    try:
+        for index, band in enumerate(found):
+            assert pending is not None
+            reply = await pending
+            pending = await _sent(connection, found[index + 1]) if index + 1 < len(found) else None
+            extra.update(_added(connection, band, reply))
+    finally:
+        if pending is not None and not pending.done():  # an error above: nothing waits for it
+            pending.cancel()
+            await asyncio.wait([pending])
+    return extra
+
+
+async def _sent(connection: Connection, band: Band) -> asyncio.Future[Reply]:
+    """Start one band's partial FETCH and return once it is on the wire (or queued behind
+    the FETCH in flight, which aioimaplib sends first): a task only starts when we yield."""
+    sent = connection.commands_sent
+    pending = asyncio.ensure_future(
+        connection.run(
+            "FETCH", wire.uid_set(band.sizes), f"(BODY.PEEK[]<{band.start}.{band.length}>)",
+            uid=True, check=False,
+        )
     )  # fmt: skip
+    for _ in range(_SEND_TURNS):
+        if connection.commands_sent != sent or pending.done():
+            break
+        await asyncio.sleep(0)
+    return pending
+
+
+def _added(connection: Connection, band: Band, reply: Reply) -> dict[int, int]:
+    """One band's reply read: each message's data ends with its last octets. A message
+    whose data is not as long as its listed size says is left out (the listed size stands,
+    and RETR measures it)."""
     if not reply.ok:  # the listed sizes stand; RETR measures and remembers (sizes.py)
         logger.info("%s: last octets not read: %s", connection.peer, reply.describe())
         return {}
     extra: dict[int, int] = {}
+    start = band.start
     for fetched in wire.parse_fetches(reply.data):
         uid = fetched.uid
         size = band.sizes.get(uid) if uid is not None else None

@@ -41,6 +41,12 @@ _LISTING_RESPONSE = re.compile(
     rb'INTERNALDATE "([^"\\]*)" (BODY\[HEADER\.FIELDS \(MESSAGE-ID\)\]) \{([0-9]{1,18})\}\Z',
     re.IGNORECASE,
 )
+# A body section's FETCH response as Dovecot, Cyrus and Courier send it: UID, then the
+# section with its origin (RFC 3501 7.4.2), then a literal that ends the line.
+_BODY_RESPONSE = re.compile(
+    rb"\A(?:\* )?[0-9]+ FETCH \(UID ([0-9]{1,10}) (BODY\[\](?:<[0-9]{1,18}>)?) \{([0-9]{1,18})\}\Z",
+    re.IGNORECASE,
+)
 _LIST_START = re.compile(rb"\A(?:\* )?(?:LIST )?(?=\()", re.IGNORECASE)
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY ([0-9]{1,10})\]", re.IGNORECASE)
 _CODE = re.compile(rb"\A\[([A-Za-z0-9.\-]+)")
@@ -292,7 +298,7 @@ class Fetched:
 def parse_fetches(data: Sequence[Part]) -> list[Fetched]:
     """Every FETCH response among `data`, in any item order; other lines are skipped."""
     return [
-        listing_entry(group) or fetched_items(group, skip)
+        listing_entry(group) or body_entry(group) or fetched_items(group, skip)
         for group, skip in tokens.groups(data, _FETCH_START)
     ]
 
@@ -320,6 +326,18 @@ def listing_entry(group: Sequence[Part]) -> Fetched | None:
     items: dict[str, Value] = {"UID": uid, "RFC822.SIZE": size, "INTERNALDATE": date}
     items[section.decode("ascii").upper()] = bytes(group[1])
     return Fetched(int(uid), items)
+
+
+def body_entry(group: Sequence[Part]) -> Fetched | None:
+    """A `UID n BODY[]<origin> {size}` response (a last-octets read, a piece of a body)
+    read with one match; None for any other shape, which `fetched_items` then tokenizes."""
+    if len(group) != 3 or group[2] != b")" or isinstance(group[1], bytes):
+        return None
+    match = _BODY_RESPONSE.match(group[0])
+    if match is None or int(match[3]) != len(group[1]):
+        return None
+    items: dict[str, Value] = {"UID": match[1], match[2].decode("ascii").upper(): bytes(group[1])}
+    return Fetched(int(match[1]), items)
 
 
 @dataclass(frozen=True, slots=True)

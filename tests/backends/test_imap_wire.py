@@ -261,3 +261,45 @@ def test_the_listing_shortcut_leaves_other_shapes_to_the_tokenizer() -> None:
     assert fetched.uid == 9 and fetched.items["BODY[HEADER.FIELDS (MESSAGE-ID)]"] == b"ab"
     assert wire.listing_entry([line, b"ab", b")"]) is None  # a text line, not a literal
     assert wire.listing_entry([line, bytearray(b"ab")]) is None
+
+
+@given(
+    n=st.integers(1, 10**6),
+    uid=st.integers(0, 2**32),
+    origin=st.one_of(st.none(), st.integers(0, 10**12)),
+    data=st.binary(max_size=120),
+    lower=st.booleans(),
+    cut=st.sampled_from([None, 0, 1]),
+)
+def test_the_body_shortcut_reads_what_the_tokenizer_reads(
+    n: int, uid: int, origin: int | None, data: bytes, lower: bool, cut: int | None
+) -> None:
+    section = "BODY[]" if origin is None else f"BODY[]<{origin}>"
+    line = f"* {n} FETCH (UID {uid} {section} {{{len(data)}}}".encode()
+    if lower:
+        line = line.lower()
+    literal = bytearray(data if cut is None else data[cut:] + b"!")  # maybe a wrong length
+    group: list[wire.Part] = [line, literal, b")"]
+    fast = wire.body_entry(group)
+    try:
+        slow: wire.Fetched | None = wire.fetched_items(group, len(line.split(b"(")[0]))
+    except wire.ProtocolError:
+        slow = None
+    if len(literal) == len(data):
+        assert slow is not None and fast == slow
+        assert fast.body("", origin) == bytes(literal)
+    else:
+        assert fast is None
+    if slow is not None:
+        assert wire.parse_fetches(group) == [slow]
+
+
+def test_the_body_shortcut_leaves_other_shapes_to_the_tokenizer() -> None:
+    line = b"* 1 FETCH (BODY[]<0> {2}"
+    group: list[wire.Part] = [line, bytearray(b"ab"), b" UID 9)"]
+    assert wire.body_entry(group) is None
+    (fetched,) = wire.parse_fetches(group)
+    assert fetched.uid == 9 and fetched.body("", 0) == b"ab"
+    flags = b"* 1 FETCH (UID 9 FLAGS (\\Seen) BODY[] {2}"
+    assert wire.body_entry([flags, bytearray(b"ab"), b")"]) is None
+    assert wire.body_entry([b"* 1 FETCH (UID 9 BODY[] {2}", b"ab", b")"]) is None
