@@ -62,7 +62,6 @@ class JmapHarness:
 
     fetch_chunk = CHUNK
     move_folder = "Archive"
-    exact_on_first_sight = False  # JMAP has no partial download (RFC 8620 section 6.2)
 
     def __init__(self, cyrus: Cyrus, user: str, scheme: str) -> None:
         self.cyrus = cyrus
