@@ -107,7 +107,7 @@ class JmapMailbox:
                 url = self._api.session.download_url(blob_id)
                 blobs[identity] = (url, self._unsure[identity])
         measured = await self._measurer.sizes(blobs)
-        for identity in measured:
+        for identity in wanted:  # one try per session; what was left out, RETR measures
             del self._unsure[identity]
         await self._remember(measured)
         return measured

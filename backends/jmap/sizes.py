@@ -42,12 +42,11 @@ class Measurer:
         self._limit = limit
         self._peer = peer
         self.ranges: bool | None = None  # whether the server honours Range; None: not known
-        self._stopped = False
+        self._stopped = False  # after a stall: RETR measures, no client waits for it again
 
     async def sizes(self, blobs: Mapping[str, tuple[str, int]]) -> dict[str, int]:
         """The octets RETR sends for each Email (id -> (download URL, listed size)) that
         could be measured; the first download alone, to learn whether Range is honoured."""
-        self._stopped = False
         measured: dict[str, int] = {}
         waiting = [(identity, url, size) for identity, (url, size) in blobs.items()]
         if self.ranges is None and waiting:
