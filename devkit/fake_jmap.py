@@ -6,9 +6,13 @@ characters). It can clamp Email/query's `limit`, advertise small `maxObjectsInGe
 `maxObjectsInSet` (and refuse requests over them with `requestTooLarge`), return ties in
 `receivedAt` in a different order on every query, move `queryState` while a client pages,
 answer scripted HTTP statuses (429 with Retry-After, 503), report per-item SetErrors, refuse
-capabilities, or never answer. Email/set honours `ifInState` (RFC 8620 section 5.3) and
-`before_set` plays another client changing the account just before a write. It can serve
-over TLS, name a chosen `username`, redirect discovery or advertise other URLs in its Session.
+capabilities, or never answer. Downloads treat a Range header (RFC 9110 section 14) as
+`ranges` says: honour it (206), ignore it (200, the whole blob), refuse it (416), answer
+206 with more octets than asked, send a whole blob longer than its Email's size (chunked,
+no Content-Length), or stall after the headers. Email/set honours `ifInState` (RFC 8620
+section 5.3) and `before_set` plays another client changing the account just before a write.
+It can serve over TLS, name a chosen `username`, redirect discovery or advertise other URLs
+in its Session.
 It records every method call and download, and the Authorization header of every request.
 """
 
@@ -69,6 +73,9 @@ class FakeJmap:
         self.sorts_by_id = False  # advertise (and honour) "id" as a sort property
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.downloads: list[str] = []
+        self.ranges = "ignore"  # honour, ignore, refuse, long, longer-whole, stall
+        self.range_headers: list[str | None] = []  # the Range header of every download
+        self.gone_blobs: set[str] = set()  # blob ids whose download is 404 (Email/get names them)
         self.authorizations: list[tuple[str, str | None]] = []  # (path, Authorization)
         self.email_state = 0  # the Email type's state (RFC 8620 section 5.1)
         self.before_set: Callable[[FakeJmap], None] | None = None
@@ -143,15 +150,46 @@ class FakeJmap:
         }
         return web.json_response(session | self.session_fields)
 
-    async def _download(self, request: web.Request) -> web.Response:
+    async def _download(self, request: web.Request) -> web.StreamResponse:
         if not self._authorised(request):
             return self._challenge()
         parts = [unquote(p) for p in request.rel_url.raw_path.split("/")[3:]]
         self.downloads.append(parts[1] if len(parts) > 1 else "")
         found = [e for e in self.emails.values() if e.blob_id == parts[1]]
+        if parts[1] in self.gone_blobs:
+            found = []
         if parts[0] != ACCOUNT or not found or request.query.get("accept") != "message/rfc822":
             return web.Response(status=404)
-        return web.Response(body=found[0].blob, content_type="message/rfc822")
+        asked = request.headers.get("Range")
+        self.range_headers.append(asked)
+        if asked is None or self.ranges == "ignore":
+            return web.Response(body=found[0].blob, content_type="message/rfc822")
+        return await self._ranged(request, found[0].blob, asked)
+
+    async def _ranged(self, request: web.Request, blob: bytes, asked: str) -> web.StreamResponse:
+        """A download with a Range header, answered the way `ranges` says (only the suffix
+        form `bytes=-N` is understood, which is all the bridge sends)."""
+        suffix = int(asked.removeprefix("bytes=-"))
+        first = max(0, len(blob) - suffix)
+        content_range = f"bytes {first}-{len(blob) - 1}/{len(blob)}"
+        if self.ranges == "honour":
+            headers = {"Content-Range": content_range}
+            return web.Response(status=206, body=blob[first:], headers=headers)
+        if self.ranges == "refuse":
+            return web.Response(status=416, headers={"Content-Range": f"bytes */{len(blob)}"})
+        if self.ranges == "long":  # says the asked-for range, sends ten times as much
+            headers = {"Content-Range": content_range}
+            return web.Response(status=206, body=blob[-10 * suffix :], headers=headers)
+        response = web.StreamResponse(status=200)
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        if self.ranges == "stall":
+            await response.write(blob[:1])
+            await self._released.wait()  # set on exit, so shutdown need not wait for us
+            return response
+        await response.write(blob + b"and more\r\n")  # longer-whole
+        await response.write_eof()
+        return response
 
     async def _api(self, request: web.Request) -> web.Response:
         if self.stall:

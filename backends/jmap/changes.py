@@ -11,7 +11,10 @@ never changes (RFC 8621 section 4.1), so a remembered entry stays right. `Email/
 rather than `Email/queryChanges`: servers may refuse the latter for a filtered query (Cyrus
 answers `cannotCalculateChanges`), while every server must track Email state. A refused
 state (`cannotCalculateChanges`) means a full listing (`backends.jmap.listing`). The
-bridge orders the listing itself, by (receivedAt, id), as the full listing does.
+bridge orders the listing itself, by (receivedAt, id), as the full listing does. An Email
+first seen is listed with `exact=False` (its `size` leaves out the CRLF POP3 adds to an
+unterminated last line) until `JmapMailbox.measure` saves its exact size here; a full
+listing keeps the exact sizes the memory held.
 """
 
 from __future__ import annotations
@@ -24,12 +27,12 @@ from typing import Any
 
 from backends.jmap.api import Api, MethodError
 from backends.jmap.listing import PROPERTIES, Listed, list_emails, listed_entry
-from popbridge.contract import ListingMemory, ListingState, RemoteMessage
+from popbridge.contract import ListingMemory, ListingState, RemoteMessage, with_exact_sizes
 from popbridge.errors import BackendFailure
 
 logger = logging.getLogger(__name__)
 
-TOKEN_VERSION = 1
+TOKEN_VERSION = 2  # 1: sizes were the server's, yet stored as exact
 MAX_ROUNDS = 1000  # Email/changes requests per login before a full listing is cheaper
 _MEMBERSHIP = [*PROPERTIES, "mailboxIds", "keywords"]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -97,6 +100,9 @@ async def listing(api: Api, query: Query, memory: ListingMemory | None) -> list[
     else:
         full = await list_emails(api, query.condition, query.page_size, by_id=query.by_id)
         messages, state = [remote(entry) for entry in full.listed], full.state
+        if previous is not None and token is not None:  # Email content never changes
+            exact = {m.identity: m.size for m in previous.messages if m.exact}
+            messages = with_exact_sizes(messages, exact)
     if memory is not None and state is not None:
         kept = ListingState(Token(query.mailbox, query.keyword, state).dumps(), tuple(messages))
         if kept != previous:
@@ -161,6 +167,8 @@ def _apply(query: Query, kept: dict[str, RemoteMessage], entry: Any) -> None:
 
 
 def remote(entry: Listed) -> RemoteMessage:
+    """An Email as first seen: its size is exact only when empty (nothing to end)."""
     return RemoteMessage(
-        identity=entry.id, size=entry.size, message_id=entry.message_id, received=entry.received
-    )
+        identity=entry.id, size=entry.size, message_id=entry.message_id, received=entry.received,
+        exact=entry.size == 0,
+    )  # fmt: skip

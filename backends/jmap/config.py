@@ -8,7 +8,8 @@ stored in lower case, and `http://` is refused unless the host is this machine, 
 credentials never go in clear over a network. It also builds the one `ssl.SSLContext` the
 backend uses: certificate and host name verification are always on (RFC 8620 section 8.2:
 clients MUST validate TLS certificate chains); `ca_file` only adds a CA. `max_json_size`
-bounds every JSON reply read.
+bounds every JSON reply read; `max_measure_download` bounds the blobs downloaded whole only to
+learn their exact size from a server that ignores Range (`backends.jmap.sizes`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ WELL_KNOWN = "/.well-known/jmap"
 # Far above any listing page or Session object (a page of 1,024 Emails is about 300 KB).
 DEFAULT_MAX_JSON = 64 << 20
 MIN_MAX_JSON = 1 << 20
+# A never-seen Email up to this size is downloaded once for STAT and LIST when the server
+# ignores Range; a larger one is listed with the server's size until RETR sends it.
+DEFAULT_MAX_MEASURE = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,7 @@ class JmapSettings:
     fetch_chunk: int
     page_size: int
     max_json_size: int = DEFAULT_MAX_JSON
+    max_measure_download: int = DEFAULT_MAX_MEASURE
     ca_file: Path | None = None
     tls_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
@@ -70,6 +75,9 @@ def parse_settings(settings: Mapping[str, Any], *, source: str) -> JmapSettings:
         fetch_chunk=table.integer("fetch_chunk", 1 << 20, minimum=1024, maximum=64 << 20),
         page_size=table.integer("page_size", 1024, minimum=1, maximum=100_000),
         max_json_size=table.integer("max_json_size", DEFAULT_MAX_JSON, minimum=MIN_MAX_JSON),
+        max_measure_download=table.integer(
+            "max_measure_download", DEFAULT_MAX_MEASURE, minimum=0, maximum=1 << 30
+        ),
         ca_file=ca_file,
         tls_context=_tls_context(table, ca_file),
     )

@@ -10,6 +10,9 @@ Downloading never sets `$seen`. A blob outlives its Email (Cyrus serves it after
 so a fetch first asks Email/get whether the Email is still in the Mailbox; it asks about the
 Emails listed after it in the same request, and a later fetch of one found there downloads at
 once (a client reading in order costs one download per message, as IMAP's read-ahead does).
+Sizes of Emails never listed before are listed as not exact (an Email's `size` leaves out the
+CRLF POP3 adds to an unterminated last line); `measure` settles them from the blobs' ends
+(`backends.jmap.sizes`) and saves them with the listing, so each is measured once.
 Dispositions at QUIT are delegated to `backends.jmap.dispose`.
 """
 
@@ -22,7 +25,15 @@ from collections.abc import AsyncIterator, Collection
 from backends.jmap import changes, dispose
 from backends.jmap.api import Api
 from backends.jmap.listing import hidden_ids, query_filter
-from popbridge.contract import DisposeResult, Disposition, ListingMemory, RemoteMessage
+from backends.jmap.sizes import Measurer
+from popbridge.contract import (
+    DisposeResult,
+    Disposition,
+    ListingMemory,
+    ListingState,
+    RemoteMessage,
+    with_exact_sizes,
+)
 from popbridge.errors import MessageGone
 from popbridge.upstream.lines import TopCut
 
@@ -37,7 +48,15 @@ _Ids = list[str]  # `list` is a method name in JmapMailbox
 class JmapMailbox:
     """One JMAP Mailbox of one account; identities are Email ids."""
 
-    def __init__(self, api: Api, mailbox_id: str, *, fetch_chunk: int, page_size: int) -> None:
+    def __init__(
+        self,
+        api: Api,
+        mailbox_id: str,
+        *,
+        fetch_chunk: int,
+        page_size: int,
+        max_measure_download: int = 0,
+    ) -> None:
         self._api = api
         self._mailbox_id = mailbox_id
         self._chunk = fetch_chunk
@@ -45,6 +64,11 @@ class JmapMailbox:
         self._closed = False
         self._following: dict[str, str] = {}  # Email id -> the id listed after it
         self._located: dict[str, str] = {}  # Email id -> blobId, found in the Mailbox ahead
+        self._memory: ListingMemory | None = None
+        self._unsure: dict[str, int] = {}  # Email id -> listed size, not yet exact
+        self._measurer = Measurer(
+            api.transport, limit=max_measure_download, peer=str(api.session.url)
+        )
         # in the Mailbox but hidden by the keyword at the last listing (for the UID map)
         self.withheld: set[str] = set()
 
@@ -67,7 +91,32 @@ class JmapMailbox:
             self.withheld = await hidden_ids(self._api, self._mailbox_id, keyword)
         self._following = dict(itertools.pairwise(ids))
         self._located.clear()
+        self._memory = memory
+        self._unsure = {m.identity: m.size for m in listed if not m.exact}
         return listed
+
+    async def measure(self, identities: Collection[str]) -> dict[str, int]:
+        """The exact sizes of listed Emails still in the Mailbox (`backends.jmap.sizes`),
+        saved with the listing so that no later session measures them again."""
+        wanted = [identity for identity in identities if identity in self._unsure]
+        step = max(1, self._api.session.limits.max_objects_in_get)
+        blobs: dict[str, tuple[str, int]] = {}
+        # every Email/get before any download: Cyrus holds a lock while it writes a blob
+        for start in range(0, len(wanted), step):
+            for identity, blob_id in (await self._blob_ids(wanted[start : start + step])).items():
+                url = self._api.session.download_url(blob_id)
+                blobs[identity] = (url, self._unsure[identity])
+        measured = await self._measurer.sizes(blobs)
+        for identity in wanted:  # one try per session; what was left out, RETR measures
+            del self._unsure[identity]
+        await self._remember(measured)
+        return measured
+
+    async def _remember(self, measured: dict[str, int]) -> None:
+        state = await self._memory.load() if self._memory is not None and measured else None
+        if self._memory is not None and state is not None:
+            exact = tuple(with_exact_sizes(state.messages, measured))
+            await self._memory.save(ListingState(state.token, exact))
 
     async def fetch(self, identity: str, *, body_lines: int | None = None) -> AsyncIterator[bytes]:
         """Stream the Email's raw message; MessageGone if it left the Mailbox."""

@@ -67,6 +67,15 @@ class Reply:
         return parse_json(self.body, self.url)
 
 
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """A response to a ranged GET: its status and headers, and its body still to be read."""
+
+    status: int
+    headers: Mapping[str, str]
+    pieces: AsyncIterator[bytes]
+
+
 def parse_json(body: bytes, url: str) -> Any:
     """JSON from an upstream; BackendFailure if it is not JSON or nests too deeply for the
     parser (RecursionError: a few kilobytes of `[` suffice)."""
@@ -139,6 +148,15 @@ class Transport:
                 raise status_error(response.status, url, detail, missing=MessageGone)
             yield self._pieces(response, url, chunk)
 
+    @contextlib.asynccontextmanager
+    async def ranged(self, url: str, ranges: str, *, chunk: int) -> AsyncIterator[Partial]:
+        """GET `url` asking for `ranges` (RFC 9110 section 14.2, a `Range` header) and yield
+        the response whatever its status, its body in timed pieces of at most `chunk`
+        octets; the caller decides what a 200, 206 or 416 means. Leaving before the body
+        ended drops the connection, so no half-read reply goes back to the pool."""
+        async with self._request("GET", url, None, {"Range": ranges}) as response:
+            yield Partial(response.status, response.headers, self._pieces(response, url, chunk))
+
     async def _pieces(
         self, response: aiohttp.ClientResponse, url: str, chunk: int
     ) -> AsyncIterator[bytes]:
@@ -152,7 +170,7 @@ class Transport:
 
     @contextlib.asynccontextmanager
     async def _request(
-        self, method: str, url: str, body: bytes | None
+        self, method: str, url: str, body: bytes | None, extra: Mapping[str, str] | None = None
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send with retries on 429/503; yields the response with its headers read.
         Redirects are not followed here: `discovery` decides which ones to follow."""
@@ -160,7 +178,7 @@ class Transport:
             raise BackendUnavailable(f"{self.settings.peer}: connection pool closed")
         waited = 0.0
         for attempt in range(1, _MAX_ATTEMPTS + 1):
-            response = await self._send(method, url, body)
+            response = await self._send(method, url, body, extra)
             try:
                 if response.status not in (429, 503):
                     yield response
@@ -179,8 +197,11 @@ class Transport:
             waited += delay
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _send(self, method: str, url: str, body: bytes | None) -> aiohttp.ClientResponse:
+    async def _send(
+        self, method: str, url: str, body: bytes | None, extra: Mapping[str, str] | None
+    ) -> aiohttp.ClientResponse:
         headers = {"Content-Type": "application/json"} if body is not None else {}
+        headers |= extra or {}
         if self._authorization is not None:
             if not may_carry_credentials(url, self._trusted):
                 raise BackendFailure(

@@ -62,7 +62,6 @@ class JmapHarness:
 
     fetch_chunk = CHUNK
     move_folder = "Archive"
-    exact_on_first_sight = False  # JMAP has no partial download (RFC 8620 section 6.2)
 
     def __init__(self, cyrus: Cyrus, user: str, scheme: str) -> None:
         self.cyrus = cyrus
@@ -521,6 +520,7 @@ def test_the_deploy_example_is_valid() -> None:
         ({"session_url": "https://a.example/s p"}, "spaces"),
         ({"url": "https://a.example", "mailbox": "a\nb"}, "control characters"),
         ({"url": "https://a.example", "timeout": "5"}, "must be a number"),
+        ({"url": "https://a.example", "max_measure_download": -1}, "download: must be at least 0"),
         ({"url": "https://a.example", "folder": "INBOX"}, "unknown key"),
     ],
 )
