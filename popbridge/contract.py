@@ -195,6 +195,14 @@ def _with_size(message: RemoteMessage, size: int | None) -> RemoteMessage:
     return dataclasses.replace(message, size=size, exact=True)
 
 
+async def remember_exact_sizes(memory: ListingMemory | None, sizes: Mapping[str, int]) -> None:
+    """Put sizes `SizeMeasurer.measure` found into the listing `memory` holds, so no later
+    session measures them again."""
+    state = await memory.load() if memory is not None and sizes else None
+    if memory is not None and state is not None:
+        await memory.save(ListingState(state.token, tuple(with_exact_sizes(state.messages, sizes))))
+
+
 def measurer_of(mailbox: Mailbox) -> SizeMeasurer | None:
     """The mailbox as a `SizeMeasurer`, when it has a `measure` method."""
     return mailbox if callable(getattr(mailbox, "measure", None)) else None  # type: ignore[return-value]

@@ -24,9 +24,8 @@ from popbridge.contract import (
     DisposeResult,
     Disposition,
     ListingMemory,
-    ListingState,
     RemoteMessage,
-    with_exact_sizes,
+    remember_exact_sizes,
 )
 from popbridge.errors import AuthFailed, BackendFailure, BackendUnavailable, MessageGone
 from popbridge.upstream.lines import TopCut
@@ -100,14 +99,8 @@ class ImapMailbox:
             sizes = dict(sized)
             for uid, added in (await tails.read(self._connection, sized)).items():
                 measured[folder.identity(uid)] = sizes[uid] + added
-        await self._remember(measured)
+        await remember_exact_sizes(self._memory, measured)
         return measured
-
-    async def _remember(self, measured: dict[str, int]) -> None:
-        state = await self._memory.load() if self._memory is not None and measured else None
-        if self._memory is not None and state is not None:
-            exact = tuple(with_exact_sizes(state.messages, measured))
-            await self._memory.save(ListingState(state.token, exact))
 
     async def _examine(self, folder: Folder) -> Selected:
         return await self._connection.select(read_only=True, folder=folder.name)

@@ -30,9 +30,8 @@ from popbridge.contract import (
     DisposeResult,
     Disposition,
     ListingMemory,
-    ListingState,
     RemoteMessage,
-    with_exact_sizes,
+    remember_exact_sizes,
 )
 from popbridge.errors import MessageGone
 from popbridge.upstream.lines import TopCut
@@ -109,14 +108,8 @@ class JmapMailbox:
         measured = await self._measurer.sizes(blobs)
         for identity in wanted:  # one try per session; what was left out, RETR measures
             del self._unsure[identity]
-        await self._remember(measured)
+        await remember_exact_sizes(self._memory, measured)
         return measured
-
-    async def _remember(self, measured: dict[str, int]) -> None:
-        state = await self._memory.load() if self._memory is not None and measured else None
-        if self._memory is not None and state is not None:
-            exact = tuple(with_exact_sizes(state.messages, measured))
-            await self._memory.save(ListingState(state.token, exact))
 
     async def fetch(self, identity: str, *, body_lines: int | None = None) -> AsyncIterator[bytes]:
         """Stream the Email's raw message; MessageGone if it left the Mailbox."""
