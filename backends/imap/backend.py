@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 
-from backends.imap import wire
+from backends.imap import logins
 from backends.imap.config import ImapSettings
 from backends.imap.connection import Connection, connect
 from backends.imap.folders import Folders, Window
@@ -95,11 +95,13 @@ class ImapBackend:
 def _screen(credentials: Credentials) -> None:
     """Refuse what no encoding may carry (NUL/CR/LF, oversize) before any connection."""
     limit = (
-        wire.MAX_TOKEN_OCTETS if credentials.mechanism == "oauth2" else wire.MAX_CREDENTIAL_OCTETS
+        logins.MAX_TOKEN_OCTETS
+        if credentials.mechanism == "oauth2"
+        else logins.MAX_CREDENTIAL_OCTETS
     )
     try:
-        wire.check_credential(credentials.user)
-        wire.check_credential(credentials.secret, limit=limit)
+        logins.check_credential(credentials.user)
+        logins.check_credential(credentials.secret, limit=limit)
     except ValueError as exc:
         raise AuthFailed(f"credentials refused before sending: {exc}") from None
     if not credentials.user:

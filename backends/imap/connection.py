@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from backends.imap import resumption, wire
+from backends.imap import logins, resumption, wire
 from backends.imap.config import ImapSettings
 from backends.imap.protocol import ImapProtocol, LibraryError, Reply
 from popbridge.contract import Credentials
@@ -213,7 +213,7 @@ class Connection:
         try:
             if credentials.mechanism == "oauth2":
                 reply = await self._authenticate(
-                    "XOAUTH2", wire.xoauth2(credentials.user, credentials.secret)
+                    "XOAUTH2", logins.xoauth2(credentials.user, credentials.secret)
                 )
             elif credentials.mechanism == "password":
                 reply = await self._password(credentials)
@@ -222,7 +222,7 @@ class Connection:
         except (ValueError, UnicodeError) as exc:  # unencodable credentials: never sent
             raise AuthFailed(f"{self.peer}: credentials refused before sending: {exc}") from None
         if not reply.ok:
-            said = wire.scrub(reply.describe(), wire.secret_forms(credentials.secret))
+            said = logins.scrub(reply.describe(), logins.secret_forms(credentials.secret))
             logger.info("%s: login as %r refused: %s", self.peer, credentials.user, said)
             raise login_refusal(reply, self.peer, said)
         self._protocol.authenticated()
@@ -231,10 +231,10 @@ class Connection:
     async def _password(self, credentials: Credentials) -> Reply:
         if self._mechanism() == "PLAIN":
             return await self._authenticate(
-                "PLAIN", wire.sasl_plain(credentials.user, credentials.secret)
+                "PLAIN", logins.sasl_plain(credentials.user, credentials.secret)
             )
         # aioimaplib's login() sends the user name unquoted: build LOGIN ourselves.
-        user, password = wire.login_arguments(credentials.user, credentials.secret)
+        user, password = logins.login_arguments(credentials.user, credentials.secret)
         return await self.run("LOGIN", user, password, check=False)
 
     def _mechanism(self) -> str:

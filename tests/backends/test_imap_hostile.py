@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from backends.imap import create, wire
+from backends.imap import create, logins
 from backends.imap.backend import ImapBackend
 from backends.imap.protocol import ImapProtocol
 from devkit.fake_imap import FakeImap, Handler, reply
@@ -38,11 +38,11 @@ XOAUTH2_IR = "IMAP4rev1 AUTH=XOAUTH2 SASL-IR UIDPLUS"
 def secret_forms() -> list[str]:
     """Every form in which the secrets go on the wire, and every base64 run of them."""
     return [
-        wire.sasl_plain(USER, PASSWORD),
-        wire.xoauth2(USER, TOKEN),
+        logins.sasl_plain(USER, PASSWORD),
+        logins.xoauth2(USER, TOKEN),
         base64.b64encode(PASSWORD.encode()).decode(),
-        *wire.secret_forms(PASSWORD),
-        *wire.secret_forms(TOKEN),
+        *logins.secret_forms(PASSWORD),
+        *logins.secret_forms(TOKEN),
     ]
 
 
@@ -177,11 +177,11 @@ async def test_an_echoed_secret_in_a_refusal_is_scrubbed(logged: list[str]) -> N
 def test_credential_commands_render_without_credentials() -> None:
     async def render() -> list[str]:
         protocol = ImapProtocol(asyncio.get_running_loop(), lambda _exc: None)
-        login = protocol.command("LOGIN", wire.login_arguments(USER, PASSWORD), uid=False)
+        login = protocol.command("LOGIN", logins.login_arguments(USER, PASSWORD), uid=False)
         plain = protocol.command(
-            "AUTHENTICATE", ("PLAIN", wire.sasl_plain(USER, PASSWORD)), uid=False
+            "AUTHENTICATE", ("PLAIN", logins.sasl_plain(USER, PASSWORD)), uid=False
         )
-        assert PASSWORD in login.wire() and wire.sasl_plain(USER, PASSWORD) in plain.wire()
+        assert PASSWORD in login.wire() and logins.sasl_plain(USER, PASSWORD) in plain.wire()
         return [repr(login), str(login), repr(plain), str(plain), f"{[login, plain]}"]
 
     shown = asyncio.run(render())

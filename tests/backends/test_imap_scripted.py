@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from backends.imap import ImapBackend, create, wire
+from backends.imap import ImapBackend, create, logins
 from backends.imap.protocol import ImapProtocol
 from devkit.fake_imap import FakeImap, Handler, never, reply
 from popbridge.contract import Backend, Credentials, Disposition, DispositionKind, Mailbox
@@ -269,12 +269,12 @@ TOKEN = "ya29.secret-token"
         (
             "IMAP4rev1 AUTH=PLAIN SASL-IR",
             Credentials("alice", PASSWORD),
-            [PASSWORD, wire.sasl_plain("alice", PASSWORD)],
+            [PASSWORD, logins.sasl_plain("alice", PASSWORD)],
         ),
         (
             "IMAP4rev1 AUTH=XOAUTH2 SASL-IR",
             Credentials("alice", TOKEN, mechanism="oauth2"),
-            [TOKEN, wire.xoauth2("alice", TOKEN)],
+            [TOKEN, logins.xoauth2("alice", TOKEN)],
         ),
     ],
 )

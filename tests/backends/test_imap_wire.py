@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backends.imap import wire
+from backends.imap import logins, wire
 
 
 @pytest.mark.parametrize(
@@ -68,15 +68,15 @@ def test_identity_parsing_is_strict() -> None:
 
 
 def test_sasl_responses() -> None:
-    assert base64.b64decode(wire.sasl_plain("\u00fc", "p w")) == b"\0\xc3\xbc\0p w"
-    token = base64.b64decode(wire.xoauth2("u@x", "tok"))
+    assert base64.b64decode(logins.sasl_plain("\u00fc", "p w")) == b"\0\xc3\xbc\0p w"
+    token = base64.b64decode(logins.xoauth2("u@x", "tok"))
     assert token == b"user=u@x\x01auth=Bearer tok\x01\x01"
     for user, secret in (("a\r\nb", "p"), ("a", "p\x00"), ("", "p"), ("a" * 2000, "p")):
         with pytest.raises(ValueError):
-            wire.sasl_plain(user, secret)
+            logins.sasl_plain(user, secret)
     with pytest.raises(ValueError):
-        wire.login_arguments("\u00e4", "p")
-    assert wire.login_arguments('a"b', "c\\d") == ('"a\\"b"', '"c\\\\d"')
+        logins.login_arguments("\u00e4", "p")
+    assert logins.login_arguments('a"b', "c\\d") == ('"a\\"b"', '"c\\\\d"')
 
 
 @given(st.binary(max_size=300), st.integers(min_value=1, max_value=5), st.data())
