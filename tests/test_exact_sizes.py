@@ -123,3 +123,16 @@ async def test_the_timing_wrapper_passes_measure_and_withheld_through() -> None:
     measurer = measurer_of(timed)
     assert measurer is not None and await measurer.measure(["m2"]) == {"m2": 18}
     assert await TimedMailbox(_ListsOnly(), "x").measure(["m1"]) == {}  # type: ignore[arg-type]
+
+
+async def test_an_answer_prepared_ahead_is_not_measured_again(backend: MemoryBackend) -> None:
+    # RETR 1 prepares message 2 ahead (the client reads in order); that answer counted its
+    # octets, so RETR 2 announces them without a measurement, and LIST agrees afterwards
+    session, out = make_session(backend)
+    await assert_dialogue(
+        session, out, *LOGIN, "S~ .*",
+        "C: RETR 1", "S: +OK 18 octets", "S: Subject: a", "S: ", "S: hi", "S: .",
+        "C: RETR 2", "S: +OK 26 octets", "S: Subject: b", "S: ", "S: ..dot", "S: last", "S: .",
+        "C: LIST", "S: +OK scan listing follows", "S: 1 18", "S: 2 26", "S: .",
+    )  # fmt: skip
+    assert store(backend).measured == [("m1",)]

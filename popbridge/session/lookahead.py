@@ -84,6 +84,15 @@ class Lookahead:
             self._budget.used -= self._reserved
             self._reserved = 0
 
+    async def idle(self) -> Prepared | None:
+        """Wait for a preparation in progress to end and show its answer, kept for `take`;
+        the mailbox is free once this returns."""
+        task = self._task
+        if task is None:
+            return None
+        await asyncio.wait([task])
+        return None if task.cancelled() else task.result()
+
     async def _prepare(self, identity: str, size: int) -> Prepared | None:
         try:
             return await self._encode(identity, size)

@@ -106,16 +106,21 @@ class Transaction:
         measurer = measurer_of(mailbox) if mailbox is not None and identities else None
         if measurer is None:
             return
-        await self.settle()  # the mailbox serves one call at a time
+        await self._lookahead.idle()  # the mailbox serves one call at a time
         self.snapshot.measured(await measurer.measure(identities))
 
     async def send(self, command: c.Retr | c.Top, engine: Pop3Engine, out: Output) -> None:
         """RETR or TOP: stream the message, then prepare the next if reading in order."""
         lines = command.lines if isinstance(command, c.Top) else None
         try:
-            if lines is None:  # "+OK <octets>" (RFC 1939 §7) must agree with LIST
-                await self._measure(self.snapshot.provisional(command.msg))
             entry = self.snapshot.get(command.msg)
+            # "+OK <octets>" (RFC 1939 §7) must agree with LIST; an answer prepared ahead
+            # counted its octets already
+            if lines is None and not entry.message.exact:
+                prepared = await self._lookahead.idle()
+                if prepared is None or prepared.identity != entry.message.identity:
+                    await self._measure([entry.message.identity])
+                    entry = self.snapshot.get(command.msg)
         except NoSuchMessage as missing:
             out.write(engine.send(Err(str(missing))))
             return
