@@ -200,14 +200,17 @@ async def test_a_broken_raw_reply_is_a_failure_not_a_size(
         await mailbox.close()
 
 
-async def test_a_cut_download_is_temporary(harness: GmailHarness) -> None:
+@pytest.mark.parametrize("stall", [False, True], ids=["cut", "stall"])
+async def test_a_measurement_cut_or_stalled_is_temporary(
+    harness: GmailHarness, stall: bool
+) -> None:
     harness.seed([message("small")])
     harness.seed_generated(1, 200_000)
     memory = MemoryListings().for_account("alice")
-    mailbox = await harness.backend(max_in_flight=1).open(harness.credentials)
+    mailbox = await harness.backend(max_in_flight=1, timeout=0.5).open(harness.credentials)
     try:
         listed = await mailbox.list(memory=memory)
-        harness.fake.cut_at = 5000
+        harness.fake.cut_at, harness.fake.stall_body = 5000, stall
         with pytest.raises(BackendUnavailable):
             await as_told(mailbox, listed)
     finally:
