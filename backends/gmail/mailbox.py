@@ -33,7 +33,7 @@ from popbridge.contract import (
     ListingMemory,
     ListingState,
     RemoteMessage,
-    with_exact_sizes,
+    remember_exact_sizes,
 )
 from popbridge.errors import MessageGone
 from popbridge.upstream.lines import Normaliser, TopCut
@@ -90,15 +90,8 @@ class GmailMailbox:
         finally:
             self._sizes.update(measured)
             self._unsure -= measured.keys()
-            await self._remember(measured)
+            await remember_exact_sizes(self._memory, measured)
         return {i: self._sizes[i] for i in wanted if i in self._sizes}
-
-    async def _remember(self, measured: dict[str, int]) -> None:
-        """Save `measured` in the listing memory `list` was given: counted once ever."""
-        state = await self._memory.load() if self._memory is not None and measured else None
-        if self._memory is not None and state is not None:
-            exact = tuple(with_exact_sizes(state.messages, measured))
-            await self._memory.save(ListingState(state.token, exact))
 
     async def fetch(self, identity: str, *, body_lines: int | None = None) -> AsyncIterator[bytes]:
         """Stream the message as LIST counted it; MessageGone if it left the label."""

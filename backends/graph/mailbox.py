@@ -36,7 +36,7 @@ from popbridge.contract import (
     ListingMemory,
     ListingState,
     RemoteMessage,
-    with_exact_sizes,
+    remember_exact_sizes,
 )
 from popbridge.errors import BackendUnavailable, MessageGone
 from popbridge.upstream.lines import TopCut
@@ -189,16 +189,8 @@ class GraphMailbox:
             await self._count(todo, measured)
         finally:
             self._sizes.update(measured)
-            await self._remember(measured)
+            await remember_exact_sizes(self._memory, measured)
         return {i: self._sizes[i] for i in wanted if i in self._sizes}
-
-    async def _remember(self, measured: dict[str, int]) -> None:
-        """Save `measured` in the listing memory `list` was given, so no later session
-        downloads these messages to count them again."""
-        state = await self._memory.load() if self._memory is not None and measured else None
-        if self._memory is not None and state is not None:
-            exact = tuple(with_exact_sizes(state.messages, measured))
-            await self._memory.save(ListingState(state.token, exact))
 
     async def _count(self, todo: Sequence[str], sizes: dict[str, int]) -> None:
         """Download, count and spool each message of `todo`, `max_in_flight` at a time,
