@@ -4,8 +4,9 @@ This module owns the read calls behind a listing: users.messages.list with `labe
 (several ids AND together), `includeSpamTrash=false`, `maxResults` up to 500 and
 `pageToken` until no `nextPageToken` is returned (its `resultSizeEstimate` is only an
 estimate, so it is never used); users.messages.get with `format=minimal` for messages'
-labels and `internalDate`, 50 to a batch request; the same with `format=raw` streamed through
-`backends.gmail.rawstream` to count the octets RETR will send; and users.history.list from a
+labels, `internalDate` and `sizeEstimate` (listed as not exact), 50 to a batch request; the
+same with `format=raw` streamed through `backends.gmail.rawstream` to count the octets RETR
+will send; and users.history.list from a
 stored historyId, whose 404 ("too old", typically after about a week) is `HistoryExpired`.
 The API's order is only roughly newest first; the mailbox sorts by (internalDate, id).
 """
@@ -38,11 +39,12 @@ class HistoryExpired(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Described:
-    """One message's labels and arrival time (internalDate)."""
+    """One message's labels, arrival time (internalDate) and Gmail's estimate of its size."""
 
     id: str
     labels: frozenset[str]
     received: datetime | None
+    estimate: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +94,7 @@ async def list_ids(transport: Transport, label_ids: list[str]) -> list[str]:
 
 async def describe_many(transport: Transport, ids: Iterable[str]) -> dict[str, Described | None]:
     """`describe` for many messages, in batches of calls (one round trip per 50)."""
-    query = urlencode({"format": "minimal", "fields": "id,labelIds,internalDate"})
+    query = urlencode({"format": "minimal", "fields": "id,labelIds,internalDate,sizeEstimate"})
     paths = {identity: f"{message_path(identity)}?{query}" for identity in ids}
     found = await get_many(transport, paths)
     described: dict[str, Described | None] = {}
@@ -100,9 +102,17 @@ async def describe_many(transport: Transport, ids: Iterable[str]) -> dict[str, D
         if reply is not None and not isinstance(reply, dict):
             raise BackendFailure("messages.get: the reply is not an object")
         described[identity] = (
-            None if reply is None else Described(identity, label_set(reply), received(reply))
+            None
+            if reply is None
+            else Described(identity, label_set(reply), received(reply), _estimate(reply))
         )
     return described
+
+
+def _estimate(fields: dict[str, Any]) -> int:
+    """sizeEstimate: only a hint (the listing says it is not exact), 0 when unusable."""
+    value = fields.get("sizeEstimate")
+    return value if isinstance(value, int) and 0 <= value < 1 << 40 else 0
 
 
 async def measure(transport: Transport, identity: str) -> Measured | None:

@@ -1,16 +1,17 @@
-"""The maildrop listing with exact sizes, full or brought up to date from a historyId.
+"""The maildrop listing, full or brought up to date from a historyId, and measuring sizes.
 
 This module owns `Lister`: a full listing is users.messages.list on the maildrop label,
 minus the messages that also carry the hidden keyword's label (a second list with both
 labels: `labelIds` AND together), with the historyId read (users.getProfile) before the
 listing so nothing that changes during it is missed next time. With the store's listing
 memory and a historyId Gmail still accepts, only the messages history.list names are looked
-at again (one messages.get each, 50 to a batch request); on 404 the listing is full. A
-message's content never changes in Gmail, so a size measured once (remembered in the listing
-memory) stays valid; a message never measured is downloaded once (`format=raw`),
-`max_in_flight` at a time.
-Cost for N new messages: 5 units and one download each (N = 3,000 is the per-user minute).
-A listing that fails part way still leaves what it measured (`measured`) for the next one.
+at again; on 404 the listing is full. A message not in the memory is described (`format=
+minimal`, 50 to a batch request) for its arrival time and `sizeEstimate`, and listed with
+`exact=False`. A message's content never changes in Gmail, so a size measured once
+(`measure_sizes`: one `format=raw` download each, `max_in_flight` at a time, when the core
+asks) is remembered in the listing memory and stays valid.
+Cost for N new messages: a login 5 units each (N = 3,000 is the per-user minute) and no
+download; telling their sizes 5 units and one download each, once.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from backends.gmail.labels import USER_PATH
 from backends.gmail.listing import (
     Described,
     HistoryExpired,
-    Measured,
     describe_many,
     history,
     list_ids,
@@ -58,7 +58,8 @@ class Token:
     def serves(self, label: str, keyword: str | None, hidden: str | None) -> bool:
         """Whether this token describes the listing asked for now. A keyword label created
         since (by a disposition) carries only messages history.list reports; a token without
-        a historyId (sizes kept from a listing that failed part way) serves none."""
+        a historyId (sizes kept from a listing that failed part way, as kept before sizes
+        were measured on request) serves none, though its sizes are still used."""
         if (self.label, self.keyword) != (label, keyword) or not self.history:
             return False
         return self.hidden == hidden or (self.hidden is None and keyword is not None)
@@ -84,7 +85,7 @@ async def bounded(
     items: Iterable[str], work: Callable[[str], Awaitable[T]], limit: int
 ) -> dict[str, T]:
     """`work` on every item, at most `limit` at a time; the first error leaves."""
-    queue = list(items)
+    queue = list(items)[::-1]  # popped from the end: in the order given
     results: dict[str, T] = {}
 
     async def worker() -> None:
@@ -112,8 +113,6 @@ class Lister:
         self._label = label
         self._keyword = keyword.casefold() if keyword is not None else None
         self._user = user.casefold()
-        self.measured: list[RemoteMessage] = []  # measured by this listing so far
-        self.known: dict[str, RemoteMessage] = {}  # the remembered listing it started from
 
     async def listing(
         self, hidden: str | None, state: ListingState | None
@@ -123,7 +122,6 @@ class Lister:
         if state is None or token is None or token.user != self._user:
             state, token = None, None  # ids are only unique within one Gmail account
         known = {m.identity: m for m in state.messages} if state is not None else {}
-        self.known = known
         if token is not None and token.serves(self._label, self._keyword, hidden):
             try:
                 return await self._changed(token, known, hidden)
@@ -141,8 +139,12 @@ class Lister:
         ids = await list_ids(self._transport, [self._label])
         held = set(await list_ids(self._transport, [self._label, hidden])) if hidden else set()
         visible = [i for i in ids if i not in held]
-        listed = await self._sized(visible, known, {})
-        return listed, self._token(hidden, str(current), frozenset(held))
+        found = await describe_many(self._transport, (i for i in visible if i not in known))
+        described = {i: d for i, d in found.items() if d is not None and self._label in d.labels}
+        visible = [i for i in visible if i in known or i in described]  # gone since: left out
+        return self._sized(visible, known, described), self._token(
+            hidden, str(current), frozenset(held)
+        )
 
     async def _changed(
         self, token: Token, known: dict[str, RemoteMessage], hidden: str | None
@@ -162,34 +164,37 @@ class Lister:
                 described[identity] = found
         if changed:
             logger.info("history since %s: %d message(s) changed", token.history, len(changed))
-        listed = await self._sized(visible, known, described)
-        return listed, self._token(hidden, current, frozenset(held))
+        token = self._token(hidden, current, frozenset(held))
+        return self._sized(visible, known, described), token
 
     def _token(self, hidden: str | None, history: str, held: frozenset[str]) -> Token:
         return Token(self._label, hidden, history, held, self._keyword, self._user)
 
-    def partial_token(self) -> str:
-        """The token of sizes kept from a listing that failed part way: no listing trusts
-        it, but the next one of this user reuses its sizes."""
-        return self._token(None, "", frozenset()).dump()
-
-    async def _sized(
+    def _sized(
         self, ids: list[str], known: dict[str, RemoteMessage], described: dict[str, Described]
     ) -> list[RemoteMessage]:
-        """The messages with their exact sizes, measuring those never measured."""
-        todo = [i for i in ids if i not in known]
-        if todo:
-            logger.info("measuring %d message(s) not measured before", len(todo))
-        limit = self._transport.settings.max_in_flight
-
-        async def one(identity: str) -> Measured | None:
-            found = await measure(self._transport, identity)
-            if found is not None and self._label in found.labels:
-                when = found.received or (described[identity].received if identity in described
-                                          else None)  # fmt: skip
-                self.measured.append(RemoteMessage(identity, found.size, received=when))
-            return found
-
-        await bounded(todo, one, limit)
-        result = [known[i] for i in ids if i in known] + self.measured
+        """The messages, sorted: remembered ones as remembered, new ones with Gmail's
+        estimate, not exact (`measure_sizes` settles them)."""
+        result = [known[i] if i in known else _estimated(described[i]) for i in ids]
         return sorted(result, key=lambda m: (m.received or _EPOCH, m.identity))
+
+
+def _estimated(found: Described) -> RemoteMessage:
+    return RemoteMessage(found.id, found.estimate, received=found.received, exact=False)
+
+
+async def measure_sizes(
+    transport: Transport, label: str, identities: Iterable[str], sizes: dict[str, int]
+) -> None:
+    """Download each message once and count it as RETR sends it, `max_in_flight` at a time,
+    into `sizes`; one deleted or no longer in `label` is left out."""
+
+    async def one(identity: str) -> None:
+        found = await measure(transport, identity)
+        if found is not None and label in found.labels:
+            sizes[identity] = found.size
+
+    todo = list(identities)
+    if todo:
+        logger.info("measuring %d message(s) not measured before", len(todo))
+    await bounded(todo, one, transport.settings.max_in_flight)

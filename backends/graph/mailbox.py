@@ -1,15 +1,18 @@
-"""The opened Graph folder as a `Mailbox`: listing with exact sizes, and streaming messages.
+"""The opened Graph folder as a `Mailbox`: listing, measuring exact sizes, and streaming.
 
 This module owns the read side of the Graph mapping. Identities are immutable message ids
-(`Prefer: IdType="ImmutableId"`); the core hashes the ones that do not fit a UIDL. Sizes are
-measured (see `backends.graph.spool`): a message whose (id, changeKey) is spooled, or whose
-size the listing memory holds, keeps its size; any other is downloaded once, counted and
-spooled, up to `max_in_flight` downloads at a time. RETR and TOP first ask Graph whether the
-message is still in the folder, then send the spooled bytes; a message that is not spooled
-(it did not fit, or its size came from before a restart) is downloaded into a temporary
-file and sent only if its count equals the size announced, so LIST always equals what RETR
-sends. On a mismatch RETR fails with a temporary error and the size is
-dropped from the memory, so the next login measures it again. Reading never sets `isRead`.
+(`Prefer: IdType="ImmutableId"`); the core hashes the ones that do not fit a UIDL. Graph
+has no exact MIME size, so sizes are measured (see `backends.graph.spool`): a message whose
+(id, changeKey) is spooled, or whose size the listing memory holds, is listed exact; any
+other is listed with `exact=False` and size 0 (no estimate), and `measure` downloads it
+once, counts and spools it, up to `max_in_flight` downloads at a time, and saves the size
+in the listing memory. A login or UIDL therefore downloads nothing; STAT, LIST and RETR
+download each never-seen message once. RETR and TOP first ask Graph whether the message is
+still in the folder, then send the spooled bytes; a message that is not spooled (it did not
+fit, or its size came from before a restart) is downloaded into a temporary file and sent
+only if its count equals the size announced, so LIST always equals what RETR sends. On a
+mismatch RETR fails with a temporary error and the size is no longer trusted, so the next
+login lists it as not exact and it is measured again. Reading never sets `isRead`.
 Dispositions at QUIT are delegated to `backends.graph.dispose`.
 """
 
@@ -19,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import tempfile
-from collections.abc import AsyncIterator, Collection, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from backends.graph import delta, dispose
@@ -33,6 +36,7 @@ from popbridge.contract import (
     ListingMemory,
     ListingState,
     RemoteMessage,
+    remember_exact_sizes,
 )
 from popbridge.errors import BackendUnavailable, MessageGone
 from popbridge.upstream.lines import TopCut
@@ -43,6 +47,7 @@ TOP_PIECE = 64 * 1024  # TOP reads in smaller pieces: it usually needs only the 
 _MAX_ID = 1024  # longer than any Graph id; refused before it is put in a URL
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+UNMEASURED = 0  # the size listed, with exact=False, for a message not measured yet
 _Listed = list[Listed]  # `list` is a method name in GraphMailbox
 _Remote = list[RemoteMessage]
 
@@ -80,7 +85,9 @@ class GraphMailbox:
         self._spool = spool  # the backend's: shared by sessions, keyed by user and id
         self._stale = stale  # spool keys whose remembered size a download contradicted
         self._user = user.casefold()
-        self._sizes: dict[str, int] = {}  # identity -> the size this session announced
+        self._sizes: dict[str, int] = {}  # identity -> the exact size this session may tell
+        self._versions: dict[str, str | None] = {}  # listed identity -> its changeKey
+        self._memory: ListingMemory | None = None  # where `measure` saves what it counted
         # in the folder but hidden by the last listing (see popbridge.contract.withheld_by)
         self.withheld: frozenset[str] = frozenset()
         self._closed = False
@@ -88,9 +95,9 @@ class GraphMailbox:
     async def list(
         self, *, hidden_keyword: str | None = None, memory: ListingMemory | None = None
     ) -> list[RemoteMessage]:
-        """Every message in the folder, oldest first, with exact sizes; messages carrying
-        the category `hidden_keyword` left out. With `memory`, the folder is brought up to
-        date with a delta query and sizes measured before are kept."""
+        """Every message in the folder, oldest first; messages carrying the category
+        `hidden_keyword` left out. Sizes measured before are exact, the others are left for
+        `measure`. With `memory`, the folder is brought up to date with a delta query."""
         hidden = hidden_keyword.casefold() if hidden_keyword is not None else None
         state = await memory.load() if memory is not None else None
         settings = self._transport.settings
@@ -105,8 +112,10 @@ class GraphMailbox:
             token = delta.Token(self._folder_id, hidden, "", withheld)
         else:
             listed, token = await self._synced(state, hidden)
-        result = await self._sized(listed, state)
-        self._sizes = {m.identity: m.size for m in result}
+        result = self._sized(listed, state)
+        self._versions = {m.identity: m.version for m in result}
+        self._sizes = {m.identity: m.size for m in result if m.exact}
+        self._memory = memory
         self.withheld = token.withheld
         if memory is not None:
             await memory.save(ListingState(token.dump(), tuple(result)))
@@ -139,26 +148,27 @@ class GraphMailbox:
         listed, held = delta.merge({}, frozenset(), [first, again], hidden)
         return listed, delta.Token(self._folder_id, hidden, again.link, held)
 
-    async def _sized(self, listed: _Listed, state: ListingState | None) -> _Remote:
-        """The listing, sorted, with sizes from the spool, the memory or a measurement."""
+    def _sized(self, listed: _Listed, state: ListingState | None) -> _Remote:
+        """The listing, sorted: sizes from the spool or the memory are exact, the others
+        are left for `measure` (Graph has no estimate of the MIME size: 0)."""
         known: dict[tuple[str, str | None], int] = {}
         if state is not None:
             for message in state.messages:
-                if message.version is not None and self._key(message.identity) not in self._stale:
+                trusted = message.exact and self._key(message.identity) not in self._stale
+                if message.version is not None and trusted:
                     known[(message.identity, message.version)] = message.size
         for entry in listed:  # what is spooled needs neither the memory nor a download
             spooled = self._spool.get(self._key(entry.id))
             if spooled is not None and spooled.version == entry.change_key:
                 known[(entry.id, entry.change_key)] = spooled.size
-        sizes, gone = await self._measure(m for m in listed if (m.id, m.change_key) not in known)
-        listed = [m for m in listed if m.id not in gone]  # deleted since it was listed
         result = [
             RemoteMessage(
                 identity=m.id,
-                size=sizes.get(m.id, known.get((m.id, m.change_key), 0)),
+                size=known.get((m.id, m.change_key), UNMEASURED),
                 message_id=m.message_id,
                 received=m.received,
                 version=m.change_key,
+                exact=(m.id, m.change_key) in known,
             )
             for m in listed
         ]
@@ -167,25 +177,39 @@ class GraphMailbox:
     def _key(self, identity: str) -> str:
         return f"{self._user}\n{identity}"
 
-    async def _measure(self, todo: Iterable[Listed]) -> tuple[dict[str, int], set[str]]:
-        """Download, count and spool each message, `max_in_flight` at a time; the sizes,
-        and the ids of messages deleted before they could be downloaded."""
+    async def measure(self, identities: Collection[str]) -> dict[str, int]:
+        """The exact sizes of these listed messages: each one not measured yet is
+        downloaded, counted and spooled, `max_in_flight` at a time, and its size saved in
+        the listing memory. A message deleted since the listing is left out; a download
+        that fails is an error, after what was measured before it is saved."""
+        wanted = [i for i in dict.fromkeys(identities) if i in self._versions]
+        todo = [i for i in wanted if i not in self._sizes]
+        measured: dict[str, int] = {}
+        try:
+            await self._count(todo, measured)
+        finally:
+            self._sizes.update(measured)
+            await remember_exact_sizes(self._memory, measured)
+        return {i: self._sizes[i] for i in wanted if i in self._sizes}
+
+    async def _count(self, todo: Sequence[str], sizes: dict[str, int]) -> None:
+        """Download, count and spool each message of `todo`, `max_in_flight` at a time,
+        into `sizes`; a message deleted before it could be downloaded is left out."""
         settings = self._transport.settings
-        queue = list(todo)
-        sizes: dict[str, int] = {}
-        gone: set[str] = set()
+        queue = list(reversed(todo))
         if queue:
             logger.info("measuring %d message(s) not measured before", len(queue))
 
         async def worker() -> None:
             while queue:
-                entry = queue.pop()
-                key = self._key(entry.id)
+                identity = queue.pop()
+                key = self._key(identity)
                 try:
-                    async with self._download(entry.id, settings.fetch_chunk) as raw:
-                        sizes[entry.id] = await self._spool.measure(key, entry.change_key, raw)
+                    async with self._download(identity, settings.fetch_chunk) as raw:
+                        version = self._versions.get(identity)
+                        sizes[identity] = await self._spool.measure(key, version, raw)
                 except MessageGone:
-                    gone.add(entry.id)
+                    logger.info("message %r is gone: not measured", identity[:80])
                     continue
                 self._stale.discard(key)
 
@@ -195,7 +219,6 @@ class GraphMailbox:
                     group.create_task(worker())
         except BaseExceptionGroup as failed:
             raise _first(failed) from None  # one bridge error leaves, as from any call
-        return sizes, gone
 
     def _download(
         self, identity: str, chunk: int
@@ -208,6 +231,8 @@ class GraphMailbox:
         if not identity or len(identity) > _MAX_ID:
             raise MessageGone(f"{identity[:80]!r} is not a message id")
         await self._locate(identity)
+        if body_lines is None and identity in self._versions and identity not in self._sizes:
+            await self.measure([identity])  # counted and spooled once, then sent from there
         chunk = self._transport.settings.fetch_chunk
         if body_lines is not None:
             chunk = min(chunk, TOP_PIECE)
@@ -278,8 +303,8 @@ class GraphMailbox:
             handle.close()
             self._stale.add(self._key(identity))
             logger.warning(
-                "message %r is now %d octets, listed as %d: it is measured again at the next"
-                " login", identity[:80], normaliser.octets, announced,
+                "message %r is now %d octets, listed as %d: the next login lists it as not"
+                " exact", identity[:80], normaliser.octets, announced,
             )  # fmt: skip
             raise BackendUnavailable("the message changed size since it was listed")
         handle.seek(0)

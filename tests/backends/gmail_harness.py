@@ -49,6 +49,9 @@ class GmailHarness:
     def seed(self, messages: Sequence[bytes]) -> list[str]:
         return self.fake.seed(USER, list(messages))
 
+    def downloads(self) -> int:
+        return self.fake.downloads
+
     def seed_generated(self, count: int, size: int) -> list[bytes]:
         messages = [wire_form(generate_message(n + 1, size)) for n in range(count)]
         self.fake.seed(USER, messages)

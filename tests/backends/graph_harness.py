@@ -57,6 +57,9 @@ class GraphHarness:
     def seed(self, messages: Sequence[bytes]) -> None:
         self.fake.seed(list(messages))
 
+    def downloads(self) -> int:
+        return self.fake.downloads
+
     def seed_generated(self, count: int, size: int) -> list[bytes]:
         messages = [wire_form(generate_message(n + 1, size)) for n in range(count)]
         self.fake.seed(messages)

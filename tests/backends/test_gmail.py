@@ -1,7 +1,8 @@
 """The Gmail backend against the local fake Gmail API: the contract suite, sizes, fetching.
 
 This module runs the contract suite (`tests.backends.contract`) and tests what only Gmail
-needs: sizes are counted from `format=raw`, never taken from `sizeEstimate`; the bridge
+needs: a listing downloads nothing and gives `sizeEstimate` as not exact; sizes told are
+counted from `format=raw` when asked, never taken from `sizeEstimate`; the bridge
 orders by internalDate then id whatever order the API lists in; paging follows
 `nextPageToken`; RETR decodes in bounded pieces; a message that left the label is gone.
 Incremental listing is tested in `test_gmail_sync`, writes, limits and auth in
@@ -17,11 +18,12 @@ from collections.abc import Callable
 import pytest
 
 from devkit.fake_gmail import FakeGmail
-from popbridge.contract import Backend, Credentials, ListingMemory
+from popbridge.contract import Backend, Credentials, ListingMemory, measurer_of
 from popbridge.errors import AuthFailed, BackendFailure, BackendUnavailable, MessageGone
 from popbridge.store.listings import MemoryListings
 from popbridge.store.uidl import is_valid_uidl, uidl_for
-from tests.backends.contract import BackendContract, crlf, message, read_all, subject_of
+from tests.backends.contract import as_told, crlf, listed_as_told, message, read_all, subject_of
+from tests.backends.estimated import EstimatedSizesContract
 from tests.backends.gmail_harness import (  # noqa: F401  (fixtures, used by name)
     USER,
     GmailHarness,
@@ -30,7 +32,7 @@ from tests.backends.gmail_harness import (  # noqa: F401  (fixtures, used by nam
 )
 
 
-class TestGmailContract(BackendContract):
+class TestGmailContract(EstimatedSizesContract):
     """The contract suite on the fake Gmail API."""
 
 
@@ -39,13 +41,38 @@ async def test_sizes_are_counted_not_estimated(harness: GmailHarness) -> None:
     mailbox = await harness.backend().open(harness.credentials)
     try:
         listed = await mailbox.list()
-        for entry in listed:
+        assert harness.fake.downloads == 0  # a login (and UIDL) costs no download
+        for entry, told in zip(listed, await as_told(mailbox, listed), strict=True):
             stored = harness.fake.box(USER).messages[entry.identity]
-            assert entry.size == len(stored.raw)
-            assert entry.size != stored.resource("minimal")["sizeEstimate"]
-            assert len(b"".join(await read_all(mailbox, entry.identity))) == entry.size
+            estimate = stored.resource("minimal")["sizeEstimate"]
+            assert (entry.exact, entry.size) == (False, estimate)
+            assert told.exact and told.size == len(stored.raw) != estimate
+            assert len(b"".join(await read_all(mailbox, entry.identity))) == told.size
+        assert harness.fake.downloads == 4  # counted once, then sent
     finally:
         await mailbox.close()
+
+
+async def test_measure_counts_only_what_is_asked_and_leaves_out_what_is_gone(
+    harness: GmailHarness,
+) -> None:
+    ids = harness.seed([message(f"g{n}") for n in range(4)])
+    memory = MemoryListings().for_account("alice")
+    mailbox = await harness.backend().open(harness.credentials)
+    try:
+        listed = await mailbox.list(memory=memory)
+        measurer = measurer_of(mailbox)
+        assert measurer is not None and harness.fake.downloads == 0
+        harness.fake.remove(USER, listed[0].identity)  # another client, after the listing
+        asked = [listed[0].identity, listed[2].identity, "0123abc"]  # one never listed
+        sizes = await measurer.measure(asked)
+        assert sizes == {listed[2].identity: len(message("g2"))}  # a 404: left out
+        assert await measurer.measure(asked) == sizes and harness.fake.downloads == 1
+    finally:
+        await mailbox.close()
+    state = await memory.load()
+    assert state is not None and sorted(ids) == sorted(m.identity for m in state.messages)
+    assert [m.exact for m in state.messages] == [False, False, True, False]
 
 
 async def test_identities_are_hex_ids_that_are_their_own_uidls(harness: GmailHarness) -> None:
@@ -126,7 +153,7 @@ async def test_an_unterminated_last_line_is_counted_with_its_crlf(harness: Gmail
     harness.fake.box(USER).messages[ids[0]].raw = raw  # seed normalises; keep the bare end
     mailbox = await harness.backend().open(harness.credentials)
     try:
-        (entry,) = await mailbox.list()
+        (entry,) = await listed_as_told(mailbox)
         data = b"".join(await read_all(mailbox, entry.identity))
     finally:
         await mailbox.close()
@@ -141,7 +168,7 @@ async def test_reading_never_removes_unread(fake: FakeGmail, harness: GmailHarne
         await read_all(mailbox, entry.identity)
     finally:
         await mailbox.close()
-    assert all(m != "POST" for m, _, _ in fake.requests)
+    assert all(m != "POST" or path.endswith("/batch/gmail/v1") for m, path, _ in fake.requests)
 
 
 # ------------------------------------------------------------ a misbehaving upstream
@@ -163,24 +190,33 @@ async def test_a_broken_raw_reply_is_a_failure_not_a_size(
     harness: GmailHarness, mangle: Callable[[bytes], bytes], problem: str
 ) -> None:
     harness.seed([message("broken")])
-    harness.fake.mangle = mangle
     mailbox = await harness.backend().open(harness.credentials)
     try:
+        listed = await mailbox.list()
+        harness.fake.mangle = mangle
         with pytest.raises(BackendFailure, match=problem):
-            await mailbox.list()
+            await as_told(mailbox, listed)
     finally:
         await mailbox.close()
 
 
-async def test_a_cut_download_is_temporary(harness: GmailHarness) -> None:
+@pytest.mark.parametrize("stall", [False, True], ids=["cut", "stall"])
+async def test_a_measurement_cut_or_stalled_is_temporary(
+    harness: GmailHarness, stall: bool
+) -> None:
+    harness.seed([message("small")])
     harness.seed_generated(1, 200_000)
-    harness.fake.cut_at = 5000
-    mailbox = await harness.backend().open(harness.credentials)
+    memory = MemoryListings().for_account("alice")
+    mailbox = await harness.backend(max_in_flight=1, timeout=0.5).open(harness.credentials)
     try:
+        listed = await mailbox.list(memory=memory)
+        harness.fake.cut_at, harness.fake.stall_body = 5000, stall
         with pytest.raises(BackendUnavailable):
-            await mailbox.list()
+            await as_told(mailbox, listed)
     finally:
         await mailbox.close()
+    state = await memory.load()  # what was measured before the cut is kept, exact
+    assert state is not None and [m.exact for m in state.messages] == [True, False]
 
 
 async def test_a_download_stalled_midway_is_temporary_within_the_deadline(
@@ -189,7 +225,7 @@ async def test_a_download_stalled_midway_is_temporary_within_the_deadline(
     (wire,) = harness.seed_generated(1, 200_000)
     mailbox = await harness.backend(timeout=0.5).open(harness.credentials)
     try:
-        (entry,) = await mailbox.list()
+        (entry,) = await listed_as_told(mailbox)
         harness.fake.cut_at, harness.fake.stall_body = 5000, True
         with pytest.raises(BackendUnavailable, match="no answer"):
             await read_all(mailbox, entry.identity)

@@ -1,7 +1,8 @@
 """The Gmail backend's listing memory: sizes measured once, history.list, and its 404.
 
 With the store's listing memory the backend keeps the historyId (read before the listing)
-and the measured sizes; a later listing asks history.list what changed and looks only at
+and the sizes measured when a client was told them (here through `as_told`, as the core
+measures); a later listing asks history.list what changed and looks only at
 those messages. The listing must always equal a full one, also after another client moved,
 labelled or deleted messages in between, and a historyId Gmail no longer accepts (404)
 means a full listing that still reuses the sizes measured before.
@@ -11,10 +12,10 @@ from __future__ import annotations
 
 import json
 
-from popbridge.contract import ListingState, RemoteMessage
+from popbridge.contract import ListingMemory, ListingState, RemoteMessage
 from popbridge.errors import BackendUnavailable
 from popbridge.store.listings import MemoryListings
-from tests.backends.contract import message
+from tests.backends.contract import as_told, message
 from tests.backends.gmail_harness import (  # noqa: F401  (fixtures, used by name)
     USER,
     GmailHarness,
@@ -28,9 +29,20 @@ HIDDEN = "popbridge-done"
 async def _list(
     harness: GmailHarness, memory: object = None, hidden: str | None = None
 ) -> list[RemoteMessage]:
+    """The listing as a client is told it: sizes not yet exact measured (`as_told`)."""
     mailbox = await harness.backend().open(harness.credentials)
     try:
-        return list(await mailbox.list(hidden_keyword=hidden, memory=memory))  # type: ignore[arg-type]
+        listed = await mailbox.list(hidden_keyword=hidden, memory=memory)  # type: ignore[arg-type]
+        return await as_told(mailbox, listed)
+    finally:
+        await mailbox.close()
+
+
+async def _listed(harness: GmailHarness, memory: ListingMemory) -> list[RemoteMessage]:
+    """The listing as the backend gives it, nothing measured."""
+    mailbox = await harness.backend().open(harness.credentials)
+    try:
+        return list(await mailbox.list(memory=memory))
     finally:
         await mailbox.close()
 
@@ -71,7 +83,7 @@ async def test_changes_by_another_client_equal_a_full_listing(harness: GmailHarn
     later = harness.seed([message("new")])
     mailbox = await harness.backend().open(harness.credentials)
     try:
-        again = await mailbox.list(hidden_keyword=HIDDEN, memory=memory)
+        again = await as_told(mailbox, await mailbox.list(hidden_keyword=HIDDEN, memory=memory))
         assert mailbox.withheld == frozenset({ids[2]})  # type: ignore[attr-defined]
     finally:
         await mailbox.close()
@@ -116,23 +128,24 @@ async def test_a_garbled_token_means_a_full_listing(harness: GmailHarness) -> No
     assert _calls(harness, "/history") == 0
 
 
-async def test_a_listing_cut_short_by_quota_keeps_what_it_measured(
+async def test_sizes_measured_before_the_quota_ran_out_are_kept(
     harness: GmailHarness,
 ) -> None:
     harness.seed([message(f"q{n}") for n in range(40)])  # 200 units of downloads
     memory = MemoryListings().for_account("alice")
-    mailboxes = []
+    assert len(await _listed(harness, memory)) == 40 and harness.fake.downloads == 0
+    opened = []
     for _ in range(3):  # a fresh budget each time: as if a minute had passed
         mailbox = await harness.backend(units_per_minute=100, timeout=1).open(harness.credentials)
-        mailboxes.append(mailbox)
+        opened.append(mailbox)
         try:
-            listed = await mailbox.list(memory=memory)
+            listed = await as_told(mailbox, await mailbox.list(memory=memory))
             break
         except BackendUnavailable:
             continue
         finally:
             await mailbox.close()
-    assert len(mailboxes) == 3 and len(listed) == 40
+    assert len(opened) == 3 and len(listed) == 40 and all(m.exact for m in listed)
     # each message measured once over three logins, but for the downloads in flight
     # (max_in_flight, 8) when a login gave up
     assert 40 <= harness.fake.downloads <= 40 + 2 * 8

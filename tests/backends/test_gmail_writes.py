@@ -23,7 +23,7 @@ from backends.gmail.quota import UnitBudget
 from popbridge.cli.commands import main
 from popbridge.contract import Backend, Credentials, DisposeResult, Disposition, DispositionKind
 from popbridge.errors import AuthFailed, BackendUnavailable, ConfigError
-from tests.backends.contract import message
+from tests.backends.contract import listed_as_told, message
 from tests.backends.gmail_harness import (  # noqa: F401  (fixtures, used by name)
     MODIFY_TOKEN,
     OTHER_TOKEN,
@@ -157,16 +157,16 @@ async def test_in_flight_requests_are_bounded_per_user_across_sessions(
     first = await backend.open(harness.credentials)
     second = await backend.open(harness.credentials)
     try:
-        one, two = await asyncio.gather(first.list(), second.list())
+        one, two = await asyncio.gather(listed_as_told(first), listed_as_told(second))
     finally:
         await first.close()
         await second.close()
-    assert one == two and len(one) == 40
+    assert one == two and len(one) == 40 and harness.fake.downloads == 80  # no shared memory
     assert harness.fake.most_in_flight == 3
 
 
 async def test_the_unit_budget_refuses_what_would_wait_too_long(harness: GmailHarness) -> None:
-    harness.seed([message(f"q{n}") for n in range(40)])  # 40 downloads: 200 units
+    harness.seed([message(f"q{n}") for n in range(40)])  # 40 descriptions: 200 units
     backend = harness.backend(units_per_minute=100, timeout=1)
     mailbox = await backend.open(harness.credentials)
     try:

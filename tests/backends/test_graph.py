@@ -2,8 +2,9 @@
 
 This module runs the contract suite (`tests.backends.contract`) with immutable ids (68
 characters) and with classic ids (152, ending in "="), and tests what only Graph needs:
-every request asks for immutable ids, sizes are measured once per changeKey and kept,
-and RETR sends what LIST announced even when the MIME is written anew per download.
+every request asks for immutable ids, a listing downloads nothing, sizes are measured on
+request once per changeKey and kept, and RETR sends what LIST announced even when the MIME
+is written anew per download.
 Listing is tested in `test_graph_listing`, writes, throttling and auth in `test_graph_writes`.
 """
 
@@ -11,12 +12,14 @@ from __future__ import annotations
 
 import pytest
 
+from backends.graph.mailbox import UNMEASURED
 from devkit.fake_graph import mapi_size
 from popbridge.contract import (
     Credentials,
     Disposition,
     DispositionKind,
     ListingState,
+    measurer_of,
 )
 from popbridge.errors import (
     AuthFailed,
@@ -25,11 +28,13 @@ from popbridge.errors import (
 from popbridge.store.listings import MemoryListings
 from popbridge.store.uidl import is_valid_uidl, uidl_for
 from tests.backends.contract import (
-    BackendContract,
+    as_told,
+    listed_as_told,
     message,
     read_all,
     subject_of,
 )
+from tests.backends.estimated import EstimatedSizesContract
 from tests.backends.graph_harness import (  # noqa: F401  (used by name)
     OTHER,
     TOKEN,
@@ -40,7 +45,7 @@ from tests.backends.graph_harness import (  # noqa: F401  (used by name)
 )
 
 
-class TestGraphContract(BackendContract):
+class TestGraphContract(EstimatedSizesContract):
     """The contract suite on the fake Graph, with both id formats."""
 
 
@@ -81,29 +86,75 @@ async def test_classic_ids_are_url_encoded_and_hashed_into_uidls(plain: GraphHar
 # ---------------------------------------------------------------- exact sizes
 
 
+async def test_a_listing_downloads_nothing_and_measure_only_what_is_asked(
+    plain: GraphHarness,
+) -> None:
+    plain.seed([message(f"n{n}", 4) for n in range(5)])
+    mailbox = await plain.backend().open(plain.credentials)
+    try:
+        listed = await mailbox.list()
+        assert plain.fake.downloads == 0  # a login (and UIDL) costs no download
+        assert [(m.exact, m.size) for m in listed] == [(False, UNMEASURED)] * 5
+        measurer = measurer_of(mailbox)
+        assert measurer is not None
+        asked = [listed[1].identity, listed[3].identity]
+        sizes = await measurer.measure([*asked, "AAkALg" + "y" * 62])  # one never listed
+        assert list(sizes) == asked and plain.fake.downloads == 2
+        assert await measurer.measure(asked) == sizes and plain.fake.downloads == 2
+        for identity in asked:
+            assert len(b"".join(await read_all(mailbox, identity))) == sizes[identity]
+        assert plain.fake.downloads == 2  # RETR sends what was counted
+    finally:
+        await mailbox.close()
+
+
 async def test_sizes_are_measured_once_per_change_key(plain: GraphHarness) -> None:
     plain.seed([message("one", line_end=b"\n"), message("two")])
     memory = MemoryListings().for_account("alice")
     backend = plain.backend()
     first = await backend.open(plain.credentials)
     try:
-        listed = await first.list(memory=memory)
+        listed = await listed_as_told(first, memory)
     finally:
         await first.close()
     assert plain.fake.downloads == 2
     state = await memory.load()
     assert isinstance(state, ListingState) and state.messages == tuple(listed)
-    assert all(m.version for m in listed)
-    again = await backend.open(plain.credentials)
+    assert all(m.version and m.exact for m in listed)
+    again = await plain.backend().open(plain.credentials)  # a restart: nothing spooled
     try:
         assert await again.list(memory=memory) == listed
         assert plain.fake.downloads == 2  # nothing measured again
         plain.fake.touch(plain.fake.messages[0])  # content or properties changed upstream
         relisted = await again.list(memory=memory)
+        assert [m.exact for m in relisted] == [False, True]
+        relisted = await as_told(again, relisted)
     finally:
         await again.close()
     assert plain.fake.downloads == 3
     assert [m.size for m in relisted] == [m.size for m in listed]
+
+
+async def test_retr_of_a_message_not_measured_counts_it_once_and_remembers_it(
+    plain: GraphHarness,
+) -> None:
+    # the core's read-ahead fetches the next message before a RETR asks for its size
+    plain.seed([message("ahead", 20)])
+    plain.fake.regenerate = True
+    memory = MemoryListings().for_account("alice")
+    mailbox = await plain.backend().open(plain.credentials)
+    try:
+        (entry,) = await mailbox.list(memory=memory)
+        data = b"".join(await read_all(mailbox, entry.identity))
+        measurer = measurer_of(mailbox)
+        assert measurer is not None
+        assert await measurer.measure([entry.identity]) == {entry.identity: len(data)}
+        assert len(b"".join(await read_all(mailbox, entry.identity))) == len(data)
+    finally:
+        await mailbox.close()
+    assert plain.fake.downloads == 1
+    state = await memory.load()
+    assert state is not None and [(m.exact, m.size) for m in state.messages] == [(True, len(data))]
 
 
 async def test_retr_sends_what_list_announced_when_mime_is_regenerated(
@@ -113,7 +164,7 @@ async def test_retr_sends_what_list_announced_when_mime_is_regenerated(
     plain.fake.regenerate = True
     mailbox = await plain.backend().open(plain.credentials)
     try:
-        (entry,) = await mailbox.list()
+        (entry,) = await listed_as_told(mailbox)
         for _ in range(3):
             data = b"".join(await read_all(mailbox, entry.identity))
             assert len(data) == entry.size
@@ -130,21 +181,23 @@ async def test_a_remembered_size_that_no_longer_holds_is_refused_then_remeasured
     memory = MemoryListings().for_account("alice")
     first = await plain.backend().open(plain.credentials)
     try:
-        (measured,) = await first.list(memory=memory)
+        (size,) = await listed_as_told(first, memory)
     finally:
         await first.close()
     backend = plain.backend()  # a restart: the spool of the first process is gone
     second = await backend.open(plain.credentials)
     try:
         (entry,) = await second.list(memory=memory)
-        assert entry.size == measured.size  # from the memory, not downloaded
+        assert entry.exact and entry.size == size.size  # from the memory, not downloaded
         with pytest.raises(BackendUnavailable):
             await read_all(second, entry.identity)  # a new download has another length
     finally:
         await second.close()
     third = await backend.open(plain.credentials)
     try:
-        (fresh,) = await third.list(memory=memory)
+        (unsure,) = await third.list(memory=memory)
+        assert not unsure.exact  # no longer trusted: measured again when asked
+        (fresh,) = await as_told(third, [unsure])
         data = b"".join(await read_all(third, fresh.identity))
         assert len(data) == fresh.size
     finally:
@@ -159,7 +212,7 @@ async def test_later_sessions_send_the_spooled_bytes(plain: GraphHarness) -> Non
     for _ in range(3):
         mailbox = await backend.open(plain.credentials)
         try:
-            (entry,) = await mailbox.list(memory=memory)
+            (entry,) = await listed_as_told(mailbox, memory)
             assert len(b"".join(await read_all(mailbox, entry.identity))) == entry.size
         finally:
             await mailbox.close()
@@ -171,8 +224,7 @@ async def test_the_spool_is_per_user_and_evicts_the_oldest(plain: GraphHarness) 
     backend = plain.backend(spool_limit=len(message("e0", 20)) * 5 // 2)  # room for two
     mailbox = await backend.open(plain.credentials)
     try:
-        listed = await mailbox.list()
-        for entry in listed:
+        for entry in await listed_as_told(mailbox):
             assert len(b"".join(await read_all(mailbox, entry.identity))) == entry.size
     finally:
         await mailbox.close()
@@ -189,7 +241,7 @@ async def test_a_full_spool_still_sends_exactly_the_announced_octets(
     plain.seed([message("big", 200), message("small", 1)])
     mailbox = await plain.backend(spool_limit=0).open(plain.credentials)
     try:
-        for entry in await mailbox.list():
+        for entry in await listed_as_told(mailbox):
             data = b"".join(await read_all(mailbox, entry.identity))
             assert len(data) == entry.size
     finally:
@@ -201,7 +253,7 @@ async def test_listed_sizes_are_the_mime_octets_not_the_mapi_size(plain: GraphHa
     (stored,) = plain.fake.seed([message("sized", 30)])
     mailbox = await plain.backend().open(plain.credentials)
     try:
-        (entry,) = await mailbox.list()
+        (entry,) = await listed_as_told(mailbox)
     finally:
         await mailbox.close()
     assert entry.size == len(stored.mime)
@@ -216,7 +268,7 @@ async def test_unterminated_last_line_and_bare_cr_are_counted_as_sent(
     plain.seed([raw])
     mailbox = await plain.backend().open(plain.credentials)
     try:
-        (entry,) = await mailbox.list()
+        (entry,) = await listed_as_told(mailbox)
         data = b"".join(await read_all(mailbox, entry.identity))
     finally:
         await mailbox.close()

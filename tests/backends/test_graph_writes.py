@@ -22,6 +22,7 @@ from popbridge.contract import (
     Disposition,
     DispositionKind,
     load_backend,
+    measurer_of,
 )
 from popbridge.errors import (
     AuthFailed,
@@ -32,8 +33,10 @@ from popbridge.errors import (
     MessageGone,
 )
 from popbridge.oauth2.providers import parse_provider
+from popbridge.store.listings import MemoryListings
 from popbridge.upstream.settings import TableReader
 from tests.backends.contract import (
+    as_told,
     message,
     read_all,
 )
@@ -141,7 +144,7 @@ async def test_never_more_than_four_requests_in_flight(plain: GraphHarness) -> N
     plain.seed([message(f"f{n}", 5) for n in range(300)])
     mailbox = await plain.backend().open(plain.credentials)
     try:
-        listed = await mailbox.list()
+        listed = await as_told(mailbox, await mailbox.list())
     finally:
         await mailbox.close()
     assert len(listed) == 300 and plain.fake.downloads == 300
@@ -198,15 +201,26 @@ async def test_a_mailbox_without_rest_is_permanent_failure(plain: GraphHarness) 
 
 @pytest.mark.parametrize("how", ["stall", "cut"])
 async def test_a_download_that_stalls_or_is_cut_is_temporary(plain: GraphHarness, how: str) -> None:
-    plain.seed([message("big", 20_000)])  # several pieces
+    plain.seed([message("small"), message("big", 20_000)])  # several pieces
     plain.fake.misbehave = how
-    mailbox = await plain.backend(timeout=0.5).open(plain.credentials)
+    memory = MemoryListings().for_account("alice")
+    mailbox = await plain.backend(timeout=0.5, max_in_flight=1).open(plain.credentials)
     try:
+        small, big = await mailbox.list(memory=memory)  # lists without downloading
+        measurer = measurer_of(mailbox)
+        assert measurer is not None and plain.fake.downloads == 0
         with pytest.raises(BackendUnavailable):
-            await mailbox.list()  # measuring downloads it
+            await measurer.measure([small.identity, big.identity])
+        with pytest.raises(BackendUnavailable):
+            await read_all(mailbox, big.identity)  # RETR measures it first: an error again
     finally:
         await mailbox.close()
-    assert not any(path.is_file() for path in plain.spool.rglob("*"))  # nothing half kept
+    spooled = [path.stat().st_size for path in plain.spool.rglob("*") if path.is_file()]
+    assert spooled == [len(message("small"))]  # the big one was not half kept
+    state = await memory.load()  # what was measured before the failure is kept, exact
+    assert state is not None
+    sizes = [(m.exact, m.size) for m in state.messages]
+    assert sizes == [(True, len(message("small"))), (False, 0)]
 
 
 async def test_missing_scope_is_auth_failed(plain: GraphHarness) -> None:

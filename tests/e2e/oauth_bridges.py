@@ -4,17 +4,23 @@ This module owns what those tests share: `start_mapped`, a bridge with one mappe
 whose refresh token the fake OAuth2 provider (`devkit.oauth_provider`) issued, so the
 bridge turns it into access tokens as in production; `start_passthrough`, a bridge whose
 devices bring their own token; `access_token`, a token as a device's own OAuth2 client gets
-one; `xoauth2`, a device's `AUTH XOAUTH2` login; and `stat`, a mapped login and STAT.
+one; `xoauth2`, a device's `AUTH XOAUTH2` login; `stat`, a mapped login and STAT; and
+`session`, a mapped login that runs any poplib commands and returns the PASS reply too,
+with `refused`, `scan` and `told` to run inside it; and `sizes_counted_once`, what a bridge
+in front of an upstream without exact sizes must cost: no download for a UIDL poll, one per
+message once a size is asked for.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import poplib
 import urllib.parse
 import urllib.request
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from devkit.clients import Pop3Target
 from devkit.oauth_provider import FakeOAuthProvider
@@ -37,6 +43,7 @@ from popbridge.session.session import Services
 from popbridge.session.throttle import Throttle, ThrottlePolicy
 from popbridge.store import MemoryAccountRecords
 
+T = TypeVar("T")
 LOCAL_USER, LOCAL_PASSWORD = "printer", "Loc@l-pw 4411"
 NO_DELAY = ThrottlePolicy(base_delay=0)  # no pause after a failed login
 
@@ -121,3 +128,65 @@ def stat(server: Pop3Server) -> tuple[int, bytes]:
         return int(client.stat()[0]), b""
     finally:
         client.quit()
+
+
+def session(server: Pop3Server, commands: Callable[[poplib.POP3], T]) -> tuple[bytes, T]:
+    """Log in to the mapped account, run `commands`, QUIT; the PASS reply and their result."""
+    host, port = server.addresses[0][:2]
+    client = poplib.POP3(host, port, timeout=20)
+    try:
+        client.user(LOCAL_USER)
+        return client.pass_(LOCAL_PASSWORD), commands(client)
+    finally:
+        client.quit()
+
+
+def refused(command: Callable[[], object]) -> bytes:
+    """The -ERR line `command` was answered with; fails if it succeeded."""
+    try:
+        command()
+    except poplib.error_proto as error:
+        reply: bytes = error.args[0]
+        return reply
+    raise AssertionError("the command succeeded")
+
+
+def scan(client: poplib.POP3) -> list[int]:
+    """LIST: the sizes."""
+    return [int(line.split()[1]) for line in client.list()[1]]
+
+
+def told(client: poplib.POP3, numbers: list[int]) -> list[tuple[bytes, bytes, int]]:
+    """LIST n, then RETR n's status line, data and what LIST said, for each of `numbers`."""
+    found = []
+    for n in numbers:
+        reply: bytes = client.list(n)  # type: ignore[assignment]  # typeshed: only LIST
+        listed = int(reply.split()[2])
+        status, lines, _ = client.retr(n)
+        found.append((status, b"".join(line + b"\r\n" for line in lines), listed))
+    return found
+
+
+async def sizes_counted_once(
+    server: Pop3Server, expected: list[bytes], downloads: Callable[[], int], *, per_retr: int
+) -> None:
+    """A UIDL poll downloads nothing; STAT and LIST download each message once and tell what
+    RETR sends (RFC 1939 sections 5 and 11), a RETR then costing `per_retr` downloads; the
+    next session downloads nothing."""
+    welcome, uidls = await asyncio.to_thread(session, server, lambda c: c.uidl()[1])
+    assert len(uidls) == len(expected) and downloads() == 0  # a poll costs no download
+    assert welcome == f"+OK maildrop has {len(expected)} messages".encode()  # octets unknown
+    numbers = [len(expected), 1]
+
+    def look(client: poplib.POP3) -> tuple[list[int], tuple[int, int], Any]:
+        return scan(client), client.stat(), told(client, numbers)
+
+    _, (sizes, status, sent) = await asyncio.to_thread(session, server, look)
+    assert sizes == [len(m) for m in expected] and status == (len(expected), sum(sizes))
+    counted = len(expected) + per_retr * len(numbers)  # LIST counted each once
+    assert downloads() == counted
+    for n, (reply, data, listed) in zip(numbers, sent, strict=True):
+        assert reply == f"+OK {listed} octets".encode() and data == expected[n - 1]
+    welcome, again = await asyncio.to_thread(session, server, scan)
+    assert welcome == f"+OK maildrop has {len(sizes)} messages ({sum(sizes)} octets)".encode()
+    assert again == sizes and downloads() == counted  # remembered

@@ -41,6 +41,7 @@ from tests.e2e.oauth_bridges import (
     LOCAL_PASSWORD,
     LOCAL_USER,
     access_token,
+    sizes_counted_once,
     start_mapped,
     start_passthrough,
     stat,
@@ -105,6 +106,13 @@ def remaining(gmail: FakeGmail, label: str = "INBOX") -> int:
 
 def unread(gmail: FakeGmail) -> bool:
     return all("UNREAD" in m.labels for m in gmail.box(UPSTREAM_USER).messages.values())
+
+
+async def test_a_uidl_poll_downloads_nothing_and_each_size_is_counted_once(
+    bridge: StartBridge, gmail: FakeGmail, expected: list[bytes]
+) -> None:
+    # Gmail has no range requests and the bridge keeps no copy: a RETR downloads again
+    await sizes_counted_once(await bridge(), expected, lambda: gmail.downloads, per_retr=1)
 
 
 async def test_poplib_retrieves_all_then_deletes(

@@ -13,6 +13,7 @@ Graph may: what curl retrieves still has exactly the octets LIST announced.
 from __future__ import annotations
 
 import asyncio
+import poplib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,10 +38,14 @@ from tests.e2e.client_checks import (
 )
 from tests.e2e.oauth_bridges import (
     access_token,
+    refused,
+    session,
+    sizes_counted_once,
     start_mapped,
     start_passthrough,
     stat,
     target,
+    told,
     xoauth2,
 )
 
@@ -81,9 +86,9 @@ async def bridge(
     """Start bridges with one mapped account in front of the fake Graph."""
     started: list[Pop3Server] = []
 
-    async def start(*, maildrop: MaildropConfig | None = None) -> Pop3Server:
+    async def start(*, maildrop: MaildropConfig | None = None, **overrides: Any) -> Pop3Server:
         settings: dict[str, Any] = {"type": "graph", "url": graph.url, "timeout": 10,
-                                    "spool_dir": str(tmp_path)}  # fmt: skip
+                                    "spool_dir": str(tmp_path)} | overrides  # fmt: skip
         server = await start_mapped(settings, idp, UPSTREAM_USER, maildrop=maildrop)
         started.append(server)
         return server
@@ -128,6 +133,50 @@ async def test_curl_gets_the_listed_octets_when_mime_is_regenerated(
     )
     assert [len(m) for m in retrieved] != [len(m) for m in expected]  # it was regenerated
     assert [len(m) for m in retrieved] == sizes  # each session measures, then sends that
+
+
+async def test_a_uidl_poll_downloads_nothing_and_each_size_is_counted_once(
+    bridge: StartBridge, graph: FakeGraph, expected: list[bytes]
+) -> None:
+    # RETR sends what LIST counted, from the spool
+    await sizes_counted_once(await bridge(), expected, lambda: graph.downloads, per_retr=0)
+
+
+@pytest.mark.parametrize("how", ["stall", "cut"])
+async def test_a_download_that_fails_is_an_error_never_a_wrong_size(
+    bridge: StartBridge, graph: FakeGraph, expected: list[bytes], how: str
+) -> None:
+    big = wire_form(generate_message(99, 200_000))  # more than the fake's first piece
+    graph.seed([big])
+    graph.misbehave = how
+    graph.concurrency = 10  # each stalled download stays open in the fake, holding a slot
+    server = await bridge(timeout=0.5)
+    last = len(expected) + 1
+
+    def poll(client: poplib.POP3) -> tuple[list[bytes], list[tuple[bytes, bytes, int]]]:
+        failed = [refused(client.stat), refused(client.list), refused(lambda: client.list(last))]
+        failed.append(refused(lambda: client.retr(last)))
+        return failed, told(client, [1])
+
+    _, (failed, sent) = await asyncio.to_thread(session, server, poll)
+    assert all(reply.startswith(b"-ERR [SYS/TEMP]") for reply in failed), failed
+    ((reply, data, listed),) = sent
+    assert data == expected[0] and reply == f"+OK {listed} octets".encode()
+
+
+async def test_a_message_deleted_before_its_size_is_asked_for_is_gone(
+    bridge: StartBridge, graph: FakeGraph, expected: list[bytes]
+) -> None:
+    server = await bridge()
+
+    def poll(client: poplib.POP3) -> tuple[bytes, list[tuple[bytes, bytes, int]]]:
+        graph.remove(graph.in_folder("inbox")[0])  # by another client, after the login
+        return refused(lambda: client.retr(1)), told(client, [2])
+
+    _, (gone, sent) = await asyncio.to_thread(session, server, poll)
+    assert gone.startswith(b"-ERR")
+    ((reply, data, listed),) = sent
+    assert data == expected[1] and reply == f"+OK {listed} octets".encode()
 
 
 async def test_curl_dele_moves_to_deleted_items_at_its_quit(
