@@ -22,8 +22,15 @@ from popbridge.contract import Backend, Credentials, ListingMemory, measurer_of
 from popbridge.errors import AuthFailed, BackendFailure, BackendUnavailable, MessageGone
 from popbridge.store.listings import MemoryListings
 from popbridge.store.uidl import is_valid_uidl, uidl_for
-from tests.backends.contract import as_told, crlf, listed_as_told, message, read_all, subject_of
-from tests.backends.estimated import EstimatedSizesContract
+from tests.backends.contract import (
+    BackendContract,
+    as_told,
+    crlf,
+    listed_as_told,
+    message,
+    read_all,
+    subject_of,
+)
 from tests.backends.gmail_harness import (  # noqa: F401  (fixtures, used by name)
     USER,
     GmailHarness,
@@ -32,7 +39,7 @@ from tests.backends.gmail_harness import (  # noqa: F401  (fixtures, used by nam
 )
 
 
-class TestGmailContract(EstimatedSizesContract):
+class TestGmailContract(BackendContract):
     """The contract suite on the fake Gmail API."""
 
 

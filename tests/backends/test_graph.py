@@ -28,13 +28,13 @@ from popbridge.errors import (
 from popbridge.store.listings import MemoryListings
 from popbridge.store.uidl import is_valid_uidl, uidl_for
 from tests.backends.contract import (
+    BackendContract,
     as_told,
     listed_as_told,
     message,
     read_all,
     subject_of,
 )
-from tests.backends.estimated import EstimatedSizesContract
 from tests.backends.graph_harness import (  # noqa: F401  (used by name)
     OTHER,
     TOKEN,
@@ -45,7 +45,7 @@ from tests.backends.graph_harness import (  # noqa: F401  (used by name)
 )
 
 
-class TestGraphContract(EstimatedSizesContract):
+class TestGraphContract(BackendContract):
     """The contract suite on the fake Graph, with both id formats."""
 
 
