@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -239,18 +240,31 @@ def test_the_listing_shortcut_reads_what_the_tokenizer_reads(
     if lower:
         line = line.lower()
     literal = bytearray(header if cut is None else header[cut:] + b"!")  # maybe a wrong length
-    group: list[wire.Part] = [line, literal, b")"]
-    fast = wire.listing_entry(group)
+    readable = date != "NIL" and "\\" not in date and len(literal) == len(header)
+    assert_the_shortcut_agrees(wire.listing_entry, [line, literal, b")"], readable)
+
+
+def assert_the_shortcut_agrees(
+    shortcut: Callable[[list[wire.Part]], wire.Fetched | None],
+    group: list[wire.Part],
+    readable: bool,
+) -> wire.Fetched | None:
+    """`shortcut` reads `group` as the tokenizer does when `readable`, else leaves it to the
+    tokenizer (which reads or refuses it as before); returns what the shortcut read."""
+    fast = shortcut(group)
+    line = group[0]
+    assert isinstance(line, bytes)
     try:
         slow: wire.Fetched | None = wire.fetched_items(group, len(line.split(b"(")[0]))
     except wire.ProtocolError:
         slow = None
-    if date != "NIL" and "\\" not in date and len(literal) == len(header):
+    if readable:
         assert slow is not None and fast == slow  # same UID, same items under the same names
     else:
-        assert fast is None  # left to the tokenizer, which reads or refuses it as before
+        assert fast is None
     if slow is not None:
         assert wire.parse_fetches(group) == [slow]
+    return fast
 
 
 def test_the_listing_shortcut_leaves_other_shapes_to_the_tokenizer() -> None:
@@ -279,19 +293,9 @@ def test_the_body_shortcut_reads_what_the_tokenizer_reads(
     if lower:
         line = line.lower()
     literal = bytearray(data if cut is None else data[cut:] + b"!")  # maybe a wrong length
-    group: list[wire.Part] = [line, literal, b")"]
-    fast = wire.body_entry(group)
-    try:
-        slow: wire.Fetched | None = wire.fetched_items(group, len(line.split(b"(")[0]))
-    except wire.ProtocolError:
-        slow = None
-    if len(literal) == len(data):
-        assert slow is not None and fast == slow
-        assert fast.body("", origin) == bytes(literal)
-    else:
-        assert fast is None
-    if slow is not None:
-        assert wire.parse_fetches(group) == [slow]
+    readable = len(literal) == len(data)
+    fast = assert_the_shortcut_agrees(wire.body_entry, [line, literal, b")"], readable)
+    assert fast is None or fast.body("", origin) == bytes(literal)
 
 
 def test_the_body_shortcut_leaves_other_shapes_to_the_tokenizer() -> None:

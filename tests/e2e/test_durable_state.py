@@ -169,15 +169,22 @@ def rebuild(dovecot: Dovecot) -> None:
             entry.unlink()
 
 
+def sqlite_bridge(
+    dovecot: Dovecot, tmp_path: Path, bridges: list[Bridge], messages: int, maildrop: str = ""
+) -> tuple[Bridge, str]:
+    """A bridge with a sqlite store in front of USER's mailbox, seeded afresh; and the password."""
+    dovecot.reset_mailbox(USER)
+    dovecot.seed_generated(USER, messages, 700)
+    store = f'type = "sqlite"\npath = "{tmp_path / "state.sqlite3"}"'
+    bridge = Bridge(tmp_path, dovecot, store, "sqlite", maildrop=maildrop).start()
+    bridges.append(bridge)
+    return bridge, dovecot.users[USER]
+
+
 def test_a_uidvalidity_reset_changes_no_uidl(
     dovecot: Dovecot, tmp_path: Path, bridges: list[Bridge]
 ) -> None:
-    dovecot.reset_mailbox(USER)
-    dovecot.seed_generated(USER, 6, 700)
-    password = dovecot.users[USER]
-    store = f'type = "sqlite"\npath = "{tmp_path / "state.sqlite3"}"'
-    bridge = Bridge(tmp_path, dovecot, store, "sqlite").start()
-    bridges.append(bridge)
+    bridge, password = sqlite_bridge(dovecot, tmp_path, bridges, 6)
     client = bridge.login(password)
     before = uidls_by_message_id(client)
     client.quit()
@@ -211,13 +218,8 @@ def test_a_copy_of_a_hidden_message_gets_a_uidl_of_its_own(
     # on the copy: same Message-ID, date (RFC 3501 6.4.7 keeps INTERNALDATE) and size. A
     # client that keeps mail has the hidden one's UIDL; were the copy to inherit it, that
     # client would never download the copy (RFC 1939 section 7).
-    dovecot.reset_mailbox(USER)
-    dovecot.seed_generated(USER, 3, 700)
-    password = dovecot.users[USER]
-    store = f'type = "sqlite"\npath = "{tmp_path / "state.sqlite3"}"'
     keyword = 'disposition = "keyword"\nkeyword = "$POP3Deleted"'
-    bridge = Bridge(tmp_path, dovecot, store, "sqlite", maildrop=keyword).start()
-    bridges.append(bridge)
+    bridge, password = sqlite_bridge(dovecot, tmp_path, bridges, 3, maildrop=keyword)
     client = bridge.login(password)
     before = [line.split()[1] for line in client.uidl()[1]]
     client.quit()
