@@ -11,10 +11,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from devkit.dialogue import assert_dialogue, make_session
 from devkit.memory_backend import MemoryBackend, MemoryMailbox, MemoryUpstream
-from popbridge.contract import RemoteMessage, measurer_of
+from popbridge.contract import RemoteMessage, measurer_of, with_exact_sizes
+from popbridge.session.snapshot import Snapshot
 from popbridge.telemetry.upstream import TimedMailbox
 
 MSG1 = b"Subject: a\r\n\r\nhi\r\n"  # 18 octets, already exact
@@ -136,3 +139,26 @@ async def test_an_answer_prepared_ahead_is_not_measured_again(backend: MemoryBac
         "C: LIST", "S: +OK scan listing follows", "S: 1 18", "S: 2 26", "S: .",
     )  # fmt: skip
     assert store(backend).measured == [("m1",)]
+
+
+@given(
+    listed=st.lists(st.integers(0, 10**6), max_size=12),
+    found=st.lists(st.tuples(st.integers(0, 14), st.integers(0, 10**6)), max_size=20),
+)
+def test_measuring_one_at_a_time_equals_measuring_at_once(
+    listed: list[int], found: list[tuple[int, int]]
+) -> None:
+    # what RETRs learn one message at a time, and what a STAT learns at once, agree; an
+    # identity not in the snapshot (a message measured but gone) changes nothing
+    messages = [RemoteMessage(f"m{i}", size, exact=False) for i, size in enumerate(listed)]
+    sizes = {f"m{index}": size for index, size in found}
+    uidls = [f"u{i}" for i in range(len(listed))]
+    at_once, one_by_one = Snapshot(messages, uidls), Snapshot(messages, uidls)
+    at_once.measured(sizes)
+    for identity, size in sizes.items():
+        one_by_one.measured({identity: size})
+    expected = with_exact_sizes(messages, sizes)
+    for snapshot in (at_once, one_by_one):
+        assert [e.message for e in snapshot.live()] == expected
+        assert snapshot.exact() == all(m.exact for m in expected)
+        assert snapshot.provisional() == [m.identity for m in expected if not m.exact]

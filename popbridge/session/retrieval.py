@@ -69,7 +69,6 @@ async def _stream_message(
         first = await _first_chunk(engine, out, chunks, log)
         if first is None:
             return None
-        # RFC 1939 §7 leaves the text free: a size not yet exact is not announced
         out.write(engine.send(Ok(f"{entry.size} octets")))
         encoder = BodyEncoder(body_lines=body_lines)
         await _stream(out, first, chunks, encoder, log)

@@ -46,6 +46,7 @@ class Snapshot:
             for number, (message, uidl) in enumerate(zip(messages, uidls, strict=True), 1)
         ]
         self._deleted: set[int] = set()
+        self._positions: dict[str, int] | None = None  # identity -> index, once measuring
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -73,12 +74,17 @@ class Snapshot:
         return [e.message.identity for e in entries if not e.message.exact]
 
     def measured(self, sizes: Mapping[str, int]) -> None:
-        """Replace listed sizes by the exact ones found since (identity -> octets)."""
-        messages = with_exact_sizes([e.message for e in self._entries], sizes)
-        self._entries = [
-            entry if entry.message is message else dataclasses.replace(entry, message=message)
-            for entry, message in zip(self._entries, messages, strict=True)
-        ]
+        """Replace listed sizes by the exact ones found since (identity -> octets); the
+        cost is that of `sizes`, not of the maildrop (a RETR measures one at a time)."""
+        if self._positions is None:
+            self._positions = {e.message.identity: i for i, e in enumerate(self._entries)}
+        for identity, size in sizes.items():
+            index = self._positions.get(identity)
+            if index is None:
+                continue
+            entry = self._entries[index]
+            (message,) = with_exact_sizes([entry.message], {identity: size})
+            self._entries[index] = dataclasses.replace(entry, message=message)
 
     def exact(self) -> bool:
         """True when every size a client could be told is exact."""
