@@ -18,6 +18,7 @@ from backends.imap.connection import Connection, connect
 from backends.imap.folders import Folders, Window
 from backends.imap.ident import send_client_address
 from backends.imap.mailbox import ImapMailbox
+from backends.imap.warm import WarmConnections
 from popbridge.contract import Credentials, window_expiry
 from popbridge.errors import AuthFailed
 
@@ -31,6 +32,7 @@ class ImapBackend:
 
     def __init__(self, settings: ImapSettings) -> None:
         self.settings = settings
+        self.warm = WarmConnections(settings, connect, size=settings.warm_connections)
 
     @property
     def expire(self) -> str | None:
@@ -40,6 +42,10 @@ class ImapBackend:
     async def open(self, credentials: Credentials) -> ImapMailbox:
         """Log in and EXAMINE the folder; raises AuthFailed, BackendUnavailable/Failure."""
         _screen(credentials)
+        with self.warm.opening():
+            return await self._open(credentials)
+
+    async def _open(self, credentials: Credentials) -> ImapMailbox:
         connection = await self._logged_in(credentials)
         folders = Folders(self.settings.maildrop_folders)
         try:
@@ -57,7 +63,7 @@ class ImapBackend:
 
     async def _logged_in(self, credentials: Credentials) -> Connection:
         """A new connection, logged in as `credentials`; nothing is left open on failure."""
-        connection = await connect(self.settings)
+        connection = await self.warm.connection()
         try:
             if self.settings.send_client_address and credentials.client_address:
                 await send_client_address(connection, credentials.client_address)
