@@ -48,6 +48,7 @@ class WarmConnections:
         self._warming: set[asyncio.Task[None]] = set()
         self._opening = 0  # logins between `opening` and their end
         self._served = False  # the last connection handed out was warm
+        self._closed = False
 
     @property
     def ready(self) -> int:
@@ -67,7 +68,7 @@ class WarmConnections:
         """A warm connection if one is ready and still open, else a new one."""
         found = self._take()
         self._served = found is not None
-        if self._opening > 1 or self._served:
+        if (self._opening > 1 or self._served) and not self._closed:
             self._warm_up()
         if found is not None:
             return found
@@ -95,6 +96,9 @@ class WarmConnections:
         except Exception as error:  # a login that needs one connects and reports it itself
             logger.debug("%s: warm connection failed: %r", self._settings.peer, error)
             return
+        if self._closed:
+            connection.abort()
+            return
         loop = asyncio.get_running_loop()
         expiry = loop.call_later(self._lifetime, self._expire, connection)
         self._ready.append((connection, expiry))
@@ -108,6 +112,7 @@ class WarmConnections:
 
     def close(self) -> None:
         """Drop every warm connection and stop making more."""
+        self._closed = True
         for task in self._warming:
             task.cancel()
         while self._ready:
