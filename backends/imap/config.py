@@ -53,7 +53,7 @@ class ImapSettings:
     window_days: int | None = None
     max_literal_size: int = DEFAULT_MAX_LITERAL
     send_client_address: bool = False  # ID x-originating-ip before login (RFC 2971)
-    warm_connections: int = 8  # greeted, unauthenticated connections kept while logins overlap
+    warm_connections: int = 0  # greeted, unauthenticated connections kept while logins overlap
 
     @property
     def maildrop_folders(self) -> tuple[str, ...]:
@@ -97,7 +97,7 @@ def parse_settings(settings: Mapping[str, Any], *, source: str) -> ImapSettings:
         max_literal_size=_max_literal(table, fetch_chunk),
         auth=table.choice("auth", AUTH_MODES, "auto"),
         send_client_address=table.boolean("send_client_address", False),
-        warm_connections=table.integer("warm_connections", 8, minimum=0, maximum=256),
+        warm_connections=table.integer("warm_connections", 0, minimum=0, maximum=256),
         ca_file=ca_file,
         tls_context=None if tls == "none" else _tls_context(table, ca_file),
     )

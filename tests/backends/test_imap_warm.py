@@ -98,7 +98,7 @@ async def test_overlapping_logins_warm_connections_each_login_authenticates(
 
 async def test_a_lone_login_makes_one_connection(dovecot: Dovecot) -> None:
     counted = Counted()
-    bridge = backend(dovecot, counted)
+    bridge = backend(dovecot, counted, warm_connections=4)
     for _ in range(3):
         mailbox = await bridge.open(login("bob"))
         await mailbox.close()
@@ -146,7 +146,7 @@ async def test_zero_turns_warm_connections_off(dovecot: Dovecot) -> None:
 
 def test_warm_connections_setting() -> None:
     base = {"host": "127.0.0.1", "tls": "none"}
-    assert parse_settings(base, source="t").warm_connections == 8
-    assert parse_settings({**base, "warm_connections": 0}, source="t").warm_connections == 0
+    assert parse_settings(base, source="t").warm_connections == 0
+    assert parse_settings({**base, "warm_connections": 8}, source="t").warm_connections == 8
     with pytest.raises(ConfigError, match="warm_connections"):
         parse_settings({**base, "warm_connections": -1}, source="t")
