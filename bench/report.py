@@ -71,7 +71,7 @@ def metrics(sizes: dict[str, str], tls: bool = True) -> list[Metric]:
         Metric("e.wall", f"(e) {sizes['e']}: wall time", "s"),
         Metric("e.p50", "(e) command latency p50", "ms"),
         Metric("e.p99", "(e) command latency p99 (all commands)", "ms"),
-        Metric("e.txn_p99", "(e) STAT/UIDL/RETR p99 (logins excluded)", "ms",
+        Metric("e.txn_p99", "(e) STAT/UIDL/RETR/QUIT p99 (logins excluded)", "ms",
                (Target("direct", 4),)),
         Metric("e.retr_p99", "(e) RETR latency p99", "ms"),
         Metric("e.pass_p99", "(e) PASS latency p99", "ms", (Target("imapc", 0.6),)),
