@@ -42,6 +42,7 @@ class MemoryUpstream:
     misreported: dict[str, int] = field(default_factory=dict)  # identity -> size listed
     # list raw sizes as not exact (as IMAP's RFC822.SIZE is) and measure them when asked
     provisional: bool = False
+    estimates: bool = True  # with `provisional`: False lists 0 (no estimate), as Graph does
     measured: list[tuple[str, ...]] = field(default_factory=list)  # each `measure` call
     fail_measure: bool = False
     chunk_size: int = 7
@@ -77,7 +78,8 @@ class MemoryMailbox:
 
     def _listed(self, message: StoredMessage) -> RemoteMessage:
         if self.store.provisional:
-            return RemoteMessage(message.identity, len(message.data), exact=False)
+            estimate = len(message.data) if self.store.estimates else 0
+            return RemoteMessage(message.identity, estimate, exact=False)
         size = self.store.misreported.get(message.identity, normalised_size(message.data))
         return RemoteMessage(message.identity, size)
 

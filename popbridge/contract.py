@@ -29,10 +29,10 @@ class RemoteMessage:
 
     `size` is the number of octets RETR will send: CRLF line ends, before dot-stuffing
     (RFC 1939 section 11). A backend that cannot know it without reading the message says
-    `exact=False` and gives the upstream's count, off by at most the CRLF POP3 adds to an
-    unterminated last line; the core asks `SizeMeasurer.measure` for the exact one before
-    it tells a client a size. `message_id` and `received` are hints that let the core keep
-    UIDLs stable when identities change.
+    `exact=False` and gives its best estimate (the upstream's count, off by the CRLF POP3
+    adds to an unterminated last line; 0 when it has none); the core asks
+    `SizeMeasurer.measure` for the exact one before it tells a client a size. `message_id`
+    and `received` are hints that let the core keep UIDLs stable when identities change.
     """
 
     identity: str

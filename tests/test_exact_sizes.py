@@ -162,3 +162,27 @@ def test_measuring_one_at_a_time_equals_measuring_at_once(
         assert [e.message for e in snapshot.live()] == expected
         assert snapshot.exact() == all(m.exact for m in expected)
         assert snapshot.provisional() == [m.identity for m in expected if not m.exact]
+
+
+async def test_a_message_without_an_estimate_is_not_prepared_ahead(
+    backend: MemoryBackend,
+) -> None:
+    # a size of 0 that is not exact says nothing: the message could be of any size, and QUIT
+    # would wait for its preparation; an estimated one (MSG1 after RETR 2) is prepared
+    store(backend).estimates = False
+    fetched: list[str] = []
+    fetch = MemoryMailbox.fetch
+
+    def counted(self: MemoryMailbox, identity: str, **options: int | None) -> AsyncIterator[bytes]:
+        fetched.append(identity)
+        return fetch(self, identity, **options)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(MemoryMailbox, "fetch", counted)
+        session, out = make_session(backend)
+        await assert_dialogue(
+            session, out, *LOGIN, "S~ .*",
+            "C: RETR 1", "S: +OK 18 octets", "S: Subject: a", "S: ", "S: hi", "S: .",
+            "C: QUIT", "S: +OK bye",
+        )  # fmt: skip
+    assert fetched == ["m1"]  # message 2 was not read ahead

@@ -136,7 +136,9 @@ class Transaction:
         self._last_retr = entry.number
         with contextlib.suppress(NoSuchMessage):
             following = self.snapshot.get(entry.number + 1)
-            if in_order:  # the client reads in order: prepare the next
+            # the client reads in order: prepare the next, unless its size is not even
+            # estimated (0, not exact): it could be of any size, and QUIT waits for it
+            if in_order and (following.message.exact or following.size > 0):
                 self._lookahead.start(following.message.identity, following.size)
         if not entry.message.exact:
             self.snapshot.measured({entry.message.identity: octets})
