@@ -8,7 +8,8 @@ handed out, unused ones are dropped, and `warm_connections = 0` turns them off.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -68,6 +69,20 @@ async def close_all(mailboxes: Sequence[Mailbox]) -> None:
     await asyncio.gather(*(mailbox.close() for mailbox in mailboxes))
 
 
+@contextlib.asynccontextmanager
+async def overlapping(
+    bridge: ImapBackend, users: Sequence[str] = ("alice", "bob")
+) -> AsyncIterator[list[Mailbox]]:
+    """Logins of `users` at once (a storm: warm connections get made); on exit every
+    mailbox opened is closed (the test may add its own) and the warm ones are dropped."""
+    opened: list[Mailbox] = list(await asyncio.gather(*(bridge.open(login(u)) for u in users)))
+    try:
+        yield opened
+    finally:
+        await close_all(opened)
+        bridge.warm.close()
+
+
 async def test_overlapping_logins_warm_connections_each_login_authenticates(
     dovecot: Dovecot,
 ) -> None:
@@ -77,8 +92,7 @@ async def test_overlapping_logins_warm_connections_each_login_authenticates(
     dovecot.append("carol", b"Subject: two\r\n\r\nfor carol\r\n")
     counted = Counted()
     bridge = backend(dovecot, counted, warm_connections=3)
-    opened = list(await asyncio.gather(*(bridge.open(login(u)) for u in ("alice", "bob"))))
-    try:
+    async with overlapping(bridge) as opened:
         await until(lambda: bridge.warm.ready == 3)
         assert counted.made == 2 + 3
         warm = {id(connection) for connection, _ in bridge.warm._ready}
@@ -91,9 +105,6 @@ async def test_overlapping_logins_warm_connections_each_login_authenticates(
         assert id(carol._connection) in warm
         # logged in as carol on it: her folder, her two messages
         assert len(await carol.list()) == 2
-    finally:
-        await close_all(opened)
-        bridge.warm.close()
 
 
 async def test_a_lone_login_makes_one_connection(dovecot: Dovecot) -> None:
@@ -109,8 +120,7 @@ async def test_a_lone_login_makes_one_connection(dovecot: Dovecot) -> None:
 async def test_a_lost_warm_connection_is_never_handed_out(dovecot: Dovecot) -> None:
     counted = Counted()
     bridge = backend(dovecot, counted, warm_connections=2)
-    opened = list(await asyncio.gather(*(bridge.open(login(u)) for u in ("alice", "bob"))))
-    try:
+    async with overlapping(bridge) as opened:
         await until(lambda: bridge.warm.ready == 2)
         for connection, _ in list(bridge.warm._ready):
             connection.transport.abort()  # lost while waiting, as when the server closes it
@@ -118,21 +128,14 @@ async def test_a_lost_warm_connection_is_never_handed_out(dovecot: Dovecot) -> N
         made = counted.made
         opened.append(await bridge.open(login("carol")))
         assert counted.made > made  # it connected anew
-    finally:
-        await close_all(opened)
-        bridge.warm.close()
 
 
 async def test_unused_warm_connections_are_dropped(dovecot: Dovecot) -> None:
     counted = Counted()
     bridge = backend(dovecot, counted, lifetime=0.05, warm_connections=2)
-    opened = list(await asyncio.gather(*(bridge.open(login(u)) for u in ("alice", "bob"))))
-    try:
+    async with overlapping(bridge):
         await until(lambda: counted.made == 4 and not bridge.warm._warming)
         await until(lambda: bridge.warm.ready == 0)
-    finally:
-        await close_all(opened)
-        bridge.warm.close()
 
 
 async def test_zero_turns_warm_connections_off(dovecot: Dovecot) -> None:
