@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from backends.http import utc_datetime
 from backends.jmap.api import Api
 from popbridge.errors import BackendFailure, BackendUnavailable
 
@@ -193,19 +194,8 @@ def listed_entry(entry: Any) -> Listed:
     return Listed(
         id=email_id,
         size=size,
-        received=parse_date(entry.get("receivedAt")),
+        received=utc_datetime(entry.get("receivedAt")),  # RFC 8620 1.4 UTCDate
         # RFC 8621 4.1.2.3: messageId holds the ids without angle brackets; the core's hint
         # is the header field's value, as IMAP gives it.
         message_id=f"<{first}>" if first else None,
     )
-
-
-def parse_date(value: Any) -> datetime | None:
-    """A UTCDate (RFC 8620 section 1.4, RFC 3339) as an aware datetime, or None."""
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("z", "Z"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)

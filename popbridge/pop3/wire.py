@@ -17,23 +17,12 @@ from __future__ import annotations
 
 import re
 
-from popbridge.upstream.lines import TopCut
+from popbridge.upstream.lines import CRLF, Normaliser, TopCut, normalise
 
-CRLF = b"\r\n"
+__all__ = ["CRLF", "TERMINATOR", "BodyEncoder", "normalise", "normalised_size", "unstuff"]
+
 TERMINATOR = b".\r\n"
-_LINE_END = re.compile(rb"\r\n|\r|\n")
-_BARE_CR = re.compile(rb"\r(?!\n)")
 _DOT_LINE = re.compile(rb"\n\.")
-
-
-def normalise(data: bytes) -> bytes:
-    """Turn every CRLF, bare CR and bare LF into CRLF (conformance P-5.2)."""
-    # With no CR lacking its LF, every CR starts a CRLF; then as many LFs as CRs means
-    # every LF ends one. Two single-byte counts and one literal-led search: the common
-    # (canonical) case costs no copy.
-    if data.count(b"\n") == data.count(b"\r") and _BARE_CR.search(data) is None:
-        return data
-    return _LINE_END.sub(CRLF, data)
 
 
 def normalised_size(message: bytes) -> int:
@@ -67,7 +56,7 @@ class BodyEncoder:
     """
 
     def __init__(self, *, body_lines: int | None = None) -> None:
-        self._pending_cr = False
+        self._lines = Normaliser()  # line ends, and the CRLF an unterminated last line needs
         self._at_line_start = True
         self._trimmer = _TopTrimmer(body_lines) if body_lines is not None else None
         self.octets = 0
@@ -78,21 +67,11 @@ class BodyEncoder:
         return self._trimmer is not None and self._trimmer.done
 
     def feed(self, chunk: bytes) -> bytes:
-        if self._pending_cr:
-            chunk = b"\r" + chunk
-            self._pending_cr = False
-        if chunk.endswith(b"\r"):
-            # the LF that may complete this line end is in the next chunk
-            chunk = chunk[:-1]
-            self._pending_cr = True
-        return self._emit(normalise(chunk))
+        return self._emit(self._lines.feed(chunk))
 
     def finish(self) -> bytes:
-        tail = self._emit(CRLF) if self._pending_cr else b""
-        self._pending_cr = False
-        if not self._at_line_start and not self.done:
-            tail += self._emit(CRLF)
-        return tail + TERMINATOR
+        # what TOP trimmed away needs no line end: `_emit` drops it once done
+        return self._emit(self._lines.finish()) + TERMINATOR
 
     def _emit(self, data: bytes) -> bytes:
         if self._trimmer is not None:

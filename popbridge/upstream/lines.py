@@ -16,6 +16,17 @@ import re
 _BLANK = (b"", b"\r")  # a line with nothing before its LF but an optional CR
 CRLF = b"\r\n"
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+_BARE_CR = re.compile(rb"\r(?!\n)")
+
+
+def normalise(data: bytes) -> bytes:
+    """Turn every CRLF, bare CR and bare LF into CRLF (RFC 1939 section 3)."""
+    # With no CR lacking its LF, every CR starts a CRLF; then as many LFs as CRs means
+    # every LF ends one. Two single-byte counts and one literal-led search: the common
+    # (canonical) case costs no copy.
+    if data.count(b"\n") == data.count(b"\r") and _BARE_CR.search(data) is None:
+        return data
+    return _LINE_END.sub(CRLF, data)
 
 
 class TopCut:
@@ -76,9 +87,10 @@ class Normaliser:
             chunk = b"\r" + chunk
             self._pending_cr = False
         if chunk.endswith(b"\r"):
+            # the LF that may complete this line end is in the next chunk
             chunk = chunk[:-1]
             self._pending_cr = True
-        return self._out(_LINE_END.sub(CRLF, chunk))
+        return self._out(normalise(chunk))
 
     def finish(self) -> bytes:
         tail = CRLF if self._pending_cr else b""
@@ -90,5 +102,6 @@ class Normaliser:
     def _out(self, data: bytes) -> bytes:
         if data:
             self.octets += len(data)
-            self._last = (self._last + data)[-2:]
+            # never a copy of the piece: it can be megabytes on the RETR path
+            self._last = data[-2:] if len(data) >= 2 else (self._last + data)[-2:]
         return data
