@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import json
 import re
 import time
 from collections.abc import AsyncIterator
@@ -79,6 +80,15 @@ def retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError, IndexError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def parse_json(body: bytes, url: str) -> Any:
+    """JSON from an upstream; BackendFailure if it is not JSON or nests too deeply for the
+    parser (RecursionError: a few kilobytes of `[` suffice)."""
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BackendFailure(f"{url}: reply is not usable JSON") from None
 
 
 def utc_datetime(value: Any) -> datetime | None:

@@ -61,6 +61,7 @@ class FakeGraph:
         self.regenerate = False  # write the MIME anew (another length) on every download
         self.concurrency = 4  # Outlook: four concurrent requests per app and mailbox
         self.statuses: list[tuple[int, str]] = []  # next replies to any request, scripted
+        self.raw: list[tuple[int, bytes]] = []  # next replies as (status, JSON body) verbatim
         self.conflicts: dict[str, int] = {}  # message id -> 412s still to answer a PATCH
         self.batch_throttle = 0  # inner batch requests still to answer 429
         self.on_page: Callable[[int], None] | None = None  # called before each message page
@@ -164,6 +165,9 @@ class FakeGraph:
         if user is None:
             challenge = {"WWW-Authenticate": 'Bearer realm="", error="invalid_token"'}
             return error(401, "InvalidAuthenticationToken", "Access token is invalid", **challenge)
+        if self.raw:
+            status, body = self.raw.pop(0)
+            return web.Response(status=status, body=body, content_type="application/json")
         if self.statuses:
             status, code = self.statuses.pop(0)
             return error(status, code, **({"Retry-After": "1"} if status in (429, 503) else {}))

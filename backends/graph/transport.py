@@ -25,7 +25,7 @@ import aiohttp
 from yarl import URL
 
 from backends.graph.config import GraphSettings
-from backends.http import guarded, read_bounded, retry_after, timed_pieces
+from backends.http import guarded, parse_json, read_bounded, retry_after, timed_pieces
 from popbridge.errors import AuthFailed, BackendFailure, BackendUnavailable, BridgeError
 
 logger = logging.getLogger(__name__)
@@ -49,10 +49,8 @@ class Reply:
     body: bytes
 
     def json(self) -> Any:
-        try:
-            return json.loads(self.body) if self.body else {}
-        except (ValueError, UnicodeDecodeError):
-            raise BackendFailure(f"{self.url}: reply is not JSON") from None
+        """The body as JSON ({} when empty); BackendFailure if it is not usable JSON."""
+        return parse_json(self.body, self.url) if self.body else {}
 
     @property
     def code(self) -> str:
@@ -210,6 +208,6 @@ async def _error_code(response: aiohttp.ClientResponse) -> str:
     try:
         async with asyncio.timeout(1.0):
             data = await response.content.read(_MAX_ERROR_OCTETS)
-        return error_code(json.loads(data))
-    except (TimeoutError, ValueError, UnicodeDecodeError, aiohttp.ClientError):
+        return error_code(parse_json(data, str(response.url)))
+    except (TimeoutError, BackendFailure, aiohttp.ClientError):
         return ""

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from backends.http import guarded, read_bounded, retry_after
+from backends.http import guarded, parse_json, read_bounded, retry_after
 from backends.jmap.config import JmapSettings
 from backends.jmap.sockets import quickack_socket
 from popbridge.errors import (
@@ -74,15 +74,6 @@ class Partial:
     status: int
     headers: Mapping[str, str]
     pieces: AsyncIterator[bytes]
-
-
-def parse_json(body: bytes, url: str) -> Any:
-    """JSON from an upstream; BackendFailure if it is not JSON or nests too deeply for the
-    parser (RecursionError: a few kilobytes of `[` suffice)."""
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise BackendFailure(f"{url}: reply is not usable JSON") from None
 
 
 def origin(url: str) -> Origin:

@@ -266,3 +266,15 @@ async def test_a_window_of_days_shows_only_recent_messages(plain: GraphHarness) 
     assert [m.identity for m in listed] == [recent.id]
     assert withheld == {old.id}
     assert expire_policy(plain.backend()) == "NEVER"
+
+
+@pytest.mark.parametrize("status", [200, 400], ids=["reply", "error"])
+async def test_json_nested_past_the_parser_is_a_backend_failure(
+    plain: GraphHarness, status: int
+) -> None:
+    # a few kilobytes of "[" raise RecursionError in json.loads: a misbehaving upstream
+    # must give a clean error, not an exception nobody expects
+    plain.seed([message("one", 3)])
+    plain.fake.raw = [(status, b"[" * 200_000 + b"]" * 200_000)]
+    with pytest.raises(BackendFailure):
+        await plain.backend().open(plain.credentials)
