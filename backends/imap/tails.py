@@ -5,7 +5,8 @@ the message as stored, but POP3 ends a last line that lacks one with CRLF (RFC 1
 3), so LIST would be short by up to two octets. One partial `UID FETCH` per band of similar
 sizes (`BODY.PEEK[]<start.length>`, RFC 3501 6.4.5; never sets \\Seen) returns each
 message's octets from the band's start to its own end: the last two tell. Bands are at most
-`TAIL_SPAN` octets wide and `LIST_BATCH` UIDs long, trading round trips against octets.
+`TAIL_SPAN` octets wide, `LIST_BATCH` UIDs long and `BAND_OCTETS` of data in all, trading
+round trips against octets and the memory one reply takes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ logger = logging.getLogger(__name__)
 # most this many octets (plus two), and each band costs a round trip.
 TAIL_SPAN = 512
 LIST_BATCH = 500
+# The most octets of message data one band's reply may carry: measuring holds at most two
+# replies per session (one parsed, the next in flight), whatever the sizes.
+BAND_OCTETS = 64 * 1024
 # Loop turns a FETCH may take to reach the wire (the task, then the command's write).
 _SEND_TURNS = 4
 
@@ -94,7 +98,8 @@ class Band:
 
 def bands(sized: list[tuple[int, int]]) -> list[Band]:
     """Messages of similar size share one partial FETCH whose range covers each one's last
-    two octets; at most `TAIL_SPAN` + 2 octets each, `LIST_BATCH` UIDs each."""
+    two octets; at most `TAIL_SPAN` + 2 octets each, `LIST_BATCH` UIDs and `BAND_OCTETS`
+    octets of data each."""
     found: list[Band] = []
     ordered = sorted(sized, key=lambda pair: pair[1])
     index = 0
@@ -104,7 +109,8 @@ def bands(sized: list[tuple[int, int]]) -> list[Band]:
         sizes: dict[int, int] = {}
         high = low
         while index < len(ordered) and ordered[index][1] <= low + TAIL_SPAN:
-            if len(sizes) == LIST_BATCH:
+            reach = ordered[index][1] - start  # what each message of the band would send
+            if len(sizes) == LIST_BATCH or (sizes and (len(sizes) + 1) * reach > BAND_OCTETS):
                 break
             uid, high = ordered[index]
             sizes[uid] = high

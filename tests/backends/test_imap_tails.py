@@ -21,6 +21,8 @@ def test_every_message_is_in_one_band_that_covers_its_last_two_octets(sizes: lis
     for band in bands:
         assert len(band.sizes) <= tails.LIST_BATCH
         assert band.length <= tails.TAIL_SPAN + 2
+        # what the reply carries: each message's octets from the band's start to its end
+        assert sum(size - band.start for size in band.sizes.values()) <= tails.BAND_OCTETS
         for size in band.sizes.values():
             assert band.start <= max(0, size - 2) and band.start + band.length >= size
 
