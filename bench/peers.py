@@ -352,6 +352,17 @@ def launch_popbridge(
     return launch(Popbridge, "popbridge", directory, port, command, log, tls=tls)
 
 
+def machine_cpu_seconds() -> float:
+    """CPU time the whole machine has spent busy so far, all CPUs summed (/proc/stat).
+
+    A run's difference counts every party that shares the CPUs: the clients, the server
+    under test and the backend behind it, which no per-process figure shows together.
+    """
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle, iowait = fields[3], fields[4]
+    return (sum(fields[:8]) - idle - iowait) / os.sysconf("SC_CLK_TCK")
+
+
 # ----------------------------------------------------------------- memory of process trees
 
 

@@ -114,3 +114,17 @@ def test_logins_command_compares_the_storm_with_the_imap_floor(
     rows = table_rows(capsys)
     assert [row.split(" | ")[0] for row in rows] == ["| imap", "| direct", "| imapc", "| popbridge"]
     assert rows[0].endswith("| 1.00 |")  # the floor against itself
+
+
+def test_logins_command_runs_scenario_e_next_to_its_floor(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ensure_installed()
+    # a session that retrieves less than STAT announced raises, so 0 means all arrived
+    assert logins_main(["--profile", "smoke", "--runs", "1", "--retrieve"]) == 0
+    rows = table_rows(capsys)
+    assert [row.split(" | ")[0] for row in rows] == ["| imap", "| direct", "| imapc", "| popbridge"]
+    imapc, direct = rows[2].split(" | "), rows[1].split(" | ")
+    assert imapc[2] == "1.00"  # each reference against itself
+    assert direct[4] == "1.00"
+    assert all(float(row.split(" | ")[5].rstrip(" |")) >= 0 for row in rows)  # machine CPU
