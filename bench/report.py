@@ -78,6 +78,7 @@ def metrics(sizes: dict[str, str], tls: bool = True) -> list[Metric]:
         Metric("e.login_p99", "(e) login p99: connect to PASS reply, per session", "ms"),
         Metric("e.errors", "(e) failed sessions", "", (Target("value", 0),)),
         Metric("e.cpu", "(e) popbridge CPU time per run", "s"),
+        Metric("e.machine_cpu", "(e) machine CPU time per run: clients, server, backend", "s"),
         Metric("f.wall", f"(f) JMAP bulk (Cyrus) {sizes['f']}: direct = raw JMAP pass, "
                "popbridge = POP3 session", "s"),
         Metric("f.cpu", "(f) popbridge CPU time per run", "s"),

@@ -32,6 +32,7 @@ from bench.peers import (
     Instance,
     Popbridge,
     client_context,
+    machine_cpu_seconds,
     raise_fd_limit,
     start_backend,
     start_imapc,
@@ -180,7 +181,9 @@ def _runs(
                 bridge = target.bridge = restart()
                 target.port = bridge.port
             cpu = bridge.cpu_seconds() if bridge is not None else 0.0
+            machine = machine_cpu_seconds()
             outcome = _guarded(functools.partial(scenario.run, target, profile))
+            outcome.figures[f"{scenario.key}.machine_cpu"] = machine_cpu_seconds() - machine
             if bridge is not None:
                 peak = max(peak, bridge.status_kb()["VmHWM"])
                 outcome.figures[f"{scenario.key}.cpu"] = bridge.cpu_seconds() - cpu
