@@ -13,8 +13,9 @@ from popbridge.config import Config
 from popbridge.contract import Backend, check_disposition, load_backend
 from popbridge.errors import ConfigError
 from popbridge.pop3.sasl import ALL_MECHANISMS, PASSWORD_MECHANISMS
+from popbridge.session.logingate import LoginGate
 from popbridge.session.session import Services
-from popbridge.session.throttle import LoginGate, Throttle
+from popbridge.session.throttle import Throttle
 from popbridge.store import MemoryStore, Store, open_store
 
 
@@ -36,7 +37,9 @@ async def build_services(config: Config) -> tuple[Services, Store]:
         listings=store.listings,
         authenticator=authenticator,
         throttle=Throttle(config.server.throttle, ledger=store.failures),
-        logins=LoginGate(config.server.max_logins_in_flight),
+        logins=LoginGate(
+            config.server.max_logins_in_flight, floor=config.server.min_logins_in_flight
+        ),
         sasl_mechanisms=PASSWORD_MECHANISMS if mapped else ALL_MECHANISMS,
     )  # fmt: skip
     return services, store

@@ -24,7 +24,8 @@ from popbridge.environment import apply_environment
 from popbridge.errors import ConfigError
 from popbridge.frontend.proxy import IPNetwork, networks
 from popbridge.frontend.tls import PROFILES, VERSIONS, TlsSettings
-from popbridge.session.throttle import LOGINS_IN_FLIGHT, ThrottlePolicy
+from popbridge.session.logingate import LOGINS_FLOOR, LOGINS_IN_FLIGHT
+from popbridge.session.throttle import ThrottlePolicy
 from popbridge.telemetry.logs import FORMATS as LOG_FORMATS
 from popbridge.upstream.settings import TableReader
 
@@ -72,6 +73,7 @@ class ServerConfig:
     max_connections: int = 1000
     listen_backlog: int = 1024
     max_logins_in_flight: int = LOGINS_IN_FLIGHT
+    min_logins_in_flight: int = LOGINS_FLOOR
     max_auth_failures: int = 3
     shutdown_grace: float = 30.0
     log_level: str = "INFO"
@@ -250,6 +252,9 @@ def _server(reader: TableReader) -> ServerConfig:
         listen_backlog=reader.integer("listen_backlog", 1024, minimum=1, maximum=65535),
         max_logins_in_flight=reader.integer(
             "max_logins_in_flight", LOGINS_IN_FLIGHT, minimum=1, maximum=10_000
+        ),
+        min_logins_in_flight=reader.integer(
+            "min_logins_in_flight", LOGINS_FLOOR, minimum=1, maximum=10_000
         ),
         max_auth_failures=reader.integer("max_auth_failures", 3, minimum=1),
         shutdown_grace=reader.number("shutdown_grace", 30.0),

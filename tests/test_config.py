@@ -35,6 +35,7 @@ def test_minimal_config_gets_safe_defaults(tmp_path: Path) -> None:
     assert config.server.idle_timeout == 600
     assert config.server.listen_backlog == 1024
     assert config.server.max_logins_in_flight == 8
+    assert config.server.min_logins_in_flight == 2
     assert config.maildrop.disposition.kind is DispositionKind.EXPUNGE
     assert config.maildrop.mark_seen_on_retr is False
     assert config.backend_type == "imap" and config.backend_settings["host"] == "imap.example.net"
@@ -66,6 +67,7 @@ def test_full_maildrop_section(tmp_path: Path) -> None:
         ("[extras]\na = 1\n", "extras: unknown section"),
         ("[server]\nlisten_backlog = 0\n", "server.listen_backlog: must be"),
         ("[server]\nmax_logins_in_flight = 0\n", "server.max_logins_in_flight: must be"),
+        ("[server]\nmin_logins_in_flight = 0\n", "server.min_logins_in_flight: must be"),
     ],
 )
 def test_errors_name_file_and_key(tmp_path: Path, extra: str, message: str) -> None:

@@ -24,8 +24,9 @@ from devkit.postgres import (
 from popbridge.config import Config, ListenerConfig, ServerConfig
 from popbridge.contract import load_backend
 from popbridge.frontend.server import Pop3Server
+from popbridge.session.logingate import LoginGate
 from popbridge.session.session import Services
-from popbridge.session.throttle import LoginGate, Throttle, ThrottlePolicy
+from popbridge.session.throttle import Throttle, ThrottlePolicy
 from popbridge.store.failures import FailureLedger
 from popbridge.store.postgres import open_postgres_store
 
@@ -95,7 +96,7 @@ async def bridges() -> AsyncIterator[Start]:
         services = Services(
             backend=load_backend("imap", settings, source="t"),
             throttle=Throttle(policy, ledger=ledger),
-            logins=LoginGate(64),  # many at once: the race the lockout must survive
+            logins=LoginGate(64, floor=64),  # many at once: the race the lockout must survive
         )
         bridge = Pop3Server(config, services)
         await bridge.start()

@@ -12,8 +12,8 @@ from devkit.dialogue import assert_dialogue, exchange, make_session, quick_servi
 from devkit.memory_backend import MemoryBackend, MemoryMailbox
 from popbridge.contract import Credentials, Disposition, DispositionKind, RemoteMessage
 from popbridge.errors import BackendUnavailable, LoginsBusy
+from popbridge.session.logingate import LoginGate
 from popbridge.session.session import Services, SessionPolicy
-from popbridge.session.throttle import LoginGate
 
 MSG1 = b"Subject: a\r\n\r\nhi\r\n"  # 18 octets
 MSG2 = b"Subject: b\n\n.dot\nlast"  # LF only, no final newline: 26 octets on the wire

@@ -102,49 +102,6 @@ async def test_tracking_is_bounded(monkeypatch) -> None:  # type: ignore[no-unty
     assert not throttle.too_soon("a") and throttle.too_soon("d")
 
 
-async def test_login_gate_lets_a_waiting_login_in_when_a_slot_frees() -> None:
-    gate = t.LoginGate(2, wait=5.0)
-    inside, release = 0, asyncio.Event()
-    most = 0
-
-    async def login() -> None:
-        nonlocal inside, most
-        async with gate.slot():
-            inside += 1
-            most = max(most, inside)
-            await release.wait()
-            inside -= 1
-
-    tasks = [asyncio.create_task(login()) for _ in range(5)]
-    await asyncio.sleep(0.01)
-    assert inside == 2  # three wait for a slot
-    release.set()
-    await asyncio.gather(*tasks)
-    assert most == 2 and inside == 0
-
-
-async def test_login_gate_refuses_after_waiting_too_long_and_frees_nothing_it_lacked() -> None:
-    gate = t.LoginGate(1, wait=0.05)
-    held = asyncio.Event()
-    release = asyncio.Event()
-
-    async def holder() -> None:
-        async with gate.slot():
-            held.set()
-            await release.wait()
-
-    task = asyncio.create_task(holder())
-    await held.wait()
-    with pytest.raises(LoginsBusy):
-        async with gate.slot():
-            pytest.fail("got a slot that was taken")
-    release.set()
-    await task
-    async with asyncio.timeout(1):  # the refused wait did not leak or steal the slot
-        async with gate.slot():
-            pass
-
-
 def test_addresses_are_grouped_by_network() -> None:
     group = t.address_group
     assert group("2001:db8:1:2:aaaa::1") == group("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"

@@ -2,7 +2,7 @@
 
 A login storm (devices polling on the same minute) pays, per login and before the upstream
 sees any credentials, a TCP connect, a TLS handshake and the greeting, while the logins
-behind it wait for a slot (`popbridge.session.throttle.LoginGate`). While logins overlap,
+behind it wait for a slot (`popbridge.session.logingate.LoginGate`). While logins overlap,
 this module keeps up to `size` such connections ready, made in the background, so a login
 starts at its credentials. Each connection is handed to one login and to no one else, and
 it authenticates there with that login's own credentials: nothing authenticated is ever

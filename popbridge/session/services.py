@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from popbridge.accounts.passthrough import Authenticator, PassthroughAuthenticator
 from popbridge.contract import Backend, Disposition, DispositionKind
 from popbridge.pop3 import sasl
-from popbridge.session.throttle import LoginGate, Throttle, ThrottlePolicy
+from popbridge.session.logingate import LoginGate
+from popbridge.session.throttle import Throttle, ThrottlePolicy
 from popbridge.store.listings import ListingMemories, MemoryListings
 from popbridge.store.locks import LocalLocks, MaildropLocks
 from popbridge.store.sizes import MemorySizeCache, SizeCache

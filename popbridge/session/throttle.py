@@ -12,7 +12,8 @@ lockout is answered with `[AUTH]` (RFC 3206 §5: the problem is with the credent
 address lockout with `[SYS/TEMP]` (RFC 3206 §4). Addresses are grouped the way they are
 handed out: an IPv6 client by its /64 (RFC 4291 §2.5.4), an IPv4 one by itself, both
 configurable. `LOGIN-DELAY` (RFC 2449 §6.5) optionally spaces successful logins per
-account. `LoginGate` bounds the logins talking to the upstream at once. State is bounded.
+account (`popbridge.session.logingate` bounds the logins talking upstream at once). State
+is bounded.
 """
 
 from __future__ import annotations
@@ -23,17 +24,16 @@ import ipaddress
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
 from popbridge.errors import AuthFailed, BridgeError, Code, LoginsBusy
+from popbridge.session.logingate import LOGIN_SLOT_WAIT
 from popbridge.store.failures import MAX_TRACKED, FailureLedger, Limit, MemoryFailures
 
 log = logging.getLogger(__name__)
 
-LOGINS_IN_FLIGHT = 8
-LOGIN_SLOT_WAIT = 30.0  # seconds a login waits for a slot before [SYS/TEMP]
 RESERVATION_HOLD = 300.0  # an unsettled reservation (its process died) counts this long
 # Seconds between looks at the ledger while every place is taken, growing to the maximum:
 # settlements of this process wake the waiters at once, other instances' are only polled.
@@ -236,35 +236,3 @@ class Attempt:
             delay = self._throttle.policy.base_delay
         if failed:
             await asyncio.sleep(delay)
-
-
-class LoginGate:
-    """At most `limit` logins open upstream mailboxes at once; the others wait their turn.
-
-    A login is the costly step of a session: upstream connect and authentication, then a
-    listing parsed on the one event loop. A burst of them (devices polling on the same
-    minute) would otherwise take turns with every running download in each pass of the
-    loop, and the upstream would see the whole burst at once. A login that waits longer
-    than `wait` for a slot is answered `[SYS/TEMP]` (RFC 3206 section 4): try again later.
-    """
-
-    def __init__(self, limit: int = LOGINS_IN_FLIGHT, wait: float = LOGIN_SLOT_WAIT) -> None:
-        self.limit = limit
-        self._slots = asyncio.Semaphore(limit)
-        self._wait = wait
-
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one slot for the body of the `async with`; LoginsBusy if none came in time."""
-        if self._slots.locked():  # the deadline (a loop timer) only for a login that waits
-            try:
-                async with asyncio.timeout(self._wait):
-                    await self._slots.acquire()
-            except TimeoutError:
-                raise LoginsBusy(f"no login slot within {self._wait:g} s") from None
-        else:
-            await self._slots.acquire()
-        try:
-            yield
-        finally:
-            self._slots.release()

@@ -71,6 +71,10 @@ UPSTREAM_PROBE: Final = Gauge(
     f"{_P}_upstream_last_success_timestamp_seconds", "When the upstream last answered a probe",
     registry=REGISTRY,
 )  # fmt: skip
+LOGINS_ALLOWED: Final = Gauge(
+    f"{_P}_logins_allowed", "Logins allowed to open upstream mailboxes at once (loop-paced)",
+    registry=REGISTRY,
+)  # fmt: skip
 READY: Final = Gauge(f"{_P}_ready", "1 when /readyz answers 200", registry=REGISTRY)
 BUILD: Final = Info(f"{_P}_build", "The running version", registry=REGISTRY)
 BUILD.info({"version": __version__, "python": platform.python_version()})
