@@ -156,3 +156,21 @@ async def test_hundreds_of_logins_with_timeouts_and_cancellations_leave_every_sl
     async with asyncio.timeout(1):
         async with gate.slot():
             pass
+
+
+async def test_each_look_on_time_raises_the_number_allowed_by_half_up_to_the_cap() -> None:
+    gate = LoginGate(32, floor=2, pacing=Pacing(interval=60.0))  # looks only when told here
+    logins = Logins(gate)
+    tasks = logins.start(40)
+    await asyncio.sleep(0)
+    steps = []
+    for _ in range(9):
+        gate.paced(0.0)
+        steps.append(gate.allowed)
+    assert steps == [3, 4, 6, 9, 13, 19, 28, 32, 32]
+    await asyncio.sleep(0)
+    assert logins.inside == 32  # each raise let waiting logins in at once
+    gate.paced(1.0)
+    assert gate.allowed == 16
+    logins.release.set()
+    await asyncio.gather(*tasks)

@@ -13,7 +13,8 @@ When the process itself is the limit (its CPU, or a machine it shares with the u
 more logins at once finish no sooner: they only lengthen every pass of the loop, and every
 session that is downloading waits through those passes. So while logins are in flight, a
 probe measures how late the loop runs a timer: late, and the number allowed is halved
-(never below `floor`); on time while logins wait, it grows by one (never above the cap).
+(never below `floor`); on time while logins wait, it grows by half, at least one (never
+above the cap), so a burst against a distant upstream reaches the cap within a few looks.
 """
 
 from __future__ import annotations
@@ -123,6 +124,6 @@ class LoginGate:
         if lateness > self._pacing.late:
             self.allowed = max(self.floor, self.allowed // 2)
         elif lateness < self._pacing.on_time and self._waiting and self.allowed < self.limit:
-            self.allowed += 1
+            self.allowed = min(self.limit, self.allowed + max(1, self.allowed // 2))
             self._admit()
         metrics.LOGINS_ALLOWED.set(self.allowed)
