@@ -214,6 +214,33 @@ def report_retrieving(figures: dict[str, list[Run]]) -> str:
     return "\n".join(lines)
 
 
+def start_servers(
+    stack: contextlib.ExitStack, work: Path, busy: tuple[int, int, int], tls: bool
+) -> dict[str, tuple[Session, int]]:
+    """The backend seeded with (e)'s mailboxes, imapc and popbridge on it, stopped by `stack`;
+    each server's session kind and port, the raw IMAP client first."""
+    sessions, messages, octets = busy
+    names = [session_user(index) for index in range(sessions)]
+    backend = start_backend(work / "backend", dict.fromkeys(names, PASSWORD))
+    stack.callback(backend.stop)
+    mail = [generate_message(number, octets) for number in range(1, messages + 1)]
+    for name in names:
+        backend.seed(name, mail)
+    imapc = start_imapc(work / "imapc", backend, tls=tls)
+    stack.callback(imapc.stop)
+    bridge = start_popbridge(work / "popbridge", backend, tls=tls)
+    stack.callback(bridge.stop)
+    context = client_context(backend.pki.ca_file) if tls else None
+    imap = functools.partial(imap_session, tls=context)
+    pop3 = functools.partial(pop3_session, tls=context)
+    return {
+        "imap": (imap, backend.imaps_port if tls else backend.imap_port),
+        "direct": (pop3, backend.pop3s_port if tls else backend.pop3_port),
+        "imapc": (pop3, imapc.port),
+        "popbridge": (pop3, bridge.port),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.logins", description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
@@ -223,41 +250,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tls = not args.plain
     raise_fd_limit()
-    sessions, messages, octets = PROFILES[args.profile].busy
+    busy = PROFILES[args.profile].busy
     with (
         tempfile.TemporaryDirectory(prefix="popbridge-logins-") as tmp,
         contextlib.ExitStack() as stack,
     ):
-        work = Path(tmp)
-        names = [session_user(index) for index in range(sessions)]
-        backend = start_backend(work / "backend", dict.fromkeys(names, PASSWORD))
-        stack.callback(backend.stop)
-        mail = [generate_message(number, octets) for number in range(1, messages + 1)]
-        for name in names:
-            backend.seed(name, mail)
-        imapc = start_imapc(work / "imapc", backend, tls=tls)
-        stack.callback(imapc.stop)
-        bridge = start_popbridge(work / "popbridge", backend, tls=tls)
-        stack.callback(bridge.stop)
-        context = client_context(backend.pki.ca_file) if tls else None
-        imap = functools.partial(imap_session, tls=context)
-        pop3 = functools.partial(pop3_session, tls=context)
-        servers: dict[str, tuple[Session, int]] = {
-            "imap": (imap, backend.imaps_port if tls else backend.imap_port),
-            "direct": (pop3, backend.pop3s_port if tls else backend.pop3_port),
-            "imapc": (pop3, imapc.port),
-            "popbridge": (pop3, bridge.port),
-        }
+        servers = start_servers(stack, Path(tmp), busy, tls)
         figures: dict[str, list[Run]] = {name: [] for name in servers}
         for number in range(-1, args.runs):  # a warm-up round first: indexes, caches
             for name, (session, port) in servers.items():
-                run = timed_storm(session, port, sessions, args.retrieve)
+                run = timed_storm(session, port, busy[0], args.retrieve)
                 if number >= 0:
                     figures[name].append(run)
-        mode = "POP3S and IMAPS" if tls else "plaintext"
-        what = "sessions retrieving" if args.retrieve else "logins"
-        print(f"{sessions} {what} at once ({mode}), {messages} messages each, {args.runs} runs:")
-        print(report_retrieving(figures) if args.retrieve else report(figures))
+    mode = "POP3S and IMAPS" if tls else "plaintext"
+    what = "sessions retrieving" if args.retrieve else "logins"
+    print(f"{busy[0]} {what} at once ({mode}), {busy[1]} messages each, {args.runs} runs:")
+    print(report_retrieving(figures) if args.retrieve else report(figures))
     return 0
 
 
