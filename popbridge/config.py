@@ -14,7 +14,7 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -275,6 +275,13 @@ def _server(reader: TableReader) -> ServerConfig:
             ipv6_prefix=reader.integer("ipv6_prefix_length", 64, minimum=16, maximum=128),
         ),
     )
+    if config.min_logins_in_flight > config.max_logins_in_flight:
+        if "min_logins_in_flight" in reader:  # said so: a contradiction worth an error
+            raise reader.error(
+                "min_logins_in_flight",
+                f"must not exceed max_logins_in_flight ({config.max_logins_in_flight})",
+            )
+        config = replace(config, min_logins_in_flight=config.max_logins_in_flight)
     reader.finish()
     return config
 

@@ -36,6 +36,8 @@ def test_minimal_config_gets_safe_defaults(tmp_path: Path) -> None:
     assert config.server.listen_backlog == 1024
     assert config.server.max_logins_in_flight == 8
     assert config.server.min_logins_in_flight == 2
+    alone = load_config(write(tmp_path, MINIMAL + "\n[server]\nmax_logins_in_flight = 1\n"))
+    assert alone.server.min_logins_in_flight == 1  # the default floor follows a lower cap
     assert config.maildrop.disposition.kind is DispositionKind.EXPUNGE
     assert config.maildrop.mark_seen_on_retr is False
     assert config.backend_type == "imap" and config.backend_settings["host"] == "imap.example.net"
@@ -68,6 +70,10 @@ def test_full_maildrop_section(tmp_path: Path) -> None:
         ("[server]\nlisten_backlog = 0\n", "server.listen_backlog: must be"),
         ("[server]\nmax_logins_in_flight = 0\n", "server.max_logins_in_flight: must be"),
         ("[server]\nmin_logins_in_flight = 0\n", "server.min_logins_in_flight: must be"),
+        (
+            "[server]\nmax_logins_in_flight = 4\nmin_logins_in_flight = 5\n",
+            "server.min_logins_in_flight: must not exceed max_logins_in_flight",
+        ),
     ],
 )
 def test_errors_name_file_and_key(tmp_path: Path, extra: str, message: str) -> None:

@@ -79,13 +79,13 @@ async def test_build_services_with_mapped_accounts(
         "backend": {"type": "imap", "host": "127.0.0.1", "tls": "none"},
         "store": {"type": "sqlite", "path": str(tmp_path / "state.sqlite3")},
         "accounts": {"mode": "mapped", "key_env": "PB_KEY"},
-        "server": {"max_logins_in_flight": 3, "min_logins_in_flight": 5},
+        "server": {"max_logins_in_flight": 3, "min_logins_in_flight": 3},
     }
     services, store = await build_services(parse_config(data, source=str(tmp_path / "c.toml")))
     try:
         assert isinstance(services.authenticator, MappedAuthenticator)
         assert services.logins.limit == 3
-        assert services.logins.floor == 3  # a floor above the cap is the cap: no pacing
+        assert services.logins.floor == 3  # floor = cap: no pacing
         assert services.listings is store.listings  # kept in the store across restarts
     finally:
         await store.close()
