@@ -7,6 +7,7 @@ formats) and `plain` fixtures, which the test modules import by name.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from devkit.fake_graph import FakeGraph
 from popbridge.contract import (
     Backend,
     Credentials,
+    Mailbox,
 )
 from tests.backends.contract import (
     Stored,
@@ -50,6 +52,15 @@ class GraphHarness:
 
     def backend(self, **overrides: Any) -> Backend:
         return create(self.settings(**overrides), source="test.toml")
+
+    @contextlib.asynccontextmanager
+    async def opened(self, **overrides: Any) -> AsyncIterator[Mailbox]:
+        """A mailbox of a new backend (settings `overrides`), closed when the block ends."""
+        mailbox = await self.backend(**overrides).open(self.credentials)
+        try:
+            yield mailbox
+        finally:
+            await mailbox.close()
 
     def unreachable(self) -> Backend:
         return self.backend(url=f"http://127.0.0.1:{free_port()}/v1.0", connect_timeout=2)

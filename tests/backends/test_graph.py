@@ -54,14 +54,11 @@ class TestGraphContract(BackendContract):
 
 async def test_every_request_asks_for_immutable_ids(plain: GraphHarness) -> None:
     plain.seed([message("a"), message("b")])
-    mailbox = await plain.backend().open(plain.credentials)
-    try:
+    async with plain.opened() as mailbox:
         listed = await mailbox.list()
         await read_all(mailbox, listed[0].identity)
         how = Disposition(DispositionKind.SEEN)
         assert (await mailbox.dispose([m.identity for m in listed], how)).ok
-    finally:
-        await mailbox.close()
     assert plain.fake.requests
     assert all(prefer for _, _, prefer in plain.fake.requests)
     assert {len(m.identity) for m in listed} == {68}
@@ -71,13 +68,10 @@ async def test_every_request_asks_for_immutable_ids(plain: GraphHarness) -> None
 async def test_classic_ids_are_url_encoded_and_hashed_into_uidls(plain: GraphHarness) -> None:
     plain.fake.honour_prefer = False
     plain.seed([message("classic")])
-    mailbox = await plain.backend().open(plain.credentials)
-    try:
+    async with plain.opened() as mailbox:
         (entry,) = await mailbox.list()
         assert len(entry.identity) == 152 and entry.identity.endswith("=")
         assert subject_of(b"".join(await read_all(mailbox, entry.identity))) == "classic"
-    finally:
-        await mailbox.close()
     assert any("%3D" in path for _, path, _ in plain.fake.requests)
     uidl = uidl_for(entry.identity)
     assert is_valid_uidl(uidl) and uidl.startswith("~") and len(uidl) == 44
@@ -90,8 +84,7 @@ async def test_a_listing_downloads_nothing_and_measure_only_what_is_asked(
     plain: GraphHarness,
 ) -> None:
     plain.seed([message(f"n{n}", 4) for n in range(5)])
-    mailbox = await plain.backend().open(plain.credentials)
-    try:
+    async with plain.opened() as mailbox:
         listed = await mailbox.list()
         assert plain.fake.downloads == 0  # a login (and UIDL) costs no download
         assert [(m.exact, m.size) for m in listed] == [(False, UNMEASURED)] * 5
@@ -104,8 +97,6 @@ async def test_a_listing_downloads_nothing_and_measure_only_what_is_asked(
         for identity in asked:
             assert len(b"".join(await read_all(mailbox, identity))) == sizes[identity]
         assert plain.fake.downloads == 2  # RETR sends what was counted
-    finally:
-        await mailbox.close()
 
 
 async def test_sizes_are_measured_once_per_change_key(plain: GraphHarness) -> None:
@@ -121,16 +112,13 @@ async def test_sizes_are_measured_once_per_change_key(plain: GraphHarness) -> No
     state = await memory.load()
     assert isinstance(state, ListingState) and state.messages == tuple(listed)
     assert all(m.version and m.exact for m in listed)
-    again = await plain.backend().open(plain.credentials)  # a restart: nothing spooled
-    try:
+    async with plain.opened() as again:  # a restart: nothing spooled
         assert await again.list(memory=memory) == listed
         assert plain.fake.downloads == 2  # nothing measured again
         plain.fake.touch(plain.fake.messages[0])  # content or properties changed upstream
         relisted = await again.list(memory=memory)
         assert [m.exact for m in relisted] == [False, True]
         relisted = await as_told(again, relisted)
-    finally:
-        await again.close()
     assert plain.fake.downloads == 3
     assert [m.size for m in relisted] == [m.size for m in listed]
 
@@ -142,16 +130,13 @@ async def test_retr_of_a_message_not_measured_counts_it_once_and_remembers_it(
     plain.seed([message("ahead", 20)])
     plain.fake.regenerate = True
     memory = MemoryListings().for_account("alice")
-    mailbox = await plain.backend().open(plain.credentials)
-    try:
+    async with plain.opened() as mailbox:
         (entry,) = await mailbox.list(memory=memory)
         data = b"".join(await read_all(mailbox, entry.identity))
         measurer = measurer_of(mailbox)
         assert measurer is not None
         assert await measurer.measure([entry.identity]) == {entry.identity: len(data)}
         assert len(b"".join(await read_all(mailbox, entry.identity))) == len(data)
-    finally:
-        await mailbox.close()
     assert plain.fake.downloads == 1
     state = await memory.load()
     assert state is not None and [(m.exact, m.size) for m in state.messages] == [(True, len(data))]
@@ -162,15 +147,12 @@ async def test_retr_sends_what_list_announced_when_mime_is_regenerated(
 ) -> None:
     plain.seed([message("regen", 20)])
     plain.fake.regenerate = True
-    mailbox = await plain.backend().open(plain.credentials)
-    try:
+    async with plain.opened() as mailbox:
         (entry,) = await listed_as_told(mailbox)
         for _ in range(3):
             data = b"".join(await read_all(mailbox, entry.identity))
             assert len(data) == entry.size
         assert plain.fake.downloads == 1  # served from what was measured
-    finally:
-        await mailbox.close()
 
 
 async def test_a_remembered_size_that_no_longer_holds_is_refused_then_remeasured(
@@ -179,11 +161,8 @@ async def test_a_remembered_size_that_no_longer_holds_is_refused_then_remeasured
     plain.seed([message("drift", 5)])
     plain.fake.regenerate = True
     memory = MemoryListings().for_account("alice")
-    first = await plain.backend().open(plain.credentials)
-    try:
+    async with plain.opened() as first:
         (size,) = await listed_as_told(first, memory)
-    finally:
-        await first.close()
     backend = plain.backend()  # a restart: the spool of the first process is gone
     second = await backend.open(plain.credentials)
     try:
@@ -239,23 +218,17 @@ async def test_a_full_spool_still_sends_exactly_the_announced_octets(
     plain: GraphHarness,
 ) -> None:
     plain.seed([message("big", 200), message("small", 1)])
-    mailbox = await plain.backend(spool_limit=0).open(plain.credentials)
-    try:
+    async with plain.opened(spool_limit=0) as mailbox:
         for entry in await listed_as_told(mailbox):
             data = b"".join(await read_all(mailbox, entry.identity))
             assert len(data) == entry.size
-    finally:
-        await mailbox.close()
     assert not any(path.is_file() for path in plain.spool.rglob("*"))  # nothing was kept
 
 
 async def test_listed_sizes_are_the_mime_octets_not_the_mapi_size(plain: GraphHarness) -> None:
     (stored,) = plain.fake.seed([message("sized", 30)])
-    mailbox = await plain.backend().open(plain.credentials)
-    try:
+    async with plain.opened() as mailbox:
         (entry,) = await listed_as_told(mailbox)
-    finally:
-        await mailbox.close()
     assert entry.size == len(stored.mime)
     assert mapi_size(plain.fake._resource(True, stored)) != entry.size
     assert not any("0x0E08" in path or "Extended" in path for _, path, _ in plain.fake.requests)
@@ -266,11 +239,8 @@ async def test_unterminated_last_line_and_bare_cr_are_counted_as_sent(
 ) -> None:
     raw = b"Subject: odd\r\n\r\nbare cr\rline\nlast line without end"
     plain.seed([raw])
-    mailbox = await plain.backend().open(plain.credentials)
-    try:
+    async with plain.opened() as mailbox:
         (entry,) = await listed_as_told(mailbox)
         data = b"".join(await read_all(mailbox, entry.identity))
-    finally:
-        await mailbox.close()
     assert data == b"Subject: odd\r\n\r\nbare cr\r\nline\r\nlast line without end\r\n"
     assert entry.size == len(data)

@@ -64,22 +64,16 @@ async def test_a_listing_disturbed_while_paged_is_redone(plain: GraphHarness) ->
             plain.fake.remove(victim)
 
     plain.fake.on_page = remove_once
-    mailbox = await plain.backend(page_size=5).open(plain.credentials)
-    try:
+    async with plain.opened(page_size=5) as mailbox:
         subjects = list(await by_subject(mailbox))
-    finally:
-        await mailbox.close()
     assert removed == ["m00"]
     assert subjects == [f"m{n:02}" for n in range(1, 12)]  # none skipped, none twice
 
 
 async def test_small_pages_follow_next_links(plain: GraphHarness) -> None:
     plain.seed([message(f"p{n:02}") for n in range(7)])
-    mailbox = await plain.backend(page_size=2).open(plain.credentials)
-    try:
+    async with plain.opened(page_size=2) as mailbox:
         assert list(await by_subject(mailbox)) == [f"p{n:02}" for n in range(7)]
-    finally:
-        await mailbox.close()
     assert any("%24skip=6" in p or "$skip=6" in p for _, p, _ in plain.fake.requests)
 
 
@@ -95,8 +89,7 @@ async def test_a_message_deleted_before_it_is_measured_is_left_out_and_gone(
 
     plain.fake.on_value = delete_doomed
     memory = MemoryListings().for_account("alice") if remembered else None
-    mailbox = await plain.backend().open(plain.credentials)
-    try:
+    async with plain.opened() as mailbox:
         listed = await mailbox.list(memory=memory)
         assert [m.identity for m in listed] == [doomed.id, kept.id]
         measurer = measurer_of(mailbox)
@@ -105,8 +98,6 @@ async def test_a_message_deleted_before_it_is_measured_is_left_out_and_gone(
         assert sizes == {kept.id: len(kept.mime)}  # left out, never a wrong size
         with pytest.raises(MessageGone):
             await read_all(mailbox, doomed.id)
-    finally:
-        await mailbox.close()
     state = await memory.load() if memory is not None else None
     assert memory is None or (
         state is not None and [m.exact for m in state.messages] == [False, True]
@@ -116,12 +107,9 @@ async def test_a_message_deleted_before_it_is_measured_is_left_out_and_gone(
 async def test_a_next_link_to_another_origin_is_refused(plain: GraphHarness) -> None:
     plain.seed([message(f"l{n}") for n in range(3)])
     plain.fake.foreign_links = True
-    mailbox = await plain.backend(page_size=1).open(plain.credentials)
-    try:
+    async with plain.opened(page_size=1) as mailbox:
         with pytest.raises(BackendFailure, match="points elsewhere"):
             await mailbox.list()
-    finally:
-        await mailbox.close()
 
 
 async def test_no_token_or_body_reaches_the_log(
@@ -130,14 +118,11 @@ async def test_no_token_or_body_reaches_the_log(
     caplog.set_level(logging.DEBUG)
     plain.seed([message("secret body line", 3)])
     plain.fake.statuses = [(429, "ApplicationThrottled")]
-    mailbox = await plain.backend().open(plain.credentials)
-    try:
+    async with plain.opened() as mailbox:
         listed = await mailbox.list(memory=MemoryListings().for_account("alice"))
         await read_all(mailbox, listed[0].identity)
         plain.fake.batch_throttle = 1
         assert (await mailbox.dispose([listed[0].identity], Disposition(DispositionKind.SEEN))).ok
-    finally:
-        await mailbox.close()
     with pytest.raises(AuthFailed):
         await plain.backend().open(Credentials(USER, OTHER_TOKEN, "oauth2"))
     assert caplog.records
@@ -166,11 +151,8 @@ async def test_a_folder_path_is_the_maildrop(plain: GraphHarness) -> None:
     scans = plain.fake.add_folder("Scans", parent=plain.fake.folder("inbox").id)
     plain.fake.seed([message("scanned")], folder="Scans")
     plain.seed([message("inbox")])
-    mailbox = await plain.backend(folder="inbox/Scans").open(plain.credentials)
-    try:
+    async with plain.opened(folder="inbox/Scans") as mailbox:
         assert list(await by_subject(mailbox)) == ["scanned"]
-    finally:
-        await mailbox.close()
     assert scans.name == "Scans"
     with pytest.raises(Exception, match="no folder"):
         await plain.backend(folder="inbox/Nope").open(plain.credentials)

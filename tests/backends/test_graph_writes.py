@@ -57,13 +57,10 @@ async def test_categories_are_merged_and_conflicts_retried(plain: GraphHarness) 
     third = plain.fake.seed([message("c")])[0]
     third.categories = ["POPBRIDGE-DONE"]  # already there, spelled otherwise
     plain.fake.conflicts[first.id] = 2  # two 412 ErrorIrresolvableConflict, then success
-    mailbox = await plain.backend().open(plain.credentials)
-    try:
+    async with plain.opened() as mailbox:
         listed = await mailbox.list()
         how = Disposition(DispositionKind.KEYWORD, keyword="popbridge-done")
         assert (await mailbox.dispose([m.identity for m in listed], how)).ok
-    finally:
-        await mailbox.close()
     assert first.categories == ["Red category", "popbridge-done"]
     assert second.categories == ["popbridge-done"]
     assert third.categories == ["POPBRIDGE-DONE"]
@@ -71,28 +68,22 @@ async def test_categories_are_merged_and_conflicts_retried(plain: GraphHarness) 
 
 async def test_dispose_leaves_messages_moved_out_of_the_maildrop(plain: GraphHarness) -> None:
     (moved, kept) = plain.fake.seed([message("moved away"), message("kept")])
-    mailbox = await plain.backend().open(plain.credentials)
-    try:
+    async with plain.opened() as mailbox:
         listed = await mailbox.list()
         moved.folder = plain.fake.folder("Done").id  # another client filed it meanwhile
         how = Disposition(DispositionKind.EXPUNGE)
         assert (await mailbox.dispose([m.identity for m in listed], how)).ok
-    finally:
-        await mailbox.close()
     assert plain.fake.messages == [moved]  # deleted only what was still in the maildrop
     assert kept not in plain.fake.messages
 
 
 async def test_dispose_uses_batches_of_twenty(plain: GraphHarness) -> None:
     plain.seed([message(f"d{n}") for n in range(45)])
-    mailbox = await plain.backend().open(plain.credentials)
-    try:
+    async with plain.opened() as mailbox:
         listed = await mailbox.list()
         plain.fake.requests.clear()
         how = Disposition(DispositionKind.TRASH)
         assert (await mailbox.dispose([m.identity for m in listed], how)).ok
-    finally:
-        await mailbox.close()
     batches = [p for m, p, _ in plain.fake.requests if p.endswith("/$batch")]
     assert len(batches) == 6  # 3 to look up, 3 to move: 20 + 20 + 5 each
     assert len(plain.fake.in_folder("deleteditems")) == 45
@@ -100,27 +91,21 @@ async def test_dispose_uses_batches_of_twenty(plain: GraphHarness) -> None:
 
 async def test_inner_429s_of_a_batch_are_retried(plain: GraphHarness) -> None:
     plain.seed([message(f"t{n}") for n in range(6)])
-    mailbox = await plain.backend().open(plain.credentials)
-    try:
+    async with plain.opened() as mailbox:
         listed = await mailbox.list()
         plain.fake.batch_throttle = 4
         how = Disposition(DispositionKind.SEEN)
         assert (await mailbox.dispose([m.identity for m in listed], how)).ok
-    finally:
-        await mailbox.close()
     assert all(m.is_read for m in plain.fake.messages)
 
 
 async def test_inner_429s_past_the_bound_are_reported_not_done(plain: GraphHarness) -> None:
     plain.seed([message("x"), message("y")])
-    mailbox = await plain.backend(max_retry_after=0).open(plain.credentials)
-    try:
+    async with plain.opened(max_retry_after=0) as mailbox:
         listed = await mailbox.list()
         plain.fake.batch_throttle = 100
         how = Disposition(DispositionKind.EXPUNGE)
         result = await mailbox.dispose([m.identity for m in listed], how)
-    finally:
-        await mailbox.close()
     assert result.failed == {m.identity for m in listed}
     assert len(plain.fake.messages) == 2
 
@@ -131,22 +116,16 @@ async def test_inner_429s_past_the_bound_are_reported_not_done(plain: GraphHarne
 async def test_concurrency_429s_are_waited_out(plain: GraphHarness) -> None:
     plain.seed([message(f"c{n}", 30) for n in range(8)])
     plain.fake.concurrency = 2  # another application uses two of the mailbox's four slots
-    mailbox = await plain.backend().open(plain.credentials)
-    try:
+    async with plain.opened() as mailbox:
         listed = await mailbox.list()
-    finally:
-        await mailbox.close()
     assert len(listed) == 8
     assert plain.fake.in_flight_peak <= 2
 
 
 async def test_never_more_than_four_requests_in_flight(plain: GraphHarness) -> None:
     plain.seed([message(f"f{n}", 5) for n in range(300)])
-    mailbox = await plain.backend().open(plain.credentials)
-    try:
+    async with plain.opened() as mailbox:
         listed = await as_told(mailbox, await mailbox.list())
-    finally:
-        await mailbox.close()
     assert len(listed) == 300 and plain.fake.downloads == 300
     assert plain.fake.in_flight_peak <= 4
 
@@ -183,13 +162,10 @@ async def test_passwords_are_refused_before_any_request(plain: GraphHarness) -> 
 
 async def test_a_token_refused_mid_session_is_auth_failed(plain: GraphHarness) -> None:
     plain.seed([message("gone token")])
-    mailbox = await plain.backend().open(plain.credentials)
-    try:
+    async with plain.opened() as mailbox:
         plain.fake.statuses = [(401, "InvalidAuthenticationToken")]
         with pytest.raises(AuthFailed):
             await mailbox.list()
-    finally:
-        await mailbox.close()
 
 
 async def test_a_mailbox_without_rest_is_permanent_failure(plain: GraphHarness) -> None:
@@ -204,8 +180,7 @@ async def test_a_download_that_stalls_or_is_cut_is_temporary(plain: GraphHarness
     plain.seed([message("small"), message("big", 20_000)])  # several pieces
     plain.fake.misbehave = how
     memory = MemoryListings().for_account("alice")
-    mailbox = await plain.backend(timeout=0.5, max_in_flight=1).open(plain.credentials)
-    try:
+    async with plain.opened(timeout=0.5, max_in_flight=1) as mailbox:
         small, big = await mailbox.list(memory=memory)  # lists without downloading
         measurer = measurer_of(mailbox)
         assert measurer is not None and plain.fake.downloads == 0
@@ -213,8 +188,6 @@ async def test_a_download_that_stalls_or_is_cut_is_temporary(plain: GraphHarness
             await measurer.measure([small.identity, big.identity])
         with pytest.raises(BackendUnavailable):
             await read_all(mailbox, big.identity)  # RETR measures it first: an error again
-    finally:
-        await mailbox.close()
     spooled = [path.stat().st_size for path in plain.spool.rglob("*") if path.is_file()]
     assert spooled == [len(message("small"))]  # the big one was not half kept
     state = await memory.load()  # what was measured before the failure is kept, exact
@@ -230,14 +203,11 @@ async def test_missing_scope_is_auth_failed(plain: GraphHarness) -> None:
 
 
 async def test_a_malformed_id_is_message_gone(plain: GraphHarness) -> None:
-    mailbox = await plain.backend().open(plain.credentials)
-    try:
+    async with plain.opened() as mailbox:
         with pytest.raises(MessageGone):
             await read_all(mailbox, "AAkALg" + "x" * 62)
         with pytest.raises(MessageGone):
             await read_all(mailbox, "x" * 2000)
-    finally:
-        await mailbox.close()
 
 
 # -------------------------------------------------------------------- config
