@@ -91,6 +91,18 @@ MIGRATIONS: Final = (
             "CREATE INDEX login_failures_key ON login_failures (key, at)",
         ),
     ),
+    Migration(
+        4,
+        "summary of the UID map's last plan per account (popbridge.store.uidsummary)",
+        sqlite=(
+            "CREATE TABLE uidl_summaries (account TEXT PRIMARY KEY, digest TEXT NOT NULL,"
+            " uidls TEXT NOT NULL, planned INTEGER NOT NULL)",
+        ),
+        postgres=(
+            "CREATE TABLE uidl_summaries (account text PRIMARY KEY, digest text NOT NULL,"
+            " uidls text NOT NULL, planned bigint NOT NULL)",
+        ),
+    ),
 )
 
 

@@ -24,7 +24,7 @@ import asyncpg
 
 from popbridge.contract import ListingMemory, ListingState, RemoteMessage, with_exact_sizes
 from popbridge.errors import ConfigError
-from popbridge.store import listings, uidmap
+from popbridge.store import listings, uidmap, uidsummary
 from popbridge.store.migrations import SCHEMA_VERSION_POSTGRES, SchemaTooNew, pending
 from popbridge.store.pgfailures import PostgresFailures
 from popbridge.store.pglocks import FAILURES, KEEPALIVE, PostgresLocks, guarded, lock_id
@@ -132,6 +132,7 @@ class PostgresUidls:
         self, account: str, messages: Sequence[RemoteMessage], *, withheld: Collection[str] = ()
     ) -> list[str]:
         now = int(self._clock())
+        wanted = uidsummary.digest(messages, withheld)
         async with (
             guarded("UID map"),
             self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as connection,
@@ -139,25 +140,43 @@ class PostgresUidls:
         ):
             # One writer per account across all instances (RFC 1939 section 7: unique).
             await connection.execute("SELECT pg_advisory_xact_lock($1)", lock_id("uidls", account))
-            live = await connection.fetch(
-                "SELECT identity, uidl, mark, size, last_seen FROM uidls WHERE account = $1",
-                account,
+            stored = await connection.fetchrow(
+                "SELECT digest, uidls, planned FROM uidl_summaries WHERE account = $1", account
             )
-            tombs = await connection.fetch(
-                "SELECT identity, uidl, mark, size, last_seen FROM uidl_tombstones"
-                " WHERE account = $1",
-                account,
+            reused = uidsummary.reusable(
+                None if stored is None else tuple(stored), wanted, len(messages), now
             )
-            result = uidmap.plan(
-                messages,
-                [uidmap.Row(*row) for row in live],
-                [uidmap.Row(*row) for row in tombs],
-                now=now,
-                mint=self._mint,
-                withheld=withheld,
-            )
+            if reused is not None:
+                return reused  # an unchanged listing: nothing to read or write
+            result = await self._plan(connection, account, messages, withheld, now)
             await _apply(connection, account, result, now)
+            await connection.execute(
+                "INSERT INTO uidl_summaries (account, digest, uidls, planned)"
+                " VALUES ($1, $2, $3, $4) ON CONFLICT (account) DO UPDATE SET"
+                " digest = excluded.digest, uidls = excluded.uidls, planned = excluded.planned",
+                account, wanted, uidsummary.pack(result.uidls), now,
+            )  # fmt: skip
         return result.uidls
+
+    async def _plan(
+        self, connection: Any, account: str, messages: Sequence[RemoteMessage],
+        withheld: Collection[str], now: int,
+    ) -> uidmap.Plan:  # fmt: skip
+        live = await connection.fetch(
+            "SELECT identity, uidl, mark, size, last_seen FROM uidls WHERE account = $1", account
+        )
+        tombs = await connection.fetch(
+            "SELECT identity, uidl, mark, size, last_seen FROM uidl_tombstones WHERE account = $1",
+            account,
+        )
+        return uidmap.plan(
+            messages,
+            [uidmap.Row(*row) for row in live],
+            [uidmap.Row(*row) for row in tombs],
+            now=now,
+            mint=self._mint,
+            withheld=withheld,
+        )
 
 
 async def _apply(connection: Any, account: str, plan: uidmap.Plan, now: int) -> None:

@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from popbridge.contract import ListingMemory, ListingState, RemoteMessage, with_exact_sizes
 from popbridge.errors import ConfigError
-from popbridge.store import StoreUnavailable, listings, uidmap
+from popbridge.store import StoreUnavailable, listings, uidmap, uidsummary
 from popbridge.store.failures import FailureLedger, MemoryFailures
 from popbridge.store.locks import Lease
 from popbridge.store.migrations import SCHEMA_VERSION_SQLITE, SchemaTooNew, pending
@@ -173,8 +173,15 @@ class SqliteUidls:
     ) -> list[str]:
         now = int(self._clock())
         listing = list(messages)
+        wanted = uidsummary.digest(listing, withheld)
 
         def work(connection: sqlite3.Connection) -> list[str]:
+            stored = connection.execute(
+                "SELECT digest, uidls, planned FROM uidl_summaries WHERE account = ?", (account,)
+            ).fetchone()
+            reused = uidsummary.reusable(stored, wanted, len(listing), now)
+            if reused is not None:
+                return reused  # an unchanged listing: nothing to read or write
             live = connection.execute(
                 "SELECT identity, uidl, mark, size, last_seen FROM uidls WHERE account = ?",
                 (account,),
@@ -193,6 +200,12 @@ class SqliteUidls:
                 withheld=withheld,
             )
             _apply(connection, account, result, now)
+            connection.execute(
+                "INSERT INTO uidl_summaries (account, digest, uidls, planned) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (account) DO UPDATE SET digest = excluded.digest,"
+                " uidls = excluded.uidls, planned = excluded.planned",
+                (account, wanted, uidsummary.pack(result.uidls), now),
+            )
             return result.uidls
 
         return await self._database.call(work, write=True)

@@ -1,0 +1,110 @@
+"""The UID map's summary (`popbridge.store.uidsummary`), as both SQL stores must keep it.
+
+A store's contract class mixes in `SummaryContract`: an unchanged listing is answered from
+the summary without planning, by this store object or another one on the same database;
+every change the plan reads, and the summary's age, send the next login back to the plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from popbridge.contract import RemoteMessage
+from popbridge.store import uidmap
+from popbridge.store.uidsummary import REUSE_FOR
+from tests.store.contract import ACCOUNT, BASE, StoreHarness, mail
+
+Listing = list[RemoteMessage]
+
+
+@pytest.fixture
+def plans(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts `uidmap.plan` calls (one entry per call, the listing's length)."""
+    calls: list[int] = []
+    real = uidmap.plan
+
+    def counted(listing: Listing, *args: object, **kwargs: object) -> uidmap.Plan:
+        calls.append(len(listing))
+        return real(listing, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(uidmap, "plan", counted)
+    return calls
+
+
+def _changed(listing: Listing, n: int, **change: Any) -> Listing:
+    return [dataclasses.replace(m, **change) if i == n else m for i, m in enumerate(listing)]
+
+
+CHANGES: dict[str, Callable[[Listing], Listing]] = {
+    "a size": lambda ms: _changed(ms, 1, size=ms[1].size + 1),
+    "a Message-ID gone": lambda ms: _changed(ms, 1, message_id=None),
+    "a Message-ID made empty": lambda ms: _changed(ms, 1, message_id=""),
+    "a received time": lambda ms: _changed(ms, 1, received=BASE),
+    "a received time gone": lambda ms: _changed(ms, 1, received=None),
+    "an identity": lambda ms: _changed(ms, 1, identity="200.1"),
+    "the order": lambda ms: [ms[1], ms[0], *ms[2:]],
+    "a message gone": lambda ms: ms[1:],
+    "a message more": lambda ms: [*ms, mail(9)],
+}
+
+
+class SummaryContract:
+    async def test_an_unchanged_listing_is_not_planned_again(
+        self, harness: StoreHarness, plans: list[int]
+    ) -> None:
+        listing = [mail(n) for n in range(5)]
+        store = await harness.open()
+        first = await store.uidls.assign(ACCOUNT, listing)
+        assert await store.uidls.assign(ACCOUNT, list(listing)) == first
+        other = await harness.open()  # another instance on the same database
+        assert await other.uidls.assign(ACCOUNT, listing) == first
+        assert plans == [5]
+
+    @pytest.mark.parametrize("change", sorted(CHANGES))
+    async def test_whatever_the_plan_reads_plans_again(
+        self, harness: StoreHarness, plans: list[int], change: str
+    ) -> None:
+        listing = [mail(n) for n in range(4)]
+        store = await harness.open()
+        await store.uidls.assign(ACCOUNT, listing)
+        await store.uidls.assign(ACCOUNT, CHANGES[change](listing))
+        assert len(plans) == 2
+
+    async def test_withheld_identities_are_part_of_the_listing(
+        self, harness: StoreHarness, plans: list[int]
+    ) -> None:
+        listing = [mail(n) for n in range(4)]
+        store = await harness.open()
+        await store.uidls.assign(ACCOUNT, listing[1:], withheld={"100.0"})
+        await store.uidls.assign(ACCOUNT, listing[1:])
+        await store.uidls.assign(ACCOUNT, listing[1:], withheld={"100.0"})
+        assert len(plans) == 3
+
+    async def test_an_old_summary_or_a_clock_set_back_plans_again(
+        self, harness: StoreHarness, plans: list[int]
+    ) -> None:
+        listing = [mail(n) for n in range(3)]
+        store = await harness.open()
+        first = await store.uidls.assign(ACCOUNT, listing)
+        harness.clock.now += REUSE_FOR - 1
+        assert await store.uidls.assign(ACCOUNT, listing) == first
+        harness.clock.now += 1
+        assert await store.uidls.assign(ACCOUNT, listing) == first
+        harness.clock.now -= 10
+        assert await store.uidls.assign(ACCOUNT, listing) == first
+        assert len(plans) == 3
+
+    async def test_a_failed_plan_leaves_the_summary_as_it_was(
+        self, harness: StoreHarness, plans: list[int]
+    ) -> None:
+        listing = [mail(n) for n in range(3)]
+        store = await harness.open()
+        first = await store.uidls.assign(ACCOUNT, listing)
+        with pytest.raises(Exception, match="twice"):
+            await store.uidls.assign(ACCOUNT, [*listing, listing[0]])
+        assert await store.uidls.assign(ACCOUNT, listing) == first
+        assert len(plans) == 2
