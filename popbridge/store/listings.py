@@ -7,6 +7,8 @@ column (identities, Message-IDs and versions as NUL-joined text, sizes and dates
 numbers), compressed. A column-wise blob of 100,000 messages decodes in a handful of C
 calls, where one row per message or one JSON object per message costs a Python object per
 field; a blob that does not decode is treated as no memory (the next login lists in full).
+The SQL stores keep the last listings they decoded (`Decoded`), so a login that finds the
+row as the last one left it builds no message objects.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import math
 import struct
 import zlib
 from array import array
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Protocol
@@ -27,6 +30,8 @@ logger = logging.getLogger(__name__)
 FORMAT = 2  # the first byte of a blob: the column layout below (1: without `exact`)
 _HEADER = struct.Struct("<BI")  # format, message count
 _NONE = "\x01"  # an absent Message-ID or version (NUL separates, 0x01 never occurs in hints)
+# Messages kept decoded by `Decoded`, in all accounts: about 300 bytes each.
+DECODED_MESSAGES = 200_000
 
 
 class ListingMemories(Protocol):
@@ -111,6 +116,45 @@ def encode_or_none(state: ListingState) -> bytes | None:
     except ValueError as error:
         logger.warning("listing not kept: %s", error)
         return None
+
+
+class Decoded:
+    """The listings a SQL store decoded lately, per account, with the blob each came from.
+
+    A login on an unchanged mailbox loads the very blob the last one saved; decoding it
+    builds an object per message again (100,000 of them for a large mailbox: most of such
+    a login's time). A blob equal to the one remembered for the account gives back the
+    listing decoded from it, so a row another instance rewrote is always decoded afresh.
+    At most `capacity` messages are kept in all, the least recently used account first out.
+    """
+
+    def __init__(self, capacity: int = DECODED_MESSAGES) -> None:
+        self._capacity = capacity
+        self._kept: OrderedDict[str, tuple[bytes, ListingState]] = OrderedDict()
+        self._messages = 0
+
+    def decode(self, account: str, blob: bytes) -> ListingState | None:
+        """`decode(blob)`, from what this account's last blob gave when it is the same."""
+        kept = self._kept.get(account)
+        if kept is not None and kept[0] == blob:
+            self._kept.move_to_end(account)
+            return kept[1]
+        state = decode(blob)
+        self.remember(account, blob, state)
+        return state
+
+    def remember(self, account: str, blob: bytes | None, state: ListingState | None) -> None:
+        """The account's row now holds `blob`, the form of `state` (None: no row)."""
+        dropped = self._kept.pop(account, None)
+        if dropped is not None:
+            self._messages -= len(dropped[1].messages)
+        if blob is None or state is None or len(state.messages) > self._capacity:
+            return
+        self._kept[account] = (blob, state)
+        self._messages += len(state.messages)
+        while self._messages > self._capacity:
+            _, (_, oldest) = self._kept.popitem(last=False)
+            self._messages -= len(oldest.messages)
 
 
 def decode(blob: bytes) -> ListingState | None:

@@ -231,6 +231,7 @@ class PostgresListings:
     def __init__(self, pool: Any, clock: Clock) -> None:
         self._pool = pool
         self._clock = clock
+        self._decoded = listings.Decoded()
 
     def for_account(self, account: str) -> ListingMemory:
         return listings.Bound(self, account)
@@ -240,10 +241,11 @@ class PostgresListings:
             blob = await connection.fetchval(
                 "SELECT state FROM listings WHERE account = $1", account
             )
-        return None if blob is None else listings.decode(bytes(blob))
+        return None if blob is None else self._decoded.decode(account, bytes(blob))
 
     async def save(self, account: str, state: ListingState) -> None:
         blob = listings.encode_or_none(state)
+        self._decoded.remember(account, None, None)  # until the row is known to hold it
         async with guarded("listings"), self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as connection:
             if blob is None:
                 await connection.execute("DELETE FROM listings WHERE account = $1", account)
@@ -254,6 +256,7 @@ class PostgresListings:
                 " updated = excluded.updated",
                 account, blob, int(self._clock()),
             )  # fmt: skip
+        self._decoded.remember(account, blob, state)
 
 
 class PostgresAccounts:

@@ -273,6 +273,7 @@ class SqliteListings:
     def __init__(self, database: _Database, clock: Clock) -> None:
         self._database = database
         self._clock = clock
+        self._decoded = listings.Decoded()
 
     def for_account(self, account: str) -> ListingMemory:
         return listings.Bound(self, account)
@@ -285,7 +286,7 @@ class SqliteListings:
             return None if row is None else bytes(row[0])
 
         blob = await self._database.call(work)
-        return None if blob is None else listings.decode(blob)
+        return None if blob is None else self._decoded.decode(account, blob)
 
     async def save(self, account: str, state: ListingState) -> None:
         blob = listings.encode_or_none(state)
@@ -301,7 +302,9 @@ class SqliteListings:
                 (account, blob, int(self._clock())),
             )
 
+        self._decoded.remember(account, None, None)  # until the row is known to hold it
         await self._database.call(work, write=True)
+        self._decoded.remember(account, blob, state)
 
 
 class SqliteAccounts:

@@ -32,7 +32,7 @@ from popbridge.store.migrations import MIGRATIONS
 from popbridge.store.pglocks import PostgresLocks
 from popbridge.store.postgres import PostgresStore, open_postgres_store, redact
 from tests.store.contract import ACCOUNT, Clock, StoreContract, eventually_acquire, mail
-from tests.store.summary_contract import SummaryContract, plans  # noqa: F401
+from tests.store.repeat_contract import RepeatLoginContract, plans  # noqa: F401
 
 
 class PostgresHarness:
@@ -86,7 +86,7 @@ async def harness(postgres: Postgres) -> AsyncIterator[PostgresHarness]:  # noqa
     await drop_database(postgres, database)
 
 
-class TestPostgresContract(StoreContract, SummaryContract):
+class TestPostgresContract(StoreContract, RepeatLoginContract):
     """The contract suite on a PostgreSQL database."""
 
 

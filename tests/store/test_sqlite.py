@@ -25,7 +25,7 @@ from popbridge.store import sqlite as sqlite_store
 from popbridge.store.migrations import MIGRATIONS, SCHEMA_VERSION_SQLITE
 from popbridge.store.sqlite import SqliteStore, open_sqlite_store
 from tests.store.contract import ACCOUNT, Clock, StoreContract, mail
-from tests.store.summary_contract import SummaryContract, plans  # noqa: F401
+from tests.store.repeat_contract import RepeatLoginContract, plans  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,7 +69,7 @@ async def harness(tmp_path: Path) -> AsyncIterator[SqliteHarness]:
     await harness.close()
 
 
-class TestSqliteContract(StoreContract, SummaryContract):
+class TestSqliteContract(StoreContract, RepeatLoginContract):
     """The contract suite on a SQLite file."""
 
 

@@ -1,8 +1,11 @@
-"""The UID map's summary (`popbridge.store.uidsummary`), as both SQL stores must keep it.
+"""What both SQL stores keep so that a login on an unchanged mailbox costs little.
 
-A store's contract class mixes in `SummaryContract`: an unchanged listing is answered from
-the summary without planning, by this store object or another one on the same database;
-every change the plan reads, and the summary's age, send the next login back to the plan.
+A store's contract class mixes in `RepeatLoginContract`. The UID map's summary
+(`popbridge.store.uidsummary`): an unchanged listing is answered without planning, by this
+store object or another one on the same database; every change the plan reads, and the
+summary's age, send the next login back to the plan. The decoded listings
+(`popbridge.store.listings.Decoded`): a listing is decoded once, and a row another
+instance rewrote is never answered from what this one remembers.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from popbridge.contract import RemoteMessage
+from popbridge.contract import ListingState, RemoteMessage
 from popbridge.store import uidmap
 from popbridge.store.uidsummary import REUSE_FOR
 from tests.store.contract import ACCOUNT, BASE, StoreHarness, mail
@@ -52,7 +55,7 @@ CHANGES: dict[str, Callable[[Listing], Listing]] = {
 }
 
 
-class SummaryContract:
+class RepeatLoginContract:
     async def test_an_unchanged_listing_is_not_planned_again(
         self, harness: StoreHarness, plans: list[int]
     ) -> None:
@@ -108,3 +111,19 @@ class SummaryContract:
             await store.uidls.assign(ACCOUNT, [*listing, listing[0]])
         assert await store.uidls.assign(ACCOUNT, listing) == first
         assert len(plans) == 2
+
+    async def test_a_listing_is_decoded_once_until_another_instance_rewrites_it(
+        self, harness: StoreHarness
+    ) -> None:
+        one, other = await harness.open(), await harness.open()
+        first = ListingState("t1", tuple(mail(n) for n in range(3)))
+        await one.listings.for_account(ACCOUNT).save(first)
+        assert await one.listings.for_account(ACCOUNT).load() is first
+        loaded = await other.listings.for_account(ACCOUNT).load()
+        assert loaded == first and await other.listings.for_account(ACCOUNT).load() is loaded
+        second = ListingState("t2", first.messages[1:])
+        await other.listings.for_account(ACCOUNT).save(second)
+        assert await one.listings.for_account(ACCOUNT).load() == second
+        unkeepable = ListingState("t3", (RemoteMessage("1.1", 5, "<a\0b>"),))
+        await one.listings.for_account(ACCOUNT).save(unkeepable)
+        assert await other.listings.for_account(ACCOUNT).load() is None
