@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections.abc import Collection, Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Final
 
 from popbridge.contract import RemoteMessage
@@ -37,28 +37,29 @@ _ABSENT: Final = -1  # the length recorded for a missing Message-ID or received 
 
 def digest(listing: Sequence[RemoteMessage], withheld: Collection[str]) -> str:
     """A hex digest of what the UID map's plan reads from `listing` and `withheld`."""
-    identities = [m.identity for m in listing]
     message_ids = [m.message_id for m in listing]
     hashed = hashlib.blake2b(digest_size=20)
     hashed.update(array("q", [len(listing), len(withheld)]).tobytes())
-    for column in (identities, sorted(withheld), ["" if m is None else m for m in message_ids]):
+    for column in (
+        [m.identity for m in listing], sorted(withheld), [t or "" for t in message_ids]
+    ):  # fmt: skip
         hashed.update(_text_column(column))
-    hashed.update(array("q", [_ABSENT if m is None else 0 for m in message_ids]).tobytes())
-    hashed.update(array("q", [_stamp(m) for m in listing]).tobytes())
+    hashed.update(array("q", [_ABSENT if t is None else 0 for t in message_ids]).tobytes())
+    hashed.update(array("q", [_stamp(m.received) for m in listing]).tobytes())
     hashed.update(array("q", [m.received is None for m in listing]).tobytes())
     hashed.update(array("q", [m.size for m in listing]).tobytes())
     return hashed.hexdigest()
 
 
 def _text_column(texts: list[str]) -> bytes:
-    """The texts' lengths, then the texts: the joined text cannot be cut another way."""
-    encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
-    return array("q", [len(e) for e in encoded]).tobytes() + b"".join(encoded)
+    """The texts' lengths in characters, then the texts: the joined text cannot be cut
+    another way (one encoding of the whole column, not one per text)."""
+    joined = "".join(texts).encode("utf-8", "surrogatepass")
+    return array("q", map(len, texts)).tobytes() + joined
 
 
-def _stamp(message: RemoteMessage) -> int:
+def _stamp(received: datetime | None) -> int:
     """The received time as `uidmap.mark_of` reads it: whole seconds, naive taken as UTC."""
-    received = message.received
     if received is None:
         return 0
     return int((received if received.tzinfo else received.replace(tzinfo=UTC)).timestamp())

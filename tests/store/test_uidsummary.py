@@ -46,7 +46,7 @@ messages = st.builds(RemoteMessage, **FIELDS)
 
 def _read(listing: list[RemoteMessage]) -> list[tuple[object, ...]]:
     """What the plan reads of each message (received as `mark_of` reads it)."""
-    return [(m.identity, m.message_id, uidsummary._stamp(m), m.received is None, m.size)
+    return [(m.identity, m.message_id, uidsummary._stamp(m.received), m.received is None, m.size)
             for m in listing]  # fmt: skip
 
 
