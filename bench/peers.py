@@ -254,6 +254,7 @@ def start_imapc(directory: Path, backend: Dovecot, *, tls: bool = False) -> Inst
 
 # ----------------------------------------------------------------- popbridge
 
+STORE_FILE = "popbridge.sqlite3"  # popbridge's default store, as deployed
 _POPBRIDGE_CONFIG = string.Template("""\
 # popbridge under benchmark (written by bench/peers.py)
 [server]
@@ -274,7 +275,8 @@ port = $up_port
 $upstream
 
 [store]
-type = "memory"
+type = "sqlite"
+path = "$store"
 """)
 
 
@@ -314,10 +316,15 @@ def start_popbridge(
     tls: bool = False,
 ) -> Popbridge:
     """Run ``popbridge serve --config`` (optionally under cProfile, written at SIGTERM): with
-    ``tls`` POP3S on its port and verified IMAPS upstream, else plain POP3 and plain IMAP."""
+    ``tls`` POP3S on its port and verified IMAPS upstream, else plain POP3 and plain IMAP;
+    on its default store, a SQLite file in ``directory``, new at every start."""
     port = free_port()
     pki = backend.pki
+    store = directory / STORE_FILE
+    for stale in (store, *(store.with_name(store.name + end) for end in ("-wal", "-shm"))):
+        stale.unlink(missing_ok=True)  # a start is a fresh start: nothing remembered
     config = _POPBRIDGE_CONFIG.substitute(
+        store=store,
         max_connections=2000,
         log_level=log_level,
         port=port,
