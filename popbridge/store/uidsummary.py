@@ -16,7 +16,10 @@ listed message's last-seen time never lags more than `REUSE_FOR` behind what the
 plan's own `TOUCH_INTERVAL` allows (a rowed message keeps its UIDL regardless of that
 time: it only decides, for a vanished message, how long its UIDL can be re-matched). And
 the digest encodes every column with its lengths and absences, so no two different
-listings share one except by a BLAKE2b collision.
+listings share one except by a BLAKE2b collision. Whatever else writes the map meanwhile (an
+older popbridge during a rolling upgrade), a summary only ever hands a UIDL back to the
+identity, with the same fingerprint, that it was planned for, and the map never gives a UIDL
+it handed out to another message (RFC 1939 section 7).
 """
 
 from __future__ import annotations
