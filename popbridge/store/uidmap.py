@@ -181,6 +181,8 @@ class _Planner:
         held by two listed messages, or by two remembered rows (duplicates, or a twin that
         is still listed), cannot say which is which, so none of them is matched.
         """
+        if not self.live and not self.recent:
+            return {}  # nothing remembered to match (a first login): no fingerprint needed
         keys = {m.identity: _key(m) for m in unknown}
         wanted = Counter(key for key in keys.values() if key is not None)
         holders: dict[tuple[str, int], list[tuple[_Candidate, bool]]] = {}
