@@ -87,9 +87,9 @@ class Folders:
         return folder, parsed[1]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a login builds one per message, and frozen costs 3x
 class Listed:
-    """A listed message with what the merged order and the window need."""
+    """A listed message with what the merged order and the window need (never changed)."""
 
     message: RemoteMessage
     folder: int

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from popbridge.contract import RemoteMessage, with_exact_sizes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a login builds one per message, and frozen costs 3x
 class Entry:
-    """One numbered message of the snapshot."""
+    """One numbered message of the snapshot (never changed after it is built)."""
 
     number: int
     message: RemoteMessage
