@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 
 from backends.imap import dispose, listing, tails, wire
 from backends.imap.connection import Connection, Selected
-from backends.imap.folders import Folder, Folders, Window
+from backends.imap.folders import Folder, Folders, Listed, Window
 from backends.imap.protocol import Reply
 from backends.imap.readahead import ReadAhead
 from popbridge.contract import (
@@ -56,6 +56,7 @@ class ImapMailbox:
         self._window = window
         self._chunk = connection.settings.fetch_chunk
         self._sizes: dict[tuple[int, int], int] = {}
+        self._unindexed: list[Listed] | None = None  # the last listing, until first read from
         self._memory: ListingMemory | None = None
         # in the folders but left out of the last listing on purpose (keyword, window)
         self.withheld: set[str] = set()
@@ -77,13 +78,20 @@ class ImapMailbox:
             memory=memory, opened=opened, withheld=self.withheld,
         )  # fmt: skip
         self._memory = memory
-        self._sizes = {(entry.folder, entry.uid): entry.message.size for entry in chosen}
-        self._ahead.listed([(entry.folder, entry.uid) for entry in chosen], self._sizes)
+        self._unindexed = chosen  # a device that only polls UIDL never needs the index
         return [entry.message for entry in chosen]
+
+    def _index(self) -> None:
+        """Sizes and read-ahead order of the last listing, built once it is read from."""
+        chosen, self._unindexed = self._unindexed, None
+        if chosen is not None:
+            self._sizes = {(entry.folder, entry.uid): entry.message.size for entry in chosen}
+            self._ahead.listed([(entry.folder, entry.uid) for entry in chosen], self._sizes)
 
     async def measure(self, identities: Collection[str]) -> dict[str, int]:
         """The exact sizes of listed messages from their last octets (`backends.imap.tails`),
         folder by folder, saved with the listing so they are read once per message."""
+        self._index()
         await self._settle()
         await self._reconnected()
         wanted: dict[int, tuple[Folder, list[tuple[int, int]]]] = {}
@@ -107,6 +115,7 @@ class ImapMailbox:
 
     async def fetch(self, identity: str, *, body_lines: int | None = None) -> AsyncIterator[bytes]:
         """Stream the message in pieces of at most `fetch_chunk` octets (header+prefix for TOP)."""
+        self._index()
         if body_lines is None and (held := self._held(identity)) is not None:
             yield held
             return
