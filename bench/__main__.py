@@ -31,6 +31,11 @@ def parse(argv: Sequence[str] | None) -> Options:
         "--plain", action="store_true",
         help="plaintext POP3 clients and plain IMAP upstream (default: POP3S and verified IMAPS)",
     )  # fmt: skip
+    parser.add_argument(
+        "--login-processes", choices=("long-lived", "per-connection"), default="long-lived",
+        help="Dovecot's login services: long-lived (high-performance mode, the default) or "
+        "per-connection (Dovecot's own default)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, help="output dir (default: bench/results)")
     parser.add_argument(
         "--keep", action="store_true", help="keep the temp dir with configs and server logs"
@@ -44,6 +49,7 @@ def parse(argv: Sequence[str] | None) -> Options:
         only=frozenset(args.only.lower()),
         keep=args.keep,
         tls=not args.plain,
+        login_per_connection=args.login_processes == "per-connection",
     )
     return options if args.out is None else replace(options, out=args.out)
 

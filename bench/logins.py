@@ -44,13 +44,13 @@ from pathlib import Path
 from bench.clients import AsyncClient, Tally
 from bench.peers import (
     client_context,
-    machine_cpu_seconds,
     raise_fd_limit,
     start_backend,
     start_imapc,
     start_popbridge,
 )
 from bench.scenarios import PASSWORD, PROFILES, percentile, session_user, source_address
+from bench.usage import machine_cpu_seconds
 from devkit.dovecot import generate_message
 
 Login = Callable[[int, int], Awaitable[float]]

@@ -46,19 +46,29 @@ CLIENT_LIMIT = 8000
 # Dovecot's documented high-performance mode (long-lived login processes, one per core,
 # each serving many connections), as a busy server would: in the default mode every
 # connection forks a login process, and a burst of 200 waits up to 2 s for its greeting.
+# `per_connection` keeps that default mode instead (the `--login-processes` variant).
 LOGIN_HIGH_PERFORMANCE = """
   service_count = 0
   process_min_avail = 2
 """
-BACKEND_LIMITS = f"""
+
+
+def login_services(per_connection: bool) -> str:
+    """The body of a Dovecot login service block: high-performance mode, or the default."""
+    return "\n" if per_connection else LOGIN_HIGH_PERFORMANCE
+
+
+def backend_limits(per_connection: bool = False) -> str:
+    login = login_services(per_connection)
+    return f"""
 # --- added by bench/peers.py: room for 1,000 sessions held at once
 default_process_limit = {PROCESS_LIMIT}
 default_client_limit = {CLIENT_LIMIT}
 service imap {{
   process_limit = {PROCESS_LIMIT + 500}
 }}
-service imap-login {{{LOGIN_HIGH_PERFORMANCE}}}
-service pop3-login {{{LOGIN_HIGH_PERFORMANCE}}}
+service imap-login {{{login}}}
+service pop3-login {{{login}}}
 """
 
 
@@ -122,14 +132,17 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 # ----------------------------------------------------------------- Dovecot backend
 
 
-def start_backend(directory: Path, users: dict[str, str]) -> Dovecot:
+def start_backend(
+    directory: Path, users: dict[str, str], *, login_per_connection: bool = False
+) -> Dovecot:
     """The harness's Dovecot (IMAP + POP3 on Maildir) with the limits raised for 1,000 sessions.
 
     The limits are in its config from the start: Dovecot sizes each listening socket's
     backlog from them, and a reload would keep the sockets of the default limits (a backlog
     of 100, which a burst of 200 logins overflows into 1 s and 3 s SYN retransmissions).
     """
-    backend = start_dovecot(directory, users, extra_config=BACKEND_LIMITS)
+    limits = backend_limits(login_per_connection)
+    backend = start_dovecot(directory, users, extra_config=limits)
     try:
         conf = backend.directory / "dovecot.conf"
         checked = subprocess.run(
@@ -219,7 +232,9 @@ ssl_client_ca_file = {ca_file}
 """
 
 
-def start_imapc(directory: Path, backend: Dovecot, *, tls: bool = False) -> Instance:
+def start_imapc(
+    directory: Path, backend: Dovecot, *, tls: bool = False, login_per_connection: bool = False
+) -> Instance:
     """Dovecot POP3 with imapc storage proxying to ``backend``: with ``tls`` POP3S to the
     clients and verified IMAPS upstream, else plain POP3 and the backend's plain IMAP port."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -241,6 +256,7 @@ def start_imapc(directory: Path, backend: Dovecot, *, tls: bool = False) -> Inst
         ),
         cert_file=backend.pki.cert_file, key_file=backend.pki.key_file,
         process_limit=PROCESS_LIMIT, client_limit=CLIENT_LIMIT,
+        login_service=login_services(login_per_connection),
     )  # fmt: skip
     (directory / "dovecot.conf").write_text(text)
     command = [str(DOVECOT_BIN), "-F", "-c", str(directory / "dovecot.conf")]
@@ -357,42 +373,3 @@ def launch_popbridge(
         command += serve
     log = directory / "popbridge.log"
     return launch(Popbridge, "popbridge", directory, port, command, log, tls=tls)
-
-
-def machine_cpu_seconds() -> float:
-    """CPU time the whole machine has spent busy so far, all CPUs summed (/proc/stat).
-
-    A run's difference counts every party that shares the CPUs: the clients, the server
-    under test and the backend behind it, which no per-process figure shows together.
-    """
-    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle, iowait = fields[3], fields[4]
-    return (sum(fields[:8]) - idle - iowait) / os.sysconf("SC_CLK_TCK")
-
-
-# ----------------------------------------------------------------- memory of process trees
-
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            tree.setdefault(ppid, []).append(int(entry.name))
-    return tree
-
-
-def tree_pss_kb(root: int) -> int:
-    """Summed proportional set size (kB) of ``root`` and all its descendants."""
-    tree, pending, total = _children(), [root], 0
-    while pending:
-        pid = pending.pop()
-        pending.extend(tree.get(pid, ()))
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-                    break
-    return total

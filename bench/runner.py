@@ -32,7 +32,6 @@ from bench.peers import (
     Instance,
     Popbridge,
     client_context,
-    machine_cpu_seconds,
     raise_fd_limit,
     start_backend,
     start_imapc,
@@ -40,6 +39,7 @@ from bench.peers import (
 )
 from bench.report import Results
 from bench.scenarios import PROFILES, SCENARIOS, Outcome, Profile, Scenario, Target, seed, users
+from bench.usage import machine_cpu_seconds
 from devkit.dovecot import DOVECOT_BIN, Dovecot
 from popbridge import __version__
 
@@ -54,6 +54,7 @@ class Options:
     out: Path = HERE / "results"
     keep: bool = False  # leave the work dir (configs, Dovecot and popbridge logs) behind
     tls: bool = True  # POP3S clients, verified IMAPS upstream; False: plaintext both sides
+    login_per_connection: bool = False  # Dovecot's default login processes, not long-lived
 
 
 def sizes(profile: Profile) -> dict[str, str]:
@@ -81,6 +82,11 @@ def run(options: Options) -> Results:
     limit = raise_fd_limit()
     results = Results(profile.name, sizes(profile), tls=options.tls)
     results.notes += _notes(profile, limit, options.tls)
+    if options.login_per_connection:
+        results.notes.append(
+            "- `--login-processes per-connection`: Dovecot's login services in their default "
+            "mode, one login process forked per connection (direct, imapc and the backend)"
+        )
     work = Path(tempfile.mkdtemp(prefix="popbridge-bench-"))
     work.chmod(0o755)  # Dovecot's unprivileged processes must get in
     try:
@@ -100,10 +106,15 @@ def _dovecot_scenarios(options: Options, profile: Profile, work: Path, results: 
     """(a) to (e) and (g): one Dovecot backend and one imapc proxy for all of them."""
     with contextlib.ExitStack() as stack:
         progress(f"profile {profile.name}: starting Dovecot backend, seeding mailboxes")
-        backend = start_backend(work / "backend", users(profile))
+        per_connection = options.login_per_connection
+        backend = start_backend(
+            work / "backend", users(profile), login_per_connection=per_connection
+        )
         stack.callback(backend.stop)
         seed(backend, profile)
-        imapc = start_imapc(work / "imapc", backend, tls=options.tls)
+        imapc = start_imapc(
+            work / "imapc", backend, tls=options.tls, login_per_connection=per_connection
+        )
         stack.callback(imapc.stop)
         for scenario in SCENARIOS:
             if scenario.key in options.only:

@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from bench.clients import CONNECT, AsyncClient, LeanClient, Tally, listing_count, poplib_session
-from bench.peers import Popbridge, tree_pss_kb
+from bench.peers import Popbridge
+from bench.usage import tree_pss_kb
 from devkit.dovecot import Dovecot, generate_message
 
 PASSWORD = "bench-secret"
