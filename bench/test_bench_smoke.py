@@ -90,6 +90,16 @@ def test_the_plaintext_variant_stays_available(tmp_path: Path) -> None:
     assert all(c["failed"] == 0 for c in checks)
 
 
+def test_dovecots_default_login_mode_is_available(tmp_path: Path) -> None:
+    ensure_installed()
+    argv = ["--smoke", "--login-processes", "per-connection", "--only", "e", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    assert "one login process forked per connection" in (tmp_path / "results.md").read_text()
+    checks = json.loads((tmp_path / "results.json").read_text())["checks"]
+    assert {c["server"] for c in checks} == set(SERVERS)
+    assert all(c["failed"] == 0 for c in checks)
+
+
 def table_rows(capsys: pytest.CaptureFixture[str]) -> list[str]:
     """The rows of the Markdown table a command printed, without its header."""
     return [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
