@@ -34,9 +34,10 @@ RETENTION: Final = 180 * 86400
 TOUCH_INTERVAL: Final = 86400
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a changed login loads one per remembered message
 class Row:
-    """One remembered UIDL. In a tombstone `identity` is None when no message may revive it."""
+    """One remembered UIDL (never changed once built). In a tombstone `identity` is None
+    when no message may revive it."""
 
     identity: str | None
     uidl: str
