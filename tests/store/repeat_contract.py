@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from popbridge.contract import ListingState, RemoteMessage
+from popbridge.errors import BackendFailure
 from popbridge.store import uidmap
 from popbridge.store.uidsummary import REUSE_FOR
 from tests.store.contract import ACCOUNT, BASE, StoreHarness, mail
@@ -107,7 +108,7 @@ class RepeatLoginContract:
         listing = [mail(n) for n in range(3)]
         store = await harness.open()
         first = await store.uidls.assign(ACCOUNT, listing)
-        with pytest.raises(Exception, match="twice"):
+        with pytest.raises(BackendFailure, match="twice"):
             await store.uidls.assign(ACCOUNT, [*listing, listing[0]])
         assert await store.uidls.assign(ACCOUNT, listing) == first
         assert len(plans) == 2
