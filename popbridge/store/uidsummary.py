@@ -35,7 +35,7 @@ from popbridge.store.uidmap import TOUCH_INTERVAL
 
 REUSE_FOR: Final = TOUCH_INTERVAL // 2
 _SEPARATOR: Final = "\n"  # never in a UIDL (RFC 1939 section 7: 0x21-0x7E only)
-_ABSENT: Final = -1  # the length recorded for a missing Message-ID or received time
+_ABSENT: Final = -1  # recorded for a missing Message-ID ("" is a present, empty one)
 
 
 def digest(listing: Sequence[RemoteMessage], withheld: Collection[str]) -> str:
