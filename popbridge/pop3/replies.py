@@ -9,11 +9,13 @@ ending in the "." terminator (RFC 1939 section 3). Status lines are capped at 51
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from popbridge.errors import Code
 
 MAX_STATUS_LINE = 512  # octets including CRLF, RFC 2449 section 4
+_LINE_START_DOT = re.compile(rb"\n\.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +67,20 @@ def encode(reply: Reply) -> bytes:
     head = _status_line("+OK", None, reply.text)
     if reply.lines is None:
         return head
-    body = b"".join(
-        (b"." + line if line.startswith(b".") else line) + b"\r\n"
-        for line in (item.encode("ascii") for item in reply.lines)
-    )
-    return head + body + b".\r\n"
+    return head + _data_lines(reply.lines) + b".\r\n"
+
+
+def _data_lines(lines: tuple[str, ...]) -> bytes:
+    """The data lines, each ending in CRLF, byte-stuffed (RFC 1939 section 3).
+
+    A UIDL listing has a line per message, so the lines are joined and encoded at once
+    and stuffed by one substitution, not one line at a time.
+    """
+    if not lines:
+        return b""
+    text = "\r\n".join(lines)
+    ends = len(lines) - 1
+    if not text.count("\r") == text.count("\n") == text.count("\r\n") == ends:
+        raise ValueError("a data line holds a line end")
+    data = _LINE_START_DOT.sub(b"\n..", text.encode("ascii") + b"\r\n")
+    return b"." + data if data.startswith(b".") else data

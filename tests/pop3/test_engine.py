@@ -276,6 +276,15 @@ def test_quit_in_transaction_enters_update_then_closes() -> None:
     assert engine.next_event() is NEED_DATA
 
 
+@given(st.lists(st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E))))
+def test_data_lines_are_stuffed_one_by_one(lines: list[str]) -> None:
+    """The joined encoding equals the plain one: each line, "." doubled at its start."""
+    one_by_one = b"".join(
+        (b"." if line.startswith(".") else b"") + line.encode() + b"\r\n" for line in lines
+    )
+    assert encode(Ok("x", tuple(lines))) == b"+OK x\r\n" + one_by_one + b".\r\n"
+
+
 def test_greeting_has_no_apop_timestamp() -> None:
     greeting = Pop3Engine.greeting()
     assert greeting.startswith(b"+OK") and b"<" not in greeting and len(greeting) <= 512
@@ -283,6 +292,13 @@ def test_greeting_has_no_apop_timestamp() -> None:
 
 def test_reply_encoding_rules() -> None:
     assert encode(Ok("x", ("1 2", ".hidden"))) == b"+OK x\r\n1 2\r\n..hidden\r\n.\r\n"
+    assert encode(Ok("x", ())) == b"+OK x\r\n.\r\n"
+    assert encode(Ok("x", ("",))) == b"+OK x\r\n\r\n.\r\n"
+    for broken in ("a\r\nb", "a\nb", "a\rb", "a\r"):
+        with pytest.raises(ValueError, match="line end"):
+            encode(Ok("x", ("1", broken)))
+    with pytest.raises(UnicodeEncodeError):
+        encode(Ok("x", ("é",)))
     with pytest.raises(ValueError):
         encode(Err("[fake] code"))
     with pytest.raises(ValueError):
