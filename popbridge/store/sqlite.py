@@ -173,9 +173,11 @@ class SqliteUidls:
     ) -> list[str]:
         now = int(self._clock())
         listing = list(messages)
-        wanted = uidsummary.digest(listing, withheld)
 
         def work(connection: sqlite3.Connection) -> list[str]:
+            # In the worker thread, like the plan: on a large listing the digest is tens of
+            # milliseconds of Python that would otherwise stall every session on the loop.
+            wanted = uidsummary.digest(listing, withheld)
             stored = connection.execute(
                 "SELECT digest, uidls, planned FROM uidl_summaries WHERE account = ?", (account,)
             ).fetchone()
