@@ -78,7 +78,6 @@ class JmapBackend:
             mailbox_id,
             fetch_chunk=self.settings.fetch_chunk,
             page_size=self.settings.page_size,
-            max_measure_download=self.settings.max_measure_download,
         )
 
     async def _maildrop(self, api: Api) -> str:

@@ -8,12 +8,14 @@ stored in lower case, and `http://` is refused unless the host is this machine, 
 credentials never go in clear over a network. It also builds the one `ssl.SSLContext` the
 backend uses: certificate and host name verification are always on (RFC 8620 section 8.2:
 clients MUST validate TLS certificate chains); `ca_file` only adds a CA. `max_json_size`
-bounds every JSON reply read; `max_measure_download` bounds the blobs downloaded whole only to
-learn their exact size from a server that ignores Range (`backends.jmap.sizes`).
+bounds every JSON reply read. `max_measure_download` is still accepted but does nothing: a
+never-seen Email on a server that ignores Range is downloaded whole to measure it, whatever
+its size (`backends.jmap.sizes`), because a size two octets short is never told.
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,13 +27,12 @@ from backends.http import checked_url
 from popbridge.upstream.settings import TableReader
 from popbridge.upstream.tls import client_context
 
+logger = logging.getLogger(__name__)
+
 WELL_KNOWN = "/.well-known/jmap"
 # Far above any listing page or Session object (a page of 1,024 Emails is about 300 KB).
 DEFAULT_MAX_JSON = 64 << 20
 MIN_MAX_JSON = 1 << 20
-# A never-seen Email up to this size is downloaded once for STAT and LIST when the server
-# ignores Range; a larger one is listed with the server's size until RETR sends it.
-DEFAULT_MAX_MEASURE = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,6 @@ class JmapSettings:
     fetch_chunk: int
     page_size: int
     max_json_size: int = DEFAULT_MAX_JSON
-    max_measure_download: int = DEFAULT_MAX_MEASURE
     ca_file: Path | None = None
     tls_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
@@ -75,14 +75,25 @@ def parse_settings(settings: Mapping[str, Any], *, source: str) -> JmapSettings:
         fetch_chunk=table.integer("fetch_chunk", 1 << 20, minimum=1024, maximum=64 << 20),
         page_size=table.integer("page_size", 1024, minimum=1, maximum=100_000),
         max_json_size=table.integer("max_json_size", DEFAULT_MAX_JSON, minimum=MIN_MAX_JSON),
-        max_measure_download=table.integer(
-            "max_measure_download", DEFAULT_MAX_MEASURE, minimum=0, maximum=1 << 30
-        ),
         ca_file=ca_file,
         tls_context=_tls_context(table, ca_file),
     )
+    _obsolete_measure_limit(table)
     table.finish()
     return parsed
+
+
+def _obsolete_measure_limit(table: TableReader) -> None:
+    """Accept the old `max_measure_download` (a configuration that worked keeps working),
+    and say it no longer limits anything: sizes are always measured exactly."""
+    if "max_measure_download" in table:
+        table.integer("max_measure_download", 0, minimum=0)
+        notice = table.error(
+            "max_measure_download",
+            "obsolete and ignored: on a server that ignores Range every never-seen Email"
+            " is downloaded whole for its exact size",
+        )
+        logger.warning("%s", notice)
 
 
 def _session_url(table: TableReader) -> str:

@@ -54,7 +54,6 @@ class JmapMailbox:
         *,
         fetch_chunk: int,
         page_size: int,
-        max_measure_download: int = 0,
     ) -> None:
         self._api = api
         self._mailbox_id = mailbox_id
@@ -65,9 +64,7 @@ class JmapMailbox:
         self._located: dict[str, str] = {}  # Email id -> blobId, found in the Mailbox ahead
         self._memory: ListingMemory | None = None
         self._unsure: dict[str, int] = {}  # Email id -> listed size, not yet exact
-        self._measurer = Measurer(
-            api.transport, limit=max_measure_download, peer=str(api.session.url)
-        )
+        self._measurer = Measurer(api.transport, peer=str(api.session.url))
         # in the Mailbox but hidden by the keyword at the last listing (for the UID map)
         self.withheld: set[str] = set()
 

@@ -1,18 +1,18 @@
 """Exact POP3 sizes of listed Emails, learned from the end of their blobs.
 
 This module owns `Measurer`, what `JmapMailbox.measure` does. An Email's `size` (RFC 8621
-section 4.1.1) counts the raw message, but RETR ends an unterminated last line with CRLF
-(RFC 1939 sections 3 and 11), so a listed size can be two octets short until the message's
-end was read. Each blob is asked for its last two octets with a suffix range (RFC 9110
-section 14.1.2, `Range: bytes=-2`): a 206 whose Content-Range names exactly those octets
-of a representation of the listed size tells what POP3 adds. A server that ignores Range
-answers 200 with the whole blob (Cyrus 3.6 says `Accept-Ranges: none`); that body is read
-to its end, counted as POP3 sends it and kept no longer than one piece, but only for blobs
-up to `limit` octets: a larger one is not downloaded for its size, and stays for RETR to
-measure. Anything else (404, 416, a Content-Range or a length other than asked, a reply
-longer than the listed size, a stall past the deadline) leaves that Email out: its listed
-size stands and RETR measures it, so a size is never guessed. A few downloads run at once,
-within the connection pool's own limit.
+section 4.1.1) counts the raw message, but RETR ends an unterminated last line with CRLF (RFC
+1939 sections 3 and 11), so a listed size can be two octets short until the message's end was
+read. Each blob is asked for its last two octets with a suffix range (RFC 9110 section 14.1.2,
+`Range: bytes=-2`): a 206 whose Content-Range names exactly those octets of a representation of
+the listed size tells what POP3 adds. A server that ignores Range answers 200 with the whole
+blob (Cyrus 3.6 says `Accept-Ranges: none`); that body is read to its end, whatever its size,
+counted as POP3 sends it and kept no longer than one piece: downloading a large message twice
+(here and at RETR) costs bandwidth, a size two octets short would break RFC 1939 section 11 for
+every client that checks it. Anything else (404, 416, a Content-Range or a length other than
+asked, a reply longer than the listed size, a stall past the deadline) leaves that Email out:
+its listed size stands and RETR measures it, so a size is never guessed. A few downloads run at
+once, within the connection pool's own limit.
 """
 
 from __future__ import annotations
@@ -37,9 +37,8 @@ _CONTENT_RANGE = re.compile(r"bytes (\d{1,20})-(\d{1,20})/(\d{1,20})")
 class Measurer:
     """Measures the Emails of one opened Mailbox; remembers how its server treats Range."""
 
-    def __init__(self, transport: Transport, *, limit: int, peer: str) -> None:
+    def __init__(self, transport: Transport, *, peer: str) -> None:
         self._transport = transport
-        self._limit = limit
         self._peer = peer
         self.ranges: bool | None = None  # whether the server honours Range; None: not known
         self._stopped = False  # after a stall: RETR measures, no client waits for it again
@@ -63,8 +62,8 @@ class Measurer:
         return measured
 
     async def _one(self, measured: dict[str, int], identity: str, url: str, size: int) -> None:
-        if self._stopped or (self.ranges is False and size > self._limit):
-            return  # a server that ignores Range would send all of it
+        if self._stopped:
+            return
         try:
             octets = await self._measure(url, size)
         except (AuthFailed, BackendUnavailable) as error:
@@ -92,15 +91,15 @@ class Measurer:
     def _ignored(self) -> None:
         if self.ranges is None:
             logger.info(
-                "%s: the server ignores Range (RFC 9110 section 14.2); sizes of Emails up"
-                " to %d octets are measured by downloading them, larger ones when sent",
-                self._peer, self._limit,
-            )  # fmt: skip
+                "%s: the server ignores Range (RFC 9110 section 14.2); never-seen Emails"
+                " are downloaded whole to measure their sizes",
+                self._peer,
+            )
         self.ranges = False
 
     async def _from_whole(self, reply: Partial, size: int) -> int | None:
         declared = reply.headers.get("Content-Length")
-        if size > self._limit or (declared is not None and declared != str(size)):
+        if declared is not None and declared != str(size):
             return None  # leaving drops the connection: nothing half-read is reused
         return await _counted(reply.pieces, size)
 

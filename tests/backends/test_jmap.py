@@ -521,6 +521,7 @@ def test_the_deploy_example_is_valid() -> None:
         ({"url": "https://a.example", "mailbox": "a\nb"}, "control characters"),
         ({"url": "https://a.example", "timeout": "5"}, "must be a number"),
         ({"url": "https://a.example", "max_measure_download": -1}, "download: must be at least 0"),
+        ({"url": "https://a.example", "max_measure_download": "1"}, "must be an integer"),
         ({"url": "https://a.example", "folder": "INBOX"}, "unknown key"),
     ],
 )

@@ -174,16 +174,21 @@ async def test_range_honoured_or_ignored_gives_exact_sizes(
         assert len(said) == (1 if ranges == "ignore" else 0)  # once per mailbox
 
 
-async def test_a_server_ignoring_range_downloads_only_small_blobs() -> None:
-    emails = [
-        *fake_emails(),
-        FakeEmail("big", b"Subject: big\r\n\r\n" + b"y" * 5000, "2024-01-02T00:00:00Z"),
-    ]
+@pytest.mark.parametrize("old_limit", [{}, {"max_measure_download": 100}])
+async def test_a_server_ignoring_range_has_blobs_of_any_size_measured(
+    old_limit: dict[str, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    # a large message without a final CRLF: listed two octets short, told exactly
+    big = b"Subject: big\r\n\r\n" + b"y" * 100 + b"\r\n" * 20_000 + b"no line end"
+    emails = [*fake_emails(), FakeEmail("big", big, "2024-01-02T00:00:00Z")]
     async with FakeJmap(emails) as fake:
-        listed, measured = await fake_measure(fake, max_measure_download=100)
-        assert measured == EXACT  # "big" stays for RETR to measure
-        assert len(fake.range_headers) == 4  # the first answer said Range is ignored
-        assert not next(m for m in listed if m.identity == "big").exact
+        listed, measured = await fake_measure(fake, **old_limit)
+        assert measured == EXACT | {"big": len(big) + 2}  # once an old limit left it out
+        assert next(m.size for m in listed if m.identity == "big") == len(big)
+        assert len(fake.range_headers) == 5
+    said = [r.getMessage() for r in caplog.records if "max_measure_download" in r.getMessage()]
+    assert len(said) == len(old_limit)
+    assert all("obsolete and ignored" in line for line in said)
 
 
 @pytest.mark.parametrize("ranges", ["refuse", "long", "longer-whole", "stall"])

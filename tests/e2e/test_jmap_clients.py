@@ -10,6 +10,7 @@ through the backend registry, exactly as `popbridge serve` finds it.
 from __future__ import annotations
 
 import asyncio
+import poplib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,34 @@ async def test_poplib_retrieves_all_then_deletes(
     fetched = await asyncio.to_thread(clients.poplib_fetch_all, target(server), delete=True)
     assert fetched == expected
     assert remaining(cyrus) == []
+
+
+def told_and_sent(server: Pop3Server) -> tuple[int, int, int]:
+    """poplib: STAT's octets, LIST 1's size and the octets RETR 1 sent (RFC 1939 §11)."""
+    host, port = server.addresses[0]
+    client = poplib.POP3(host, port, timeout=60)
+    try:
+        client.user(USER)
+        client.pass_(PASSWORD)
+        _count, total = client.stat()
+        scan = client.list(1)  # "+OK 1 <octets>"
+        assert isinstance(scan, bytes)
+        listed = int(scan.split()[2])
+        _reply, _lines, octets = client.retr(1)
+        return total, listed, octets
+    finally:
+        client.quit()
+
+
+async def test_a_large_message_without_a_final_line_end_is_told_as_sent(
+    bridge: StartBridge, cyrus: Cyrus
+) -> None:
+    # Cyrus ignores Range: the size is measured by downloading all 2.3 MB, not guessed
+    cyrus.reset_mailbox(USER)
+    raw = b"Subject: large\r\n\r\n" + (b"x" * 76 + b"\r\n") * 30_000 + b"no line end"
+    cyrus.seed(USER, [raw])
+    server = await bridge()
+    assert await asyncio.to_thread(told_and_sent, server) == (len(raw) + 2,) * 3
 
 
 async def test_curl_lists_retrieves_and_uidls(
