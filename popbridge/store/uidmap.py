@@ -15,7 +15,7 @@ as `~<store epoch>.<random>`, which no derived UIDL can equal (derived ones star
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 import secrets
 from collections import Counter
@@ -32,6 +32,7 @@ from popbridge.store.uidl import is_valid_uidl, uidl_for
 RETENTION: Final = 180 * 86400
 # A present message's last-seen time is rewritten at most this often (bounds the writes).
 TOUCH_INTERVAL: Final = 86400
+_URLSAFE: Final = bytes.maketrans(b"+/", b"-_")  # RFC 4648 section 5
 
 
 @dataclass(slots=True)  # not frozen: a changed login loads one per remembered message
@@ -63,17 +64,20 @@ def mark_of(message: RemoteMessage) -> str | None:
     """A short hash of the hints that never change for a message, or None without them.
 
     The received time is required; the Message-ID is optional but recorded ("m" or "d"),
-    because only marks with a Message-ID are strong enough to re-match a message.
+    because only marks with a Message-ID are strong enough to re-match a message. Stored
+    marks must keep matching: this is base64url of the first 15 octets of the SHA-256 of
+    "<Message-ID>\\0<Unix seconds>", written for speed (a login computes one per message).
     """
-    if message.received is None:
-        return None
     received = message.received
+    if received is None:
+        return None
     if received.tzinfo is None:
         received = received.replace(tzinfo=UTC)
-    text = f"{message.message_id or ''}\0{int(received.timestamp())}"
+    message_id = message.message_id
+    text = f"{message_id or ''}\0{int(received.timestamp())}"
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
-    kind = "d" if message.message_id is None else "m"
-    return kind + base64.urlsafe_b64encode(digest[:15]).decode("ascii")
+    encoded = binascii.b2a_base64(digest[:15], newline=False).translate(_URLSAFE)
+    return ("d" if message_id is None else "m") + encoded.decode("ascii")
 
 
 def minter(epoch: str) -> Callable[[], str]:
@@ -186,11 +190,10 @@ class _Planner:
             return {}  # nothing remembered to match (a first login): no fingerprint needed
         keys = {m.identity: _key(m) for m in unknown}
         wanted = Counter(key for key in keys.values() if key is not None)
-        holders: dict[tuple[str, int], list[tuple[_Candidate, bool]]] = {}
-        for candidate, available in self._candidates(present):
+        holders: dict[tuple[str | None, int | None], list[tuple[_Candidate, bool]]] = {}
+        for candidate, available in self._candidates(present, wanted):
             row = candidate.row
-            if row.mark is not None and row.size is not None and (row.mark, row.size) in wanted:
-                holders.setdefault((row.mark, row.size), []).append((candidate, available))
+            holders.setdefault((row.mark, row.size), []).append((candidate, available))
         matched: dict[str, _Candidate] = {}
         for identity, key in keys.items():
             if key is None:
@@ -200,12 +203,16 @@ class _Planner:
                 matched[identity] = found[0][0]
         return matched
 
-    def _candidates(self, present: set[str]) -> Iterator[tuple[_Candidate, bool]]:
-        """Every row that holds a fingerprint, and whether its message is free to be claimed."""
+    def _candidates(
+        self, present: set[str], wanted: Counter[tuple[str, int]]
+    ) -> Iterator[tuple[_Candidate, bool]]:
+        """Every row holding a wanted fingerprint, and whether its message is free to be
+        claimed (the test comes first: a changed login walks every live row here)."""
         for identity, row in self.live.items():
-            yield _Candidate(row, buried=False), identity not in present
+            if (row.mark, row.size) in wanted:
+                yield _Candidate(row, buried=False), identity not in present
         for row in self.recent:
-            if row.uidl not in self.revived:
+            if (row.mark, row.size) in wanted and row.uidl not in self.revived:
                 yield _Candidate(row, buried=True), True
 
     def _place(self, message: RemoteMessage, old: _Candidate | None) -> str:

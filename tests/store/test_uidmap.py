@@ -10,8 +10,10 @@ keeps its UIDL through any number of renames.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -172,6 +174,35 @@ def test_plan_details() -> None:
     assert uidmap.plan([aware], [row], [], now=10, mint=lambda: "~x.y").touch == []
     later = uidmap.plan([aware], [row], [], now=uidmap.TOUCH_INTERVAL + 1, mint=lambda: "~x.y")
     assert later.touch == ["1.1"] and later.uidls == ["1.1"]
+
+
+HOUR = timedelta(hours=1)
+MARKS = [  # computed once by the first implementation: stored rows hold these
+    (RemoteMessage("1.1", 10, "<a@x>", datetime(2024, 1, 1, tzinfo=UTC)), "mjA3ctSshg3OxGCwOtBhs"),
+    (
+        RemoteMessage("2", 9, None, datetime(2001, 9, 9, 1, 46, 40, tzinfo=timezone(-HOUR * 5))),
+        "d3eW3IAq_OnjHgAMpYor8",
+    ),
+    (
+        RemoteMessage("3", 8, "<\udcff\u00e9@x>", datetime(2024, 1, 1, 12, 0, 0, 999999)),
+        "mWACxXmbv77iJHy72-zfR",
+    ),
+]
+
+
+@pytest.mark.parametrize(("message", "mark"), MARKS)
+def test_marks_never_change(message: RemoteMessage, mark: str) -> None:
+    # a changed mark would take every stored row for another message: new UIDLs for all
+    assert uidmap.mark_of(message) == mark
+
+
+@given(st.text(max_size=40) | st.none(), st.integers(-(2**35), 2**37))
+def test_marks_are_base64url_of_sha256(message_id: str | None, seconds: int) -> None:
+    received = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
+    text = f"{message_id or ''}\0{seconds}".encode("utf-8", "surrogatepass")
+    expected = base64.urlsafe_b64encode(hashlib.sha256(text).digest()[:15]).decode()
+    kind = "d" if message_id is None else "m"
+    assert uidmap.mark_of(RemoteMessage("1", 1, message_id, received)) == kind + expected
 
 
 def test_a_tombstone_whose_identity_names_another_message_loses_the_identity() -> None:
