@@ -24,6 +24,7 @@ from functools import lru_cache
 from typing import Protocol
 
 from popbridge.contract import ListingMemory, ListingState, RemoteMessage
+from popbridge.store.offload import off_loop
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,11 @@ def encode(state: ListingState) -> bytes:
     return _HEADER.pack(FORMAT, len(messages)) + zlib.compress(body, 1)
 
 
+async def encoded_or_none(state: ListingState) -> bytes | None:
+    """`encode_or_none(state)`, off the loop for a large listing."""
+    return await off_loop(len(state.messages), encode_or_none, state)
+
+
 def encode_or_none(state: ListingState) -> bytes | None:
     """`encode(state)`, or None (logged) when it cannot be kept: the stale row must go."""
     try:
@@ -133,13 +139,14 @@ class Decoded:
         self._kept: OrderedDict[str, tuple[bytes, ListingState]] = OrderedDict()
         self._messages = 0
 
-    def decode(self, account: str, blob: bytes) -> ListingState | None:
-        """`decode(blob)`, from what this account's last blob gave when it is the same."""
+    async def decode(self, account: str, blob: bytes) -> ListingState | None:
+        """`decode(blob)`, from what this account's last blob gave when it is the same
+        (decoded off the loop when large); a blob saved meanwhile only misses the cache."""
         kept = self._kept.get(account)
         if kept is not None and kept[0] == blob:
             self._kept.move_to_end(account)
             return kept[1]
-        state = decode(blob)
+        state = await off_loop(_count(blob), decode, blob)
         self.remember(account, blob, state)
         return state
 
@@ -164,6 +171,11 @@ def decode(blob: bytes) -> ListingState | None:
     except (ValueError, zlib.error, struct.error, UnicodeError, OverflowError) as error:
         logger.warning("stored listing unreadable, listing in full: %s", error)
         return None
+
+
+def _count(blob: bytes) -> int:
+    """How many messages `blob` says it holds (0 if it is too short to say)."""
+    return _HEADER.unpack_from(blob)[1] if len(blob) >= _HEADER.size else 0
 
 
 def _decode(blob: bytes) -> ListingState | None:

@@ -26,6 +26,7 @@ from popbridge.contract import ListingMemory, ListingState, RemoteMessage, with_
 from popbridge.errors import ConfigError
 from popbridge.store import listings, uidmap, uidsummary
 from popbridge.store.migrations import SCHEMA_VERSION_POSTGRES, SchemaTooNew, pending
+from popbridge.store.offload import off_loop
 from popbridge.store.pgfailures import PostgresFailures
 from popbridge.store.pglocks import FAILURES, KEEPALIVE, PostgresLocks, guarded, lock_id
 
@@ -132,7 +133,7 @@ class PostgresUidls:
         self, account: str, messages: Sequence[RemoteMessage], *, withheld: Collection[str] = ()
     ) -> list[str]:
         now = int(self._clock())
-        wanted = uidsummary.digest(messages, withheld)
+        wanted = await off_loop(len(messages), uidsummary.digest, messages, withheld)
         async with (
             guarded("UID map"),
             self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as connection,
@@ -169,14 +170,26 @@ class PostgresUidls:
             "SELECT identity, uidl, mark, size, last_seen FROM uidl_tombstones WHERE account = $1",
             account,
         )
-        return uidmap.plan(
-            messages,
-            [uidmap.Row(*row) for row in live],
-            [uidmap.Row(*row) for row in tombs],
-            now=now,
-            mint=self._mint,
-            withheld=withheld,
-        )
+        return await off_loop(
+            len(messages) + len(live),
+            _planned, messages, live, tombs, now=now, mint=self._mint, withheld=withheld,
+        )  # fmt: skip
+
+
+def _planned(
+    messages: Sequence[RemoteMessage], live: Sequence[Sequence[Any]],
+    tombs: Sequence[Sequence[Any]], *, now: int, mint: Callable[[], str],
+    withheld: Collection[str],
+) -> uidmap.Plan:  # fmt: skip
+    """`uidmap.plan` over the fetched records (built into rows where it runs)."""
+    return uidmap.plan(
+        messages,
+        [uidmap.Row(*row) for row in live],
+        [uidmap.Row(*row) for row in tombs],
+        now=now,
+        mint=mint,
+        withheld=withheld,
+    )
 
 
 async def _apply(connection: Any, account: str, plan: uidmap.Plan, now: int) -> None:
@@ -241,10 +254,10 @@ class PostgresListings:
             blob = await connection.fetchval(
                 "SELECT state FROM listings WHERE account = $1", account
             )
-        return None if blob is None else self._decoded.decode(account, bytes(blob))
+        return None if blob is None else await self._decoded.decode(account, bytes(blob))
 
     async def save(self, account: str, state: ListingState) -> None:
-        blob = listings.encode_or_none(state)
+        blob = await listings.encoded_or_none(state)
         self._decoded.remember(account, None, None)  # until the row is known to hold it
         async with guarded("listings"), self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as connection:
             if blob is None:

@@ -288,10 +288,10 @@ class SqliteListings:
             return None if row is None else bytes(row[0])
 
         blob = await self._database.call(work)
-        return None if blob is None else self._decoded.decode(account, blob)
+        return None if blob is None else await self._decoded.decode(account, blob)
 
     async def save(self, account: str, state: ListingState) -> None:
-        blob = listings.encode_or_none(state)
+        blob = await listings.encoded_or_none(state)
 
         def work(connection: sqlite3.Connection) -> None:
             if blob is None:

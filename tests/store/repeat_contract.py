@@ -11,6 +11,7 @@ instance rewrote is never answered from what this one remembers.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,8 @@ import pytest
 
 from popbridge.contract import ListingState, RemoteMessage
 from popbridge.errors import BackendFailure
-from popbridge.store import uidmap
+from popbridge.store import listings, uidmap, uidsummary
+from popbridge.store.offload import LARGE
 from popbridge.store.uidsummary import REUSE_FOR
 from tests.store.contract import ACCOUNT, BASE, StoreHarness, mail
 
@@ -128,3 +130,36 @@ class RepeatLoginContract:
         unkeepable = ListingState("t3", (RemoteMessage("1.1", 5, "<a\0b>"),))
         await one.listings.for_account(ACCOUNT).save(unkeepable)
         assert await other.listings.for_account(ACCOUNT).load() is None
+
+    async def test_work_on_a_large_listing_leaves_the_event_loop(
+        self, harness: StoreHarness, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        on_loop: dict[str, list[bool]] = {}
+        loop_thread = threading.get_ident()
+        for module, name in WORK:
+            real = getattr(module, name)
+            monkeypatch.setattr(
+                module, name, _watched(real, on_loop.setdefault(name, []), loop_thread)
+            )
+        listing = [mail(n) for n in range(LARGE)]
+        store, other = await harness.open(), await harness.open()
+        await store.uidls.assign(ACCOUNT, listing)
+        await store.listings.for_account(ACCOUNT).save(ListingState("t", tuple(listing)))
+        await other.listings.for_account(ACCOUNT).load()  # not decoded there yet
+        assert on_loop == {name: [False] for _, name in WORK}
+
+
+WORK = [
+    (uidsummary, "digest"),
+    (uidmap, "plan"),
+    (listings, "encode_or_none"),
+    (listings, "decode"),
+]
+
+
+def _watched(real: Callable[..., Any], calls: list[bool], loop_thread: int) -> Callable[..., Any]:
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        calls.append(threading.get_ident() == loop_thread)
+        return real(*args, **kwargs)
+
+    return watched

@@ -106,31 +106,32 @@ def _state(token: str, count: int) -> ListingState:
     return ListingState(token, tuple(RemoteMessage(f"1.{n}", 10 + n) for n in range(count)))
 
 
-def test_decoded_listings_come_back_for_the_same_blob_only() -> None:
+async def test_decoded_listings_come_back_for_the_same_blob_only() -> None:
     decoded = listings.Decoded()
     state = _state("t", 3)
     blob = listings.encode(state)
-    once = decoded.decode("a", blob)
-    assert once == state and decoded.decode("a", blob) is once
-    assert decoded.decode("b", blob) is not once  # per account
+    once = await decoded.decode("a", blob)
+    assert once == state and await decoded.decode("a", blob) is once
+    assert await decoded.decode("b", blob) is not once  # per account
     changed = listings.encode(_state("u", 3))
-    assert decoded.decode("a", changed) == _state("u", 3)
+    assert await decoded.decode("a", changed) == _state("u", 3)
     decoded.remember("a", blob, state)
-    assert decoded.decode("a", blob) is state
+    assert await decoded.decode("a", blob) is state
     decoded.remember("a", None, None)
-    assert decoded.decode("a", blob) is not state
-    assert decoded.decode("c", b"\x09garbage") is None
+    assert await decoded.decode("a", blob) is not state
+    assert await decoded.decode("c", b"\x09garbage") is None
+    assert await decoded.decode("c", b"\x02") is None  # too short even to count
 
 
-def test_decoded_listings_keep_at_most_their_capacity_least_recent_out() -> None:
+async def test_decoded_listings_keep_at_most_their_capacity_least_recent_out() -> None:
     decoded = listings.Decoded(capacity=5)
     states = {name: _state(name, 2) for name in "abc"}
     for name, state in states.items():
         decoded.remember(name, listings.encode(state), state)
     blob_a = listings.encode(states["a"])
-    assert decoded.decode("a", blob_a) is not states["a"]  # evicted by "c": 6 > 5
-    assert decoded.decode("c", listings.encode(states["c"])) is states["c"]
+    assert await decoded.decode("a", blob_a) is not states["a"]  # evicted by "c": 6 > 5
+    assert await decoded.decode("c", listings.encode(states["c"])) is states["c"]
     big = _state("big", 6)
     decoded.remember("big", listings.encode(big), big)  # larger than the whole capacity
-    assert decoded.decode("big", listings.encode(big)) is not big
-    assert decoded.decode("c", listings.encode(states["c"])) is states["c"]
+    assert await decoded.decode("big", listings.encode(big)) is not big
+    assert await decoded.decode("c", listings.encode(states["c"])) is states["c"]
