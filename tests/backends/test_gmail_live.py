@@ -19,59 +19,22 @@ gmail.modify scope is enough.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from backends.gmail import create
 from popbridge.contract import Credentials
-from popbridge.oauth2.providers import parse_provider
-from popbridge.oauth2.tokens import refresh
-from popbridge.store.listings import MemoryListings
-from popbridge.upstream.settings import TableReader
-from tests.backends.contract import as_told, read_all
+from tests.backends.live import LiveEnv, read_twice
 
-ENV = "POPBRIDGE_GMAIL_LIVE_"
+LIVE = LiveEnv("GMAIL")
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(ENV + name, default)
-
-
-async def _token() -> str:
-    token = _env("TOKEN")
-    if token:
-        return token
-    client_id, refresh_token = _env("CLIENT_ID"), _env("REFRESH_TOKEN")
-    if not client_id or not refresh_token:
-        pytest.skip(f"no {ENV}TOKEN, nor {ENV}CLIENT_ID with {ENV}REFRESH_TOKEN")
-    table = {"client_id": client_id}
-    if _env("CLIENT_SECRET"):
-        table["client_secret"] = _env("CLIENT_SECRET") or ""
-    provider = parse_provider(TableReader(table, source="env", path="live"), "google")
-    return (await refresh(provider, refresh_token, deadline=30)).access_token
-
-
-@pytest.mark.skipif(not _env("USER"), reason=f"no live Gmail account ({ENV}USER unset)")
+@pytest.mark.skipif(not LIVE.get("USER"), reason=f"no live Gmail account ({LIVE.prefix}USER unset)")
 async def test_a_real_account_lists_exactly_what_retr_sends() -> None:
-    user = _env("USER") or ""
-    credentials = Credentials(user, await _token(), "oauth2")
-    backend = create({"type": "gmail", "label": _env("LABEL", "INBOX")}, source="live")
-    memory = MemoryListings().for_account(user)
-    limit = int(_env("MESSAGES", "5") or "5")
-    listings = []
-    for _ in range(2):
-        mailbox = await backend.open(credentials)
-        try:
-            listed = await as_told(mailbox, (await mailbox.list(memory=memory))[-limit:])
-            listings.append(listed)
-            for entry in listed:
-                data = b"".join(await read_all(mailbox, entry.identity))
-                assert len(data) == entry.size
-                top = b"".join(await read_all(mailbox, entry.identity, body_lines=0))
-                assert data.startswith(top) and top.endswith(b"\r\n\r\n")
-        finally:
-            await mailbox.close()
+    secret = LIVE.get("CLIENT_SECRET")
+    token = await LIVE.token("google", {"client_secret": secret} if secret else {})
+    credentials = Credentials(LIVE.get("USER") or "", token, "oauth2")
+    backend = create({"type": "gmail", "label": LIVE.get("LABEL", "INBOX")}, source="live")
+    listings = await read_twice(backend, credentials, int(LIVE.get("MESSAGES", "5") or "5"))
     first, second = ({m.identity: m.size for m in listed} for listed in listings)
     assert all(second[i] == size for i, size in first.items() if i in second)
     print(f"live: {len(first)} messages measured and retrieved")

@@ -19,58 +19,26 @@ disposes of anything.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from backends.graph import create
 from popbridge.contract import Credentials
-from popbridge.oauth2.providers import parse_provider
-from popbridge.oauth2.tokens import refresh
-from popbridge.store.listings import MemoryListings
-from popbridge.upstream.settings import TableReader
-from tests.backends.contract import as_told, read_all
+from tests.backends.live import LiveEnv, read_twice
 
-ENV = "POPBRIDGE_GRAPH_LIVE_"
+LIVE = LiveEnv("GRAPH")
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(ENV + name, default)
-
-
-async def _token() -> str:
-    token = _env("TOKEN")
-    if token:
-        return token
-    client_id, refresh_token = _env("CLIENT_ID"), _env("REFRESH_TOKEN")
-    if not client_id or not refresh_token:
-        pytest.skip(f"no {ENV}TOKEN, nor {ENV}CLIENT_ID with {ENV}REFRESH_TOKEN")
-    table = {"client_id": client_id, "tenant": _env("TENANT", "organizations")}
-    provider = parse_provider(TableReader(table, source="env", path="live"), "microsoft-graph")
-    return (await refresh(provider, refresh_token, deadline=30)).access_token
-
-
-@pytest.mark.skipif(not _env("USER"), reason=f"no live Microsoft 365 mailbox ({ENV}USER unset)")
+@pytest.mark.skipif(
+    not LIVE.get("USER"), reason=f"no live Microsoft 365 mailbox ({LIVE.prefix}USER unset)"
+)
 async def test_a_real_mailbox_lists_exactly_what_retr_sends(tmp_path: Path) -> None:
-    user = _env("USER") or ""
-    credentials = Credentials(user, await _token(), "oauth2")
-    settings = {"type": "graph", "folder": _env("FOLDER", "inbox"), "spool_dir": str(tmp_path)}
-    backend = create(settings, source="live")
-    memory = MemoryListings().for_account(user)
-    limit = int(_env("MESSAGES", "5") or "5")
-    sizes: list[list[int]] = []
-    for _ in range(2):
-        mailbox = await backend.open(credentials)
-        try:
-            listed = await as_told(mailbox, (await mailbox.list(memory=memory))[-limit:])
-            sizes.append([m.size for m in listed])
-            for entry in listed:
-                data = b"".join(await read_all(mailbox, entry.identity))
-                assert len(data) == entry.size
-                top = b"".join(await read_all(mailbox, entry.identity, body_lines=0))
-                assert data.startswith(top)
-        finally:
-            await mailbox.close()
-    assert sizes[0] == sizes[1]
-    print(f"live: {len(sizes[0])} messages measured and retrieved")
+    client = {"tenant": LIVE.get("TENANT", "organizations") or "organizations"}
+    token = await LIVE.token("microsoft-graph", client)
+    credentials = Credentials(LIVE.get("USER") or "", token, "oauth2")
+    folder = LIVE.get("FOLDER", "inbox")
+    backend = create({"type": "graph", "folder": folder, "spool_dir": str(tmp_path)}, source="live")
+    first, second = await read_twice(backend, credentials, int(LIVE.get("MESSAGES", "5") or "5"))
+    assert [m.size for m in first] == [m.size for m in second]  # kept with the listing
+    print(f"live: {len(first)} messages measured and retrieved")

@@ -6,8 +6,9 @@ This module owns the Gmail counterpart of `tests/e2e/test_jmap_clients.py`. The 
 takes only OAuth2 bearer tokens, so the devices log in to a mapped account with a local
 password and the bridge turns the account's refresh token into access tokens at the fake
 OAuth2 provider (`devkit.oauth_provider`); the fake Gmail accepts exactly the access tokens
-that provider issued and still considers active. Devices that bring their own token
-(XOAUTH2) open only the mailbox of the token's user.
+that provider issued and still considers active. The tests every OAuth2-only upstream shares
+(among them: devices that bring their own token open only its user's mailbox) run from
+`tests.e2e.oauth_suite` through `GmailView`; the ones here are Gmail's own.
 """
 
 from __future__ import annotations
@@ -16,38 +17,27 @@ import asyncio
 import logging
 import poplib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from devkit import clients
 from devkit.dovecot import generate_message, wire_form
 from devkit.fake_gmail import FULL, FakeGmail
 from devkit.oauth_provider import FakeOAuthProvider
 from devkit.servers import Servers
 from popbridge.config import MaildropConfig
-from popbridge.contract import Disposition, DispositionKind
 from popbridge.frontend.server import Pop3Server
 from tests.e2e.client_checks import (
     SPECIAL,
-    curl_lists_retrieves_and_uidls,
-    fetchmail,
-    getmail,
-    mpop,
 )
 from tests.e2e.oauth_bridges import (
     LOCAL_PASSWORD,
     LOCAL_USER,
-    access_token,
-    sizes_counted_once,
     start_mapped,
     start_passthrough,
     stat,
-    target,
-    xoauth2,
 )
+from tests.e2e.oauth_suite import OAuthClientSuite
 
 pytestmark = pytest.mark.clients
 
@@ -104,70 +94,38 @@ def remaining(gmail: FakeGmail, label: str = "INBOX") -> int:
     return sum(1 for m in box.messages.values() if label in m.labels and "TRASH" not in m.labels)
 
 
-def unread(gmail: FakeGmail) -> bool:
-    return all("UNREAD" in m.labels for m in gmail.box(UPSTREAM_USER).messages.values())
+class GmailView:
+    """The fake Gmail mailbox as `OAuthClientSuite` asks about it."""
+
+    def __init__(self, gmail: FakeGmail) -> None:
+        self._gmail = gmail
+
+    def remaining(self) -> int:
+        return remaining(self._gmail)
+
+    def total(self) -> int:
+        return len(self._gmail.box(UPSTREAM_USER).messages)
+
+    def all_unread(self) -> bool:  # reading removed no UNREAD
+        return all("UNREAD" in m.labels for m in self._gmail.box(UPSTREAM_USER).messages.values())
+
+    def trashed(self) -> list[bytes]:
+        messages = self._gmail.box(UPSTREAM_USER).messages.values()
+        return [m.raw for m in messages if "TRASH" in m.labels]
+
+    def downloads(self) -> int:
+        return self._gmail.downloads
 
 
-async def test_a_uidl_poll_downloads_nothing_and_each_size_is_counted_once(
-    bridge: StartBridge, gmail: FakeGmail, expected: list[bytes]
-) -> None:
-    # Gmail has no range requests and the bridge keeps no copy: a RETR downloads again
-    await sizes_counted_once(await bridge(), expected, lambda: gmail.downloads, per_retr=1)
+@pytest.fixture
+def view(gmail: FakeGmail) -> GmailView:
+    return GmailView(gmail)
 
 
-async def test_poplib_retrieves_all_then_deletes(
-    bridge: StartBridge, gmail: FakeGmail, expected: list[bytes]
-) -> None:
-    server = await bridge()
-    fetched = await asyncio.to_thread(clients.poplib_fetch_all, target(server), delete=False)
-    assert fetched == expected
-    assert unread(gmail)  # reading removed no UNREAD
-    fetched = await asyncio.to_thread(clients.poplib_fetch_all, target(server), delete=True)
-    assert fetched == expected
-    assert gmail.box(UPSTREAM_USER).messages == {}
-
-
-async def test_curl_lists_retrieves_and_uidls(
-    bridge: StartBridge, expected: list[bytes], tmp_path: Path
-) -> None:
-    server = await bridge()
-    await curl_lists_retrieves_and_uidls(target(server), expected, tmp_path / "curl")
-
-
-async def test_curl_dele_trashes_at_its_quit(
-    bridge: StartBridge, gmail: FakeGmail, expected: list[bytes]
-) -> None:
-    server = await bridge(maildrop=MaildropConfig(Disposition(DispositionKind.TRASH)))
-    await asyncio.to_thread(clients.curl_command, target(server), "DELE 1")
-    assert remaining(gmail) == len(expected) - 1
-    (trashed,) = [m for m in gmail.box(UPSTREAM_USER).messages.values() if "TRASH" in m.labels]
-    assert b"Subject: test message 1\r\n" in trashed.raw
-
-
-@pytest.mark.parametrize("keep", [True, False], ids=["keep", "nokeep"])
-async def test_fetchmail(
-    bridge: StartBridge, gmail: FakeGmail, expected: list[bytes], tmp_path: Path, keep: bool
-) -> None:
-    server = await bridge()
-    assert await fetchmail(target(server), tmp_path, keep=keep) == expected
-    assert remaining(gmail) == (len(expected) if keep else 0)
-
-
-@pytest.mark.parametrize("keep", [True, False], ids=["keep", "delete"])
-async def test_mpop_pipelining(
-    bridge: StartBridge, gmail: FakeGmail, expected: list[bytes], tmp_path: Path, keep: bool
-) -> None:
-    server = await bridge()
-    assert await mpop(target(server), tmp_path, keep=keep) == expected
-    assert remaining(gmail) == (len(expected) if keep else 0)
-
-
-async def test_getmail_delete(
-    bridge: StartBridge, gmail: FakeGmail, expected: list[bytes], tmp_path: Path
-) -> None:
-    server = await bridge()
-    assert await getmail(target(server), tmp_path, delete=True) == expected
-    assert remaining(gmail) == 0
+class TestGmailClients(OAuthClientSuite):
+    UPSTREAM_USER = UPSTREAM_USER
+    OTHER_USER = "bob@example.com"
+    DOWNLOADS_PER_RETR = 1  # no range requests and no copy kept: a RETR downloads again
 
 
 async def test_a_dropped_connection_deletes_nothing(
@@ -192,23 +150,6 @@ async def test_a_dropped_connection_deletes_nothing(
 # ------------------------------------------------------------- tokens and refresh
 
 
-async def test_a_revoked_access_token_is_refreshed_once_for_a_burst_of_logins(
-    bridge: StartBridge, idp: FakeOAuthProvider, expected: list[bytes]
-) -> None:
-    server = await bridge()
-    assert (await asyncio.to_thread(stat, server))[0] == len(expected)
-    refreshes = idp.grants["refresh_token"]
-    idp.expire_access_tokens()  # revoked before its expiry: Gmail answers 401
-    loop = asyncio.get_running_loop()
-    with ThreadPoolExecutor(8) as pool:
-        results = await asyncio.gather(
-            *(loop.run_in_executor(pool, stat, server) for _ in range(8))
-        )
-    # every login got in or was told the maildrop is busy; none was refused its credentials
-    assert all(count == len(expected) or b"[IN-USE]" in why for count, why in results)
-    assert idp.grants["refresh_token"] == refreshes + 1  # one refresh for the whole burst
-
-
 async def test_a_revoked_refresh_token_is_auth_and_logged_by_account(
     bridge: StartBridge, idp: FakeOAuthProvider, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -227,15 +168,3 @@ async def passthrough(gmail: FakeGmail) -> AsyncIterator[Pop3Server]:
     started = Servers()
     yield await start_passthrough(started, {"type": "gmail", "url": gmail.url, "timeout": 10})
     await started.stop()
-
-
-async def test_a_device_token_opens_only_its_own_mailbox(
-    passthrough: Pop3Server, idp: FakeOAuthProvider, expected: list[bytes]
-) -> None:
-    token = await asyncio.to_thread(access_token, idp, idp.issue_refresh_token("alice"))
-    reply, count = await asyncio.to_thread(xoauth2, passthrough, UPSTREAM_USER, token)
-    assert reply.startswith(b"+OK") and count == len(expected)
-    reply, count = await asyncio.to_thread(xoauth2, passthrough, "bob@example.com", token)
-    assert reply.startswith(b"-ERR [AUTH]") and count == -1
-    reply, count = await asyncio.to_thread(xoauth2, passthrough, UPSTREAM_USER, "expired.1")
-    assert reply.startswith(b"-ERR [AUTH]") and count == -1

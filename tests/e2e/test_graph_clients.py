@@ -6,8 +6,10 @@ This module owns the Graph counterpart of `tests/e2e/test_jmap_clients.py`. Grap
 OAuth2 bearer tokens, so the devices log in to a mapped account with a local password and the
 bridge turns the account's refresh token into access tokens at the fake OAuth2 provider; the
 fake Graph accepts exactly the access tokens that provider issued and still considers active.
-One test has the fake write each message's MIME anew (another length) on every download, as
-Graph may: what curl retrieves still has exactly the octets LIST announced.
+The tests every OAuth2-only upstream shares run from `tests.e2e.oauth_suite` through
+`GraphView`; the ones here are Graph's own. One test has the fake write each message's MIME
+anew (another length) on every download, as Graph may: what curl retrieves still has exactly
+the octets LIST announced.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import poplib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,27 +28,19 @@ from devkit.fake_graph import FakeGraph
 from devkit.oauth_provider import FakeOAuthProvider
 from devkit.servers import Servers
 from popbridge.config import MaildropConfig
-from popbridge.contract import Disposition, DispositionKind
 from popbridge.frontend.server import Pop3Server
 from tests.e2e.client_checks import (
     SPECIAL,
-    curl_lists_retrieves_and_uidls,
-    fetchmail,
-    getmail,
-    mpop,
 )
 from tests.e2e.oauth_bridges import (
-    access_token,
     refused,
     session,
-    sizes_counted_once,
     start_mapped,
     start_passthrough,
-    stat,
     target,
     told,
-    xoauth2,
 )
+from tests.e2e.oauth_suite import OAuthClientSuite
 
 pytestmark = pytest.mark.clients
 
@@ -102,23 +95,37 @@ def remaining(graph: FakeGraph, folder: str = "inbox") -> int:
     return len(graph.in_folder(folder))
 
 
-async def test_poplib_retrieves_all_then_deletes(
-    bridge: StartBridge, graph: FakeGraph, expected: list[bytes]
-) -> None:
-    server = await bridge()
-    fetched = await asyncio.to_thread(clients.poplib_fetch_all, target(server), delete=False)
-    assert fetched == expected
-    assert not any(m.is_read for m in graph.messages)  # reading set no isRead
-    fetched = await asyncio.to_thread(clients.poplib_fetch_all, target(server), delete=True)
-    assert fetched == expected
-    assert graph.messages == []
+class GraphView:
+    """The fake Graph mailbox as `OAuthClientSuite` asks about it."""
+
+    def __init__(self, graph: FakeGraph) -> None:
+        self._graph = graph
+
+    def remaining(self) -> int:
+        return remaining(self._graph)
+
+    def total(self) -> int:
+        return len(self._graph.messages)
+
+    def all_unread(self) -> bool:
+        return not any(m.is_read for m in self._graph.messages)
+
+    def trashed(self) -> list[bytes]:
+        return [m.mime for m in self._graph.in_folder("deleteditems")]
+
+    def downloads(self) -> int:
+        return self._graph.downloads
 
 
-async def test_curl_lists_retrieves_and_uidls(
-    bridge: StartBridge, expected: list[bytes], tmp_path: Path
-) -> None:
-    server = await bridge()
-    await curl_lists_retrieves_and_uidls(target(server), expected, tmp_path / "curl")
+@pytest.fixture
+def view(graph: FakeGraph) -> GraphView:
+    return GraphView(graph)
+
+
+class TestGraphClients(OAuthClientSuite):
+    UPSTREAM_USER = UPSTREAM_USER
+    OTHER_USER = "bob@contoso.example"
+    DOWNLOADS_PER_RETR = 0  # RETR sends what LIST counted, from the spool
 
 
 async def test_curl_gets_the_listed_octets_when_mime_is_regenerated(
@@ -133,13 +140,6 @@ async def test_curl_gets_the_listed_octets_when_mime_is_regenerated(
     )
     assert [len(m) for m in retrieved] != [len(m) for m in expected]  # it was regenerated
     assert [len(m) for m in retrieved] == sizes  # each session measures, then sends that
-
-
-async def test_a_uidl_poll_downloads_nothing_and_each_size_is_counted_once(
-    bridge: StartBridge, graph: FakeGraph, expected: list[bytes]
-) -> None:
-    # RETR sends what LIST counted, from the spool
-    await sizes_counted_once(await bridge(), expected, lambda: graph.downloads, per_retr=0)
 
 
 @pytest.mark.parametrize("how", ["stall", "cut"])
@@ -179,43 +179,6 @@ async def test_a_message_deleted_before_its_size_is_asked_for_is_gone(
     assert data == expected[1] and reply == f"+OK {listed} octets".encode()
 
 
-async def test_curl_dele_moves_to_deleted_items_at_its_quit(
-    bridge: StartBridge, graph: FakeGraph, expected: list[bytes]
-) -> None:
-    server = await bridge(maildrop=MaildropConfig(Disposition(DispositionKind.TRASH)))
-    await asyncio.to_thread(clients.curl_command, target(server), "DELE 1")
-    assert remaining(graph) == len(expected) - 1
-    (trashed,) = graph.in_folder("deleteditems")
-    assert b"Subject: test message 1\r\n" in trashed.mime
-
-
-@pytest.mark.parametrize("keep", [True, False], ids=["keep", "nokeep"])
-async def test_fetchmail(
-    bridge: StartBridge, graph: FakeGraph, expected: list[bytes], tmp_path: Path, keep: bool
-) -> None:
-    server = await bridge()
-    assert await fetchmail(target(server), tmp_path, keep=keep) == expected
-    assert remaining(graph) == (len(expected) if keep else 0)
-    assert not any(m.is_read for m in graph.messages)
-
-
-@pytest.mark.parametrize("keep", [True, False], ids=["keep", "delete"])
-async def test_mpop_pipelining(
-    bridge: StartBridge, graph: FakeGraph, expected: list[bytes], tmp_path: Path, keep: bool
-) -> None:
-    server = await bridge()
-    assert await mpop(target(server), tmp_path, keep=keep) == expected
-    assert remaining(graph) == (len(expected) if keep else 0)
-
-
-async def test_getmail_delete(
-    bridge: StartBridge, graph: FakeGraph, expected: list[bytes], tmp_path: Path
-) -> None:
-    server = await bridge()
-    assert await getmail(target(server), tmp_path, delete=True) == expected
-    assert remaining(graph) == 0
-
-
 # ------------------------------------------------- passthrough of device tokens
 
 
@@ -226,35 +189,3 @@ async def passthrough(graph: FakeGraph, tmp_path: Path) -> AsyncIterator[Pop3Ser
     started = Servers()
     yield await start_passthrough(started, settings)
     await started.stop()
-
-
-async def test_a_device_token_opens_only_its_own_mailbox(
-    passthrough: Pop3Server, graph: FakeGraph, idp: FakeOAuthProvider, expected: list[bytes]
-) -> None:
-    refresh = idp.issue_refresh_token("alice")
-    token = await asyncio.to_thread(access_token, idp, refresh)
-    reply, count = await asyncio.to_thread(xoauth2, passthrough, UPSTREAM_USER, token)
-    assert reply.startswith(b"+OK") and count == len(expected)
-    reply, count = await asyncio.to_thread(xoauth2, passthrough, "bob@contoso.example", token)
-    assert reply.startswith(b"-ERR [AUTH]") and count == -1
-    reply, count = await asyncio.to_thread(xoauth2, passthrough, UPSTREAM_USER, "expired.1")
-    assert reply.startswith(b"-ERR [AUTH]") and count == -1
-
-
-async def test_a_revoked_access_token_is_refreshed_once_for_a_burst_of_logins(
-    bridge: StartBridge, graph: FakeGraph, idp: FakeOAuthProvider, expected: list[bytes]
-) -> None:
-    server = await bridge()
-    assert (await asyncio.to_thread(stat, server))[0] == len(expected)
-    refreshes = idp.grants["refresh_token"]
-    idp.expire_access_tokens()  # revoked before its expiry: Graph answers 401
-    # the clients get their own threads: the bridge hashes passwords in the default executor
-    loop = asyncio.get_running_loop()
-    with ThreadPoolExecutor(8) as pool:
-        results = await asyncio.gather(
-            *(loop.run_in_executor(pool, stat, server) for _ in range(8))
-        )
-    # every login got in or was told the maildrop is busy; none was refused its credentials
-    assert all(count == len(expected) or b"[IN-USE]" in why for count, why in results)
-    assert any(count == len(expected) for count, _ in results)
-    assert idp.grants["refresh_token"] == refreshes + 1  # one refresh for the whole burst
