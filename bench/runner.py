@@ -237,15 +237,19 @@ def _source_state() -> str:
     )
 
 
+def _run_counts(profile: Profile) -> str:
+    """How many timed runs each scenario gets, e.g. "(a) 10, (b) 5, ..."."""
+    return ", ".join(f"({s.key}) {s.repeat(profile)}" for s in SCENARIOS)
+
+
 def _notes(profile: Profile, fd_limit: int, tls: bool) -> list[str]:
     dovecot = subprocess.run(
         [str(DOVECOT_BIN), "--version"], capture_output=True, text=True, check=False
     ).stdout.strip()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     notes = [
-        f"- profile `{profile.name}`, {profile.runs} timed runs per scenario "
-        f"({profile.idle_runs} for (d)), servers alternating in each run; "
-        f"run on {time.strftime('%Y-%m-%d %H:%M')}",
+        f"- profile `{profile.name}`, timed runs per scenario: {_run_counts(profile)}, servers "
+        f"alternating in each run; run on {time.strftime('%Y-%m-%d %H:%M')}",
         f"- {os.cpu_count()} CPUs, load average at start {load}; Python "
         f"{platform.python_version()}, Dovecot {dovecot}, popbridge {__version__}; "
         f"fd limit {fd_limit}",
