@@ -5,7 +5,9 @@ A store's contract class mixes in `RepeatLoginContract`. The UID map's summary
 store object or another one on the same database; every change the plan reads, and the
 summary's age, send the next login back to the plan. The decoded listings
 (`popbridge.store.listings.Decoded`): a listing is decoded once, and a row another
-instance rewrote is never answered from what this one remembers.
+instance rewrote is never answered from what this one remembers. And on a large listing
+none of that Python work (digest, plan, encoding, decoding) runs on the event loop's thread
+(`popbridge.store.offload`).
 """
 
 from __future__ import annotations
