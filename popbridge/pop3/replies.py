@@ -9,13 +9,12 @@ ending in the "." terminator (RFC 1939 section 3). Status lines are capped at 51
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from popbridge.errors import Code
+from popbridge.pop3.wire import stuff
 
 MAX_STATUS_LINE = 512  # octets including CRLF, RFC 2449 section 4
-_LINE_START_DOT = re.compile(rb"\n\.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,5 +81,4 @@ def _data_lines(lines: tuple[str, ...]) -> bytes:
     ends = len(lines) - 1
     if not text.count("\r") == text.count("\n") == text.count("\r\n") == ends:
         raise ValueError("a data line holds a line end")
-    data = _LINE_START_DOT.sub(b"\n..", text.encode("ascii") + b"\r\n")
-    return b"." + data if data.startswith(b".") else data
+    return stuff(text.encode("ascii") + b"\r\n", at_line_start=True)

@@ -19,7 +19,7 @@ import re
 
 from popbridge.upstream.lines import CRLF, Normaliser, TopCut, normalise
 
-__all__ = ["CRLF", "TERMINATOR", "BodyEncoder", "normalise", "normalised_size", "unstuff"]
+__all__ = ["CRLF", "TERMINATOR", "BodyEncoder", "normalise", "normalised_size", "stuff", "unstuff"]
 
 TERMINATOR = b".\r\n"
 _DOT_LINE = re.compile(rb"\n\.")
@@ -79,12 +79,16 @@ class BodyEncoder:
         if not data:
             return b""
         self.octets += len(data)
-        # RFC 1939 section 3: byte-stuff "." lines (`sub` returns `data` itself if none)
-        stuffed = _DOT_LINE.sub(b"\n..", data)
-        if self._at_line_start and data.startswith(b"."):
-            stuffed = b"." + stuffed
+        stuffed = stuff(data, at_line_start=self._at_line_start)
         self._at_line_start = data.endswith(b"\n")
         return stuffed
+
+
+def stuff(data: bytes, *, at_line_start: bool) -> bytes:
+    """RFC 1939 section 3: a "." opening a line is doubled; `at_line_start` says whether
+    `data` begins a line. One substitution for all of `data` (`data` itself if none)."""
+    stuffed = _DOT_LINE.sub(b"\n..", data)
+    return b"." + stuffed if at_line_start and data.startswith(b".") else stuffed
 
 
 def unstuff(wire: bytes) -> bytes:
